@@ -1,0 +1,312 @@
+"""The commit protocol: what makes a checkpoint folder count.
+
+A checkpoint folder counts only once ``aegis_manifest.json`` exists inside it. The manifest is written last,
+after every file was flushed to disk, and it lists each file with its size and xxh3 checksum::
+
+    1. fsync every file in the folder (hashing it in the same read)
+    2. fsync the folder (and sub-folders), so the directory entries are durable
+    3. write the manifest to a temporary name, fsync it, os.replace() it into place
+    4. fsync the folder and its parent
+
+A crash before step 3 completes leaves a folder without a manifest: uncommitted, never used for resume. A crash
+after it leaves a complete, durable checkpoint. ``verify_checkpoint`` is the read side of the same contract.
+
+The module-level functions ``fsync_file`` and ``fsync_dir`` are the seams where tests inject faults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from .errors import CommitError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "aegis_manifest.json"
+MANIFEST_FORMAT = "aegis-ckpt-manifest"
+MANIFEST_VERSION = 1
+HASH_NAME = "xxh3_128"
+_TMP_PREFIX = ".aegis_tmp-"
+_READ_CHUNK_BYTES = 16 * 1024 * 1024
+_IS_WINDOWS = sys.platform == "win32"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Durability helpers (the seams)
+# --------------------------------------------------------------------------------------------------------------
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush one file's data and metadata to stable storage."""
+    # Windows only flushes through a handle opened for writing; POSIX accepts a read-only descriptor.
+    flags = (os.O_RDWR | getattr(os, "O_BINARY", 0)) if _IS_WINDOWS else os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a directory's entries (creations, renames) durable. A no-op where the OS cannot do it (Windows)."""
+    if _IS_WINDOWS:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileDigest:
+    size: int
+    xxh3_128: str
+    sha256: str | None = None
+
+
+def hash_file(path: str | os.PathLike, *, sha256: bool = False, buffer: bytearray | None = None) -> FileDigest:
+    """Read a file once and return its size and checksums."""
+    buf = buffer if buffer is not None else bytearray(_READ_CHUNK_BYTES)
+    view = memoryview(buf)
+    xh = xxhash.xxh3_128()
+    sh = hashlib.sha256() if sha256 else None
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            chunk = view[:n]
+            xh.update(chunk)
+            if sh is not None:
+                sh.update(chunk)
+            size += n
+    return FileDigest(size=size, xxh3_128=xh.hexdigest(), sha256=sh.hexdigest() if sh else None)
+
+
+def _is_internal_name(name: str) -> bool:
+    return name == MANIFEST_NAME or name.startswith(_TMP_PREFIX)
+
+
+def list_checkpoint_files(folder: str | os.PathLike) -> list[str]:
+    """Relative POSIX-style paths of every regular file under ``folder``, except our own manifest files."""
+    folder = Path(folder)
+    out: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if _is_internal_name(name):
+                continue
+            full = Path(root) / name
+            if full.is_file():
+                out.append(full.relative_to(folder).as_posix())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Manifest:
+    """The parsed content of ``aegis_manifest.json``."""
+
+    step: int
+    files: dict[str, FileDigest]
+    committed_unix: float
+    reason: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(d.size for d in self.files.values())
+
+    def to_json_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "hash": HASH_NAME,
+            "step": self.step,
+            "reason": self.reason,
+            "committed_unix": self.committed_unix,
+            "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.committed_unix)),
+            "total_bytes": self.total_bytes,
+            "meta": self.meta,
+            "files": {
+                name: {"size": d.size, HASH_NAME: d.xxh3_128, **({"sha256": d.sha256} if d.sha256 else {})}
+                for name, d in sorted(self.files.items())
+            },
+        }
+        body["manifest_checksum"] = _canonical_checksum(body)
+        return body
+
+    @classmethod
+    def from_json_dict(cls, body: dict[str, Any]) -> Manifest:
+        if body.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"not an aegis manifest (format={body.get('format')!r})")
+        if body.get("version") != MANIFEST_VERSION:
+            raise ValueError(f"unsupported manifest version {body.get('version')!r}")
+        expected = body.get("manifest_checksum")
+        rest = {k: v for k, v in body.items() if k != "manifest_checksum"}
+        if expected != _canonical_checksum(rest):
+            raise ValueError("manifest checksum mismatch (the manifest itself is damaged)")
+        files = {
+            name: FileDigest(size=int(d["size"]), xxh3_128=str(d[HASH_NAME]), sha256=d.get("sha256"))
+            for name, d in body["files"].items()
+        }
+        return cls(
+            step=int(body["step"]),
+            files=files,
+            committed_unix=float(body["committed_unix"]),
+            reason=str(body.get("reason", "")),
+            meta=dict(body.get("meta", {})),
+        )
+
+
+def _canonical_checksum(body: dict[str, Any]) -> str:
+    return xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    """Parse the manifest of ``folder``; raises ``FileNotFoundError`` or ``ValueError``."""
+    with open(Path(folder) / MANIFEST_NAME, encoding="utf-8") as f:
+        body = json.load(f)
+    if not isinstance(body, dict):
+        raise ValueError("manifest is not a JSON object")
+    return Manifest.from_json_dict(body)
+
+
+def is_committed(folder: str | os.PathLike) -> bool:
+    """Cheap test: does the folder carry a manifest at all (no verification)."""
+    return (Path(folder) / MANIFEST_NAME).is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Commit
+# --------------------------------------------------------------------------------------------------------------
+def commit_checkpoint(
+    folder: str | os.PathLike,
+    *,
+    step: int,
+    reason: str = "",
+    meta: dict[str, Any] | None = None,
+    sha256: bool = False,
+) -> Manifest:
+    """Make every file in ``folder`` durable, then write the manifest that marks the folder committed.
+
+    Raises:
+        CommitError: the folder is missing or empty, or a file could not be read or flushed. The folder is then
+            left without a manifest, i.e. uncommitted; older committed checkpoints are untouched.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CommitError(f"cannot commit {folder}: the folder does not exist")
+    stale = folder / MANIFEST_NAME
+    if stale.exists():
+        # Re-committing a folder that was overwritten in place: withdraw the old promise first, durably.
+        stale.unlink()
+        fsync_dir(folder)
+    try:
+        names = list_checkpoint_files(folder)
+        if not names:
+            raise CommitError(f"cannot commit {folder}: the folder holds no files")
+        buffer = bytearray(_READ_CHUNK_BYTES)
+        files: dict[str, FileDigest] = {}
+        for name in names:
+            path = folder / name
+            files[name] = hash_file(path, sha256=sha256, buffer=buffer)
+            fsync_file(path)
+        subdirs = sorted({(folder / n).parent for n in names}, key=lambda p: len(p.parts), reverse=True)
+        for d in subdirs:
+            fsync_dir(d)
+        fsync_dir(folder)
+        manifest = Manifest(step=step, files=files, committed_unix=time.time(), reason=reason, meta=dict(meta or {}))
+        atomic_write_json(folder / MANIFEST_NAME, manifest.to_json_dict())
+        fsync_dir(folder.parent)
+    except CommitError:
+        raise
+    except OSError as e:
+        raise CommitError(f"cannot commit {folder}: {e}") from e
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Verify
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class VerifyResult:
+    """Outcome of checking one folder against its manifest."""
+
+    folder: Path
+    ok: bool
+    problems: list[str]
+    manifest: Manifest | None = None
+    mode: str = "full"
+
+    def summary(self) -> str:
+        return "ok" if self.ok else "; ".join(self.problems)
+
+
+def verify_checkpoint(folder: str | os.PathLike, *, full: bool = True) -> VerifyResult:
+    """Check a folder against its manifest: every listed file present with the listed size (quick), and with
+    the listed xxh3 checksum (full)."""
+    folder = Path(folder)
+    mode = "full" if full else "quick"
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError:
+        return VerifyResult(folder, False, ["uncommitted: no manifest (the save did not finish)"], None, mode)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return VerifyResult(folder, False, [f"unreadable manifest: {e}"], None, mode)
+
+    problems: list[str] = []
+    buffer = bytearray(_READ_CHUNK_BYTES) if full else None
+    for name, digest in sorted(manifest.files.items()):
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            problems.append(f"missing file {name}")
+            continue
+        except OSError as e:
+            problems.append(f"cannot stat {name}: {e}")
+            continue
+        if size != digest.size:
+            problems.append(f"{name} has {size} bytes, manifest says {digest.size}")
+            continue
+        if full:
+            try:
+                actual = hash_file(path, buffer=buffer)
+            except OSError as e:
+                problems.append(f"cannot read {name}: {e}")
+                continue
+            if actual.xxh3_128 != digest.xxh3_128:
+                problems.append(f"{name} checksum mismatch (content changed or damaged)")
+    return VerifyResult(folder, not problems, problems, manifest, mode)

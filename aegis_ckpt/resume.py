@@ -1,0 +1,181 @@
+"""Finding the checkpoint to resume from.
+
+``find_resume_checkpoint`` walks the checkpoint folders newest first and returns the first one that is
+committed and matches its manifest. Every newer folder that fails is moved to quarantine with the reason, so
+neither the Trainer's ``get_last_checkpoint`` nor its rotation can pick it up later.
+
+Folders without a manifest are handled by where they come from:
+
+* in a directory aegis-ckpt has saved into (``.aegis/store.json``), a folder without a manifest is an
+  interrupted save: quarantined;
+* in a directory only the plain Trainer wrote to, such folders are left alone and ignored unless the caller opts
+  in with ``allow_unverified=True``, in which case they must pass structural checks (``plaincheck``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filelock import FileLock
+
+from .commit import verify_checkpoint
+from .errors import ConfigError
+from .options import VERIFY_MODES
+from .plaincheck import JIT_INCOMPLETE_MARKER, check_plain_checkpoint
+from .store import AEGIS_DIR, CheckpointStore
+
+logger = logging.getLogger(__name__)
+
+SCAN_LOCK_NAME = "scan.lock"
+
+
+@dataclass
+class CandidateReport:
+    """What the scan decided about one ``checkpoint-<step>`` folder."""
+
+    step: int
+    path: str
+    status: str  # "chosen", "older" (not examined), "quarantined", "ignored"
+    detail: str = ""
+
+
+@dataclass
+class ScanReport:
+    output_dir: str
+    chosen: str | None = None
+    candidates: list[CandidateReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _distributed_rank_and_size() -> tuple[int, int]:
+    dist_mod = sys.modules.get("torch.distributed")
+    if dist_mod is not None and dist_mod.is_available() and dist_mod.is_initialized():
+        return dist_mod.get_rank(), dist_mod.get_world_size()
+    return 0, 1
+
+
+def scan_checkpoints(
+    output_dir: str | os.PathLike,
+    *,
+    verify: str = "full",
+    allow_unverified: bool = False,
+    quarantine: bool = True,
+) -> ScanReport:
+    """Examine checkpoint folders newest first and pick the resume point (see module docstring)."""
+    if verify not in VERIFY_MODES:
+        raise ConfigError(f"verify must be one of {VERIFY_MODES} (got {verify!r}).")
+    started = time.perf_counter()
+    store = CheckpointStore(output_dir)
+    report = ScanReport(output_dir=str(output_dir))
+    managed = store.is_managed()
+    full = verify == "full"
+
+    def set_aside(entry, reason: str) -> None:
+        if quarantine:
+            moved = store.quarantine(entry.path, reason)
+            report.candidates.append(
+                CandidateReport(entry.step, str(entry.path), "quarantined", f"{reason} -> {moved}")
+            )
+        else:
+            report.candidates.append(CandidateReport(entry.step, str(entry.path), "rejected", reason))
+
+    for entry in reversed(store.checkpoints()):
+        if report.chosen is not None:
+            report.candidates.append(CandidateReport(entry.step, str(entry.path), "older"))
+            continue
+        if entry.is_committed:
+            result = verify_checkpoint(entry.path, full=full)
+            if result.ok and result.manifest is not None and result.manifest.step != entry.step:
+                result.ok = False
+                result.problems.append(
+                    f"manifest is for step {result.manifest.step}, folder name says {entry.step}"
+                )
+            if result.ok:
+                report.chosen = str(entry.path)
+                report.candidates.append(CandidateReport(entry.step, str(entry.path), "chosen", f"{verify} verify ok"))
+            else:
+                set_aside(entry, "damaged: " + result.summary())
+            continue
+        if (entry.path / JIT_INCOMPLETE_MARKER).exists():
+            set_aside(entry, "incomplete: the Trainer's JIT checkpoint marker is present")
+            continue
+        if allow_unverified:
+            problems = check_plain_checkpoint(entry.path, entry.step)
+            if problems:
+                set_aside(entry, "unverified checkpoint failed structural checks: " + "; ".join(problems))
+            else:
+                logger.warning(
+                    "Resuming from %s, which has no aegis manifest: it passed structural checks only "
+                    "(allow_unverified=True).",
+                    entry.path,
+                )
+                report.chosen = str(entry.path)
+                report.candidates.append(CandidateReport(entry.step, str(entry.path), "chosen", "structural checks ok"))
+            continue
+        if managed:
+            set_aside(entry, "uncommitted: no manifest (the save was interrupted before it committed)")
+        else:
+            logger.warning(
+                "Ignoring %s: it has no aegis manifest (saved by a plain Trainer?). Pass allow_unverified=True "
+                "to resume from such checkpoints after structural checks.",
+                entry.path,
+            )
+            report.candidates.append(CandidateReport(entry.step, str(entry.path), "ignored", "no manifest"))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def find_resume_checkpoint(
+    output_dir: str | os.PathLike,
+    verify: str = "full",
+    *,
+    allow_unverified: bool = False,
+) -> str | None:
+    """Return the newest intact checkpoint in ``output_dir`` for ``Trainer.train(resume_from_checkpoint=...)``.
+
+    Args:
+        output_dir (`str` or `os.PathLike`):
+            The Trainer's ``output_dir``.
+        verify (`str`, *optional*, defaults to `"full"`):
+            ``"full"`` re-hashes every file of the candidate against its manifest; ``"quick"`` compares sizes.
+        allow_unverified (`bool`, *optional*, defaults to `False`):
+            Also accept checkpoints without a manifest (saved by a plain Trainer) that pass structural checks.
+
+    Returns:
+        The path of the checkpoint folder, or ``None`` when there is nothing to resume from (a fresh start).
+
+    Under ``torch.distributed`` rank 0 scans and broadcasts its answer, so every rank resumes from the same
+    folder and only one process moves damaged folders aside.
+
+    Example:
+
+    ```python
+    trainer.train(resume_from_checkpoint=find_resume_checkpoint(args.output_dir))
+    ```
+    """
+    output_dir = Path(output_dir)
+    rank, world = _distributed_rank_and_size()
+    chosen: str | None = None
+    if rank == 0 and output_dir.is_dir():
+        lock_dir = output_dir / AEGIS_DIR
+        lock_dir.mkdir(exist_ok=True)
+        # Several processes (ranks started without a process group, or two tools) may scan at once: serialize.
+        with FileLock(str(lock_dir / SCAN_LOCK_NAME)):
+            report = scan_checkpoints(output_dir, verify=verify, allow_unverified=allow_unverified)
+        chosen = report.chosen
+        if chosen:
+            logger.info("Resuming from %s (%s verification, %.2f s)", chosen, verify, report.seconds)
+        else:
+            logger.info("No intact checkpoint in %s: starting from scratch", output_dir)
+    if world > 1:
+        import torch.distributed as dist
+
+        box = [chosen]
+        dist.broadcast_object_list(box, src=0)
+        chosen = box[0]
+    return chosen
