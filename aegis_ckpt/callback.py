@@ -47,6 +47,9 @@ class AegisCheckpointCallback(TrainerCallback):
             Never prune the Trainer's ``best_model_checkpoint``.
         options (`CheckpointOptions`, *optional*):
             All of the above as one object; when given, the keyword arguments above must be left unset.
+        write_completion_marker (`bool`, *optional*, defaults to `True`):
+            Record ``.aegis/completed.json`` when training reaches its last step with a committed checkpoint.
+            ``aegis-ckpt train`` turns this off and records completion itself after exporting the final model.
         clock (`Callable[[], float]`, *optional*, defaults to `time.monotonic`):
             Time source of the save policy; tests inject a fake one.
 
@@ -69,6 +72,7 @@ class AegisCheckpointCallback(TrainerCallback):
         keep_best: bool | None = None,
         options: CheckpointOptions | None = None,
         policy: SavePolicy | None = None,
+        write_completion_marker: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ):
         flat = {
@@ -85,6 +89,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self.options = options if options is not None else CheckpointOptions(**given)
         self.policy: SavePolicy = policy if policy is not None else IntervalPolicy(self.options.save_interval_sec)
         self.clock = clock
+        self.write_completion_marker = write_completion_marker
         self.store: CheckpointStore | None = None
         self.last_saved_step: int | None = None
         self.last_commit_path: Path | None = None
@@ -116,9 +121,10 @@ class AegisCheckpointCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._take_over_rotation(args)
-        level = args.get_process_log_level()
-        if level is not None and level >= 0:
-            logging.getLogger(_PACKAGE_LOGGER).setLevel(level)
+        # Like the Trainer: replicas get log_level_replica; the main process changes only if log_level was set,
+        # so an application that configured the aegis_ckpt logger keeps its level ("passive" default).
+        if not args.should_log or getattr(args, "log_level", "passive") != "passive":
+            logging.getLogger(_PACKAGE_LOGGER).setLevel(args.get_process_log_level())
         if getattr(args, "save_only_model", False):
             logger.warning(
                 "save_only_model=True: checkpoints hold no optimizer, scheduler or RNG state, so a resumed run "
@@ -133,7 +139,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self.last_saved_step = None
         self.policy.start(self.clock())
         logger.info(
-            "aegis-ckpt: saving every %.0f s, keeping %d committed checkpoints in %s",
+            "Saving every %.0f s, keeping %d committed checkpoints in %s",
             self.policy.interval_sec,
             self.options.max_keep,
             args.output_dir,
@@ -248,6 +254,8 @@ class AegisCheckpointCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         finished = state.max_steps > 0 and state.global_step >= state.max_steps
         final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
-        if finished and final_saved and args.should_save and is_committed(self.last_commit_path):
+        if not (self.write_completion_marker and finished and final_saved and args.should_save):
+            return control
+        if is_committed(self.last_commit_path):
             mark_completed(args.output_dir, step=state.global_step, checkpoint=os.fspath(self.last_commit_path))
         return control

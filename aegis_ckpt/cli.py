@@ -1,0 +1,90 @@
+"""Command line: argparse subcommands only; each one calls one function elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .errors import AegisError, ConfigError, PreflightError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[aegis-ckpt] %(levelname)s %(message)s"))
+    pkg = logging.getLogger("aegis_ckpt")
+    pkg.handlers[:] = [handler]
+    pkg.setLevel(logging.DEBUG if verbose else logging.INFO)
+    pkg.propagate = False
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import run_training
+
+    cfg = load_config(ns.config, ns.set)
+    result = run_training(cfg)
+    if result.status == "already_finished":
+        print(
+            f"aegis-ckpt: this run already finished at step {result.step}; nothing to do.\n"
+            f"  output: {result.output_dir}\n"
+            f"  final model: {result.final_model or '(none)'}\n"
+            f"  (delete {result.output_dir}/.aegis/completed.json to train again)"
+        )
+        return EXIT_OK
+    from .store import CheckpointStore
+
+    committed = CheckpointStore(result.output_dir).committed()
+    print(
+        f"aegis-ckpt: training finished at step {result.step} in {result.seconds:.0f} s.\n"
+        f"  checkpoints: {result.output_dir} ({len(committed)} committed"
+        + (f", newest {committed[-1].path.name})" if committed else ")")
+        + f"\n  final model: {result.final_model}"
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aegis-ckpt",
+        description="Crash-safe, time-based rolling checkpoints for Hugging Face training.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train from a YAML config, resuming from the newest intact checkpoint")
+    p.add_argument("config", help="path to the YAML config (e.g. configs/tiny.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set training.max_steps=100 (repeatable)",
+    )
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    _setup_logging(ns.verbose)
+    try:
+        return ns.func(ns)
+    except (ConfigError, PreflightError) as e:
+        print(f"aegis-ckpt: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except AegisError as e:
+        print(f"aegis-ckpt: error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

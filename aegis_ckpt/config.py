@@ -1,0 +1,284 @@
+"""The YAML run config of ``aegis-ckpt train``: loading, ``--set`` overrides and validation.
+
+A config has six sections; every key is checked, and unknown keys are named in the error::
+
+    model:       how to build or load the model (from a config, or ``name_or_path`` on the Hub / a local path)
+    tokenizer:   a tokenizer to load, or a byte-level BPE to train in code on the training text
+    data:        a local text/JSONL file, or a Hugging Face dataset; block size
+    training:    passed to ``transformers.TrainingArguments`` as is (``output_dir`` is required)
+    checkpoint:  ``CheckpointOptions`` (save interval, retention)
+    resume:      how the resume checkpoint is verified
+
+String values may use ``${VAR}`` and ``${VAR:-default}`` to read environment variables, so one config can point
+``output_dir`` at ``D:/...`` on one machine and ``/data/...`` on another.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .options import VERIFY_MODES, CheckpointOptions
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+
+        def repl(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where}: environment variable {name} is not set (use ${{{name}:-default}})")
+
+        return _ENV_RE.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, where) for v in value]
+    return value
+
+
+def _check_keys(section: str, values: dict[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {section}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"section {name} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    r: int = 8
+    """Rank of the LoRA update matrices."""
+    alpha: int = 16
+    """LoRA scaling numerator (``lora_alpha``)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA path."""
+    target_modules: list[str] | str | None = None
+    """Module names to adapt; None lets PEFT choose for known architectures."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    name_or_path: str | None = None
+    """A Hub model id or a local folder, loaded with ``AutoModelForCausalLM.from_pretrained``."""
+    arch: str = "gpt2"
+    """Model type to build from scratch (``AutoConfig.for_model``) when ``name_or_path`` is not set."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Overrides for the built config (e.g. ``n_layer``), or ``from_pretrained`` kwargs of the loaded one."""
+    dtype: str | None = None
+    """``float32``, ``bfloat16``, ``float16`` or ``auto``; None keeps the library default."""
+    lora: LoraConfig | None = None
+    """Wrap the model with PEFT LoRA adapters (``pip install aegis-ckpt[lora]``)."""
+    trust_remote_code: bool = False
+    """Passed to ``from_pretrained``; only for models you trust."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerConfig:
+    name_or_path: str | None = None
+    """A Hub id or local folder; defaults to the model's ``name_or_path`` when that is set."""
+    vocab_size: int = 1024
+    """Vocabulary of the byte-level BPE trained in code when no tokenizer is loaded."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    train_file: str | None = None
+    """A local ``.txt`` (one document per blank-line-separated paragraph) or ``.jsonl`` file."""
+    hf_dataset: dict[str, Any] | None = None
+    """``{path, name, split, text_column}`` for ``datasets.load_dataset`` (Hub or local)."""
+    text_column: str = "text"
+    """Field holding the text in JSONL files and datasets."""
+    block_size: int = 128
+    """Tokens per training example; the text is concatenated and cut into blocks."""
+    max_samples: int | None = None
+    """Keep at most this many blocks (quick experiments)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResumeConfig:
+    verify: str = "full"
+    """``full`` re-hashes the resume checkpoint, ``quick`` compares sizes."""
+    allow_unverified: bool = False
+    """Also resume from checkpoints without a manifest (plain Trainer) after structural checks."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    model: ModelConfig
+    tokenizer: TokenizerConfig
+    data: DataConfig
+    training: dict[str, Any]
+    checkpoint: CheckpointOptions
+    resume: ResumeConfig
+    source: str = "<memory>"
+    base_dir: Path = Path(".")
+    """Folder relative paths in the config are resolved against (the config file's folder)."""
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training["output_dir"])
+
+
+SECTIONS = ("model", "tokenizer", "data", "training", "checkpoint", "resume")
+
+
+def _build_dataclass(cls, section: str, values: dict[str, Any]):
+    _check_keys(section, values, {f.name for f in dataclasses.fields(cls)})
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ConfigError(f"{section}: {e}") from e
+
+
+def _resolve(base: Path, path: str | None) -> str | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or "\\" in value or (len(value) > 1 and value[1] == ":")
+
+
+_NUMBER_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _training_arg_types() -> dict[str, str]:
+    from transformers import TrainingArguments
+
+    return {f.name: str(f.type) for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def _coerce_training_numbers(training: dict[str, Any], types: dict[str, str]) -> None:
+    """YAML 1.1 reads ``5e-4`` (no dot) as a string; turn such strings into floats for float fields."""
+    for key, value in training.items():
+        if isinstance(value, str) and "float" in types.get(key, "") and _NUMBER_RE.fullmatch(value.strip()):
+            training[key] = float(value)
+
+
+def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = None) -> TrainConfig:
+    """Validate a loaded YAML document and build the typed config."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a YAML mapping with sections {', '.join(SECTIONS)}")
+    _check_keys("the config", raw, set(SECTIONS))
+    raw = _expand_env(raw, "config")
+    base = Path(base_dir) if base_dir is not None else Path(".")
+
+    model_raw = dict(_section(raw, "model"))
+    lora = model_raw.pop("lora", None)
+    if lora is not None and not isinstance(lora, dict):
+        raise ConfigError("model.lora must be a mapping (r, alpha, dropout, target_modules) or null")
+    model = _build_dataclass(ModelConfig, "model", model_raw)
+    if lora is not None:
+        model = dataclasses.replace(model, lora=_build_dataclass(LoraConfig, "model.lora", lora))
+    if model.name_or_path and _looks_local(model.name_or_path):
+        model = dataclasses.replace(model, name_or_path=_resolve(base, model.name_or_path))
+
+    tokenizer = _build_dataclass(TokenizerConfig, "tokenizer", _section(raw, "tokenizer"))
+    if tokenizer.name_or_path and _looks_local(tokenizer.name_or_path):
+        tokenizer = dataclasses.replace(tokenizer, name_or_path=_resolve(base, tokenizer.name_or_path))
+
+    data = _build_dataclass(DataConfig, "data", _section(raw, "data"))
+    if (data.train_file is None) == (data.hf_dataset is None):
+        raise ConfigError("data: set exactly one of train_file (a local file) or hf_dataset (a datasets source)")
+    if data.train_file is not None:
+        data = dataclasses.replace(data, train_file=_resolve(base, data.train_file))
+    if not isinstance(data.block_size, int) or data.block_size < 2:
+        raise ConfigError(f"data.block_size must be an integer >= 2 (got {data.block_size!r})")
+
+    training = dict(_section(raw, "training"))
+    types = _training_arg_types()
+    _check_keys("training (TrainingArguments)", training, set(types))
+    _coerce_training_numbers(training, types)
+    if not training.get("output_dir"):
+        raise ConfigError("training.output_dir is required: it is where checkpoints are written")
+    training["output_dir"] = _resolve(base, str(training["output_dir"]))
+    training.setdefault("report_to", "none")
+
+    checkpoint = CheckpointOptions.from_mapping(_section(raw, "checkpoint"), where="checkpoint")
+    resume = _build_dataclass(ResumeConfig, "resume", _section(raw, "resume"))
+    if resume.verify not in VERIFY_MODES:
+        raise ConfigError(f"resume.verify must be one of {VERIFY_MODES} (got {resume.verify!r})")
+    return TrainConfig(
+        model=model,
+        tokenizer=tokenizer,
+        data=data,
+        training=training,
+        checkpoint=checkpoint,
+        resume=resume,
+        source=source,
+        base_dir=base,
+    )
+
+
+def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` assignments (values parsed as YAML) to a raw config mapping."""
+    out = copy.deepcopy(raw)
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, _, text = item.partition("=")
+        parts = [p for p in key.strip().split(".") if p]
+        if len(parts) < 2:
+            raise ConfigError(f"--set key must be section.key (e.g. training.max_steps=100), got {key!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: value is not valid YAML: {e}") from e
+        node = out
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {p} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read, override and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config path is a directory, not a YAML file: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from e
+    if raw is None:
+        raise ConfigError(f"{path} is empty")
+    if overrides:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the config must be a YAML mapping")
+        raw = apply_overrides(raw, overrides)
+    return parse_config(raw, source=str(path), base_dir=path.resolve().parent)
