@@ -40,7 +40,9 @@ def read_texts(data: DataConfig) -> list[str]:
                     try:
                         texts.append(str(json.loads(line)[data.text_column]))
                     except (ValueError, KeyError, TypeError) as e:
-                        raise ConfigError(f"{path}:{n}: expected a JSON object with '{data.text_column}': {e}") from e
+                        raise ConfigError(
+                            f"{path}:{n}: expected a JSON object with '{data.text_column}': {e}"
+                        ) from e
             return texts
         content = path.read_text(encoding="utf-8")
         return [p.strip() for p in content.split("\n\n") if p.strip()]
@@ -174,7 +176,9 @@ def _wrap_lora(model, lora_cfg: LoraOptions):
     try:
         from peft import LoraConfig, TaskType, get_peft_model
     except ImportError:
-        raise ConfigError("model.lora needs PEFT: pip install 'aegis-ckpt[lora]' (or pip install peft)") from None
+        raise ConfigError(
+            "model.lora needs PEFT: pip install 'aegis-ckpt[lora]' (or pip install peft)"
+        ) from None
     lora = LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=lora_cfg.r,

@@ -87,7 +87,9 @@ class AegisCheckpointCallback(TrainerCallback):
             raise TypeError(f"pass either options= or keyword options, not both (got {sorted(given)})")
         self._max_keep_explicit = options is not None or max_keep is not None
         self.options = options if options is not None else CheckpointOptions(**given)
-        self.policy: SavePolicy = policy if policy is not None else IntervalPolicy(self.options.save_interval_sec)
+        self.policy: SavePolicy = (
+            policy if policy is not None else IntervalPolicy(self.options.save_interval_sec)
+        )
         self.clock = clock
         self.write_completion_marker = write_completion_marker
         self.store: CheckpointStore | None = None
@@ -207,7 +209,9 @@ class AegisCheckpointCallback(TrainerCallback):
 
     def _require_store(self) -> CheckpointStore:
         if self.store is None:
-            raise RuntimeError("AegisCheckpointCallback used before on_train_begin: is it registered with the Trainer?")
+            raise RuntimeError(
+                "AegisCheckpointCallback used before on_train_begin: is it registered with the Trainer?"
+            )
         return self.store
 
     def _commit_and_retain(self, args, state, folder: Path, write_sec: float) -> int:
@@ -257,5 +261,7 @@ class AegisCheckpointCallback(TrainerCallback):
         if not (self.write_completion_marker and finished and final_saved and args.should_save):
             return control
         if is_committed(self.last_commit_path):
-            mark_completed(args.output_dir, step=state.global_step, checkpoint=os.fspath(self.last_commit_path))
+            mark_completed(
+                args.output_dir, step=state.global_step, checkpoint=os.fspath(self.last_commit_path)
+            )
         return control

@@ -92,7 +92,9 @@ class FileDigest:
     sha256: str | None = None
 
 
-def hash_file(path: str | os.PathLike, *, sha256: bool = False, buffer: bytearray | None = None) -> FileDigest:
+def hash_file(
+    path: str | os.PathLike, *, sha256: bool = False, buffer: bytearray | None = None
+) -> FileDigest:
     """Read a file once and return its size and checksums."""
     buf = buffer if buffer is not None else bytearray(_READ_CHUNK_BYTES)
     view = memoryview(buf)
@@ -247,7 +249,9 @@ def commit_checkpoint(
         for d in subdirs:
             fsync_dir(d)
         fsync_dir(folder)
-        manifest = Manifest(step=step, files=files, committed_unix=time.time(), reason=reason, meta=dict(meta or {}))
+        manifest = Manifest(
+            step=step, files=files, committed_unix=time.time(), reason=reason, meta=dict(meta or {})
+        )
         atomic_write_json(folder / MANIFEST_NAME, manifest.to_json_dict())
         fsync_dir(folder.parent)
     except CommitError:

@@ -53,7 +53,9 @@ def _expand_env(value: Any, where: str) -> Any:
 def _check_keys(section: str, values: dict[str, Any], known: set[str]) -> None:
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"unknown key(s) in {section}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"unknown key(s) in {section}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
@@ -200,7 +202,9 @@ def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = 
 
     data = _build_dataclass(DataConfig, "data", _section(raw, "data"))
     if (data.train_file is None) == (data.hf_dataset is None):
-        raise ConfigError("data: set exactly one of train_file (a local file) or hf_dataset (a datasets source)")
+        raise ConfigError(
+            "data: set exactly one of train_file (a local file) or hf_dataset (a datasets source)"
+        )
     if data.train_file is not None:
         data = dataclasses.replace(data, train_file=_resolve(base, data.train_file))
     if not isinstance(data.block_size, int) or data.block_size < 2:

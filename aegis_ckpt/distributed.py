@@ -39,7 +39,9 @@ def agree_flags(flags: int) -> int:
     import torch
 
     # MAX over one-hot bit planes equals OR; keep it to a single small tensor.
-    bits = torch.tensor([(flags >> i) & 1 for i in range(8)], dtype=torch.int32, device=_collective_device(dist))
+    bits = torch.tensor(
+        [(flags >> i) & 1 for i in range(8)], dtype=torch.int32, device=_collective_device(dist)
+    )
     dist.all_reduce(bits, op=dist.ReduceOp.MAX)
     return sum(int(b) << i for i, b in enumerate(bits.tolist()))
 

@@ -51,7 +51,9 @@ class CheckpointOptions:
 
     def __post_init__(self) -> None:
         _check_positive(
-            "save_interval_sec", self.save_interval_sec, "it is the wall-clock time between two rolling saves."
+            "save_interval_sec",
+            self.save_interval_sec,
+            "it is the wall-clock time between two rolling saves.",
         )
         if isinstance(self.max_keep, bool) or not isinstance(self.max_keep, int) or self.max_keep < 1:
             raise ConfigError(

@@ -67,7 +67,11 @@ def _check_weights(folder: Path) -> list[str]:
             missing = sorted(s for s in shards if not (folder / s).is_file())
             if missing:
                 return [f"missing weight shard(s): {', '.join(missing)}"]
-            return [p for s in sorted(shards) if s.endswith(".safetensors") and (p := check_safetensors(folder / s))]
+            return [
+                p
+                for s in sorted(shards)
+                if s.endswith(".safetensors") and (p := check_safetensors(folder / s))
+            ]
     for name in _WEIGHT_FILES:
         path = folder / name
         if path.is_file():

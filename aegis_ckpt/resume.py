@@ -97,7 +97,9 @@ def scan_checkpoints(
                 )
             if result.ok:
                 report.chosen = str(entry.path)
-                report.candidates.append(CandidateReport(entry.step, str(entry.path), "chosen", f"{verify} verify ok"))
+                report.candidates.append(
+                    CandidateReport(entry.step, str(entry.path), "chosen", f"{verify} verify ok")
+                )
             else:
                 set_aside(entry, "damaged: " + result.summary())
             continue
@@ -115,7 +117,9 @@ def scan_checkpoints(
                     entry.path,
                 )
                 report.chosen = str(entry.path)
-                report.candidates.append(CandidateReport(entry.step, str(entry.path), "chosen", "structural checks ok"))
+                report.candidates.append(
+                    CandidateReport(entry.step, str(entry.path), "chosen", "structural checks ok")
+                )
             continue
         if managed:
             set_aside(entry, "uncommitted: no manifest (the save was interrupted before it committed)")

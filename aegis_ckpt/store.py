@@ -132,7 +132,9 @@ class CheckpointStore:
         try:
             os.replace(folder, target)
         except OSError as e:
-            logger.error("Could not move %s to quarantine (%s); reason it was set aside: %s", folder, e, reason)
+            logger.error(
+                "Could not move %s to quarantine (%s); reason it was set aside: %s", folder, e, reason
+            )
             return None
         fsync_dir(self.output_dir)
         fsync_dir(self.quarantine_dir)
@@ -212,7 +214,9 @@ class CheckpointStore:
 
     def _discard(self, folder: Path) -> bool:
         self.trash_dir.mkdir(parents=True, exist_ok=True)
-        target = self.trash_dir / f"pruned-{folder.name.replace(CHECKPOINT_PREFIX + '-', '')}-{time.time_ns()}"
+        target = (
+            self.trash_dir / f"pruned-{folder.name.replace(CHECKPOINT_PREFIX + '-', '')}-{time.time_ns()}"
+        )
         try:
             os.replace(folder, target)
         except OSError as e:

@@ -18,21 +18,100 @@ SEED = 20261124
 PARAGRAPHS = 2400
 OUT = Path(__file__).resolve().parent.parent / "data" / "tiny_corpus.txt"
 
-NAMES = ["Ada", "Bruno", "Clara", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Keiko", "Lena",
-         "Marco", "Nadia", "Oskar", "Priya", "Quentin", "Rosa", "Samir", "Tove"]
-ROLES = ["engineer", "baker", "pilot", "gardener", "teacher", "sailor", "painter", "doctor", "farmer", "writer"]
-PLACES = ["the harbour", "the old mill", "the market", "the library", "the hill", "the station", "the river",
-          "the workshop", "the orchard", "the bridge", "the lighthouse", "the village square"]
-TIMES = ["at dawn", "in the morning", "at noon", "in the afternoon", "in the evening", "at night",
-         "on Monday", "on a rainy day", "in early spring", "in late autumn"]
-OBJECTS = ["a lantern", "a map", "a basket of apples", "a broken clock", "a letter", "a wooden boat",
-           "a bag of flour", "a red kite", "a set of tools", "a jar of honey", "an old book", "a warm coat"]
+NAMES = [
+    "Ada",
+    "Bruno",
+    "Clara",
+    "Dmitri",
+    "Elena",
+    "Farid",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Keiko",
+    "Lena",
+    "Marco",
+    "Nadia",
+    "Oskar",
+    "Priya",
+    "Quentin",
+    "Rosa",
+    "Samir",
+    "Tove",
+]
+ROLES = [
+    "engineer",
+    "baker",
+    "pilot",
+    "gardener",
+    "teacher",
+    "sailor",
+    "painter",
+    "doctor",
+    "farmer",
+    "writer",
+]
+PLACES = [
+    "the harbour",
+    "the old mill",
+    "the market",
+    "the library",
+    "the hill",
+    "the station",
+    "the river",
+    "the workshop",
+    "the orchard",
+    "the bridge",
+    "the lighthouse",
+    "the village square",
+]
+TIMES = [
+    "at dawn",
+    "in the morning",
+    "at noon",
+    "in the afternoon",
+    "in the evening",
+    "at night",
+    "on Monday",
+    "on a rainy day",
+    "in early spring",
+    "in late autumn",
+]
+OBJECTS = [
+    "a lantern",
+    "a map",
+    "a basket of apples",
+    "a broken clock",
+    "a letter",
+    "a wooden boat",
+    "a bag of flour",
+    "a red kite",
+    "a set of tools",
+    "a jar of honey",
+    "an old book",
+    "a warm coat",
+]
 ADJ = ["quiet", "busy", "cold", "bright", "windy", "crowded", "peaceful", "muddy", "sunny", "foggy"]
-VERBS = [("carried", "to"), ("found", "near"), ("repaired", "at"), ("painted", "beside"), ("sold", "at"),
-         ("lost", "near"), ("hid", "behind"), ("brought", "to")]
+VERBS = [
+    ("carried", "to"),
+    ("found", "near"),
+    ("repaired", "at"),
+    ("painted", "beside"),
+    ("sold", "at"),
+    ("lost", "near"),
+    ("hid", "behind"),
+    ("brought", "to"),
+]
 FEELINGS = ["happy", "tired", "curious", "worried", "proud", "calm", "hungry", "surprised"]
-WEATHER = ["It was raining.", "The sky was clear.", "A cold wind came from the sea.", "The sun was warm.",
-           "Snow covered the roofs.", "The air smelled of salt."]
+WEATHER = [
+    "It was raining.",
+    "The sky was clear.",
+    "A cold wind came from the sea.",
+    "The sun was warm.",
+    "Snow covered the roofs.",
+    "The air smelled of salt.",
+]
 
 
 def sentence(rng: random.Random, who: str) -> str:
@@ -70,7 +149,9 @@ def generate() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare with the shipped file instead of writing")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the shipped file instead of writing"
+    )
     ns = parser.parse_args()
     text = generate()
     if ns.check:

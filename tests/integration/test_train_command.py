@@ -19,13 +19,20 @@ from aegis_ckpt.cli import main as cli_main
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
 SMALL = [
-    "--set", "model.config={n_layer: 2, n_head: 2, n_embd: 32}",
-    "--set", "tokenizer.vocab_size=300",
-    "--set", "data.block_size=32",
-    "--set", "data.max_samples=400",
-    "--set", "training.per_device_train_batch_size=4",
-    "--set", "training.logging_steps=5",
-    "--set", "training.warmup_steps=2",
+    "--set",
+    "model.config={n_layer: 2, n_head: 2, n_embd: 32}",
+    "--set",
+    "tokenizer.vocab_size=300",
+    "--set",
+    "data.block_size=32",
+    "--set",
+    "data.max_samples=400",
+    "--set",
+    "training.per_device_train_batch_size=4",
+    "--set",
+    "training.logging_steps=5",
+    "--set",
+    "training.warmup_steps=2",
 ]
 
 pytestmark = pytest.mark.slow
@@ -42,7 +49,11 @@ def cli_env() -> dict[str, str]:
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "aegis_ckpt", *args], capture_output=True, text=True, env=cli_env(), timeout=timeout
+        [sys.executable, "-m", "aegis_ckpt", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=timeout,
     )
 
 
@@ -61,7 +72,10 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     [
         (["train", "does/not/exist.yaml"], "config file not found"),
         (["train", str(TINY), "--set", "checkpoint.max_keep=0"], "max_keep must be an integer >= 1"),
-        (["train", str(TINY), "--set", "checkpoint.save_interval_sec=0"], "save_interval_sec must be a number > 0"),
+        (
+            ["train", str(TINY), "--set", "checkpoint.save_interval_sec=0"],
+            "save_interval_sec must be a number > 0",
+        ),
         (["train", str(TINY), "--set", "training.max_stepz=3"], "unknown key(s) in training"),
         (["train", str(TINY), "--set", "oops"], "--set expects key=value"),
     ],
@@ -96,16 +110,26 @@ def test_console_script_error_has_no_traceback(tmp_path):
 
 def test_train_finishes_then_says_already_finished(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("train", str(TINY), *SMALL, "--set", f"training.output_dir={out}",
-                   "--set", "training.max_steps=12", "--set", "checkpoint.save_interval_sec=0.5")
+    proc = run_cli(
+        "train",
+        str(TINY),
+        *SMALL,
+        "--set",
+        f"training.output_dir={out}",
+        "--set",
+        "training.max_steps=12",
+        "--set",
+        "checkpoint.save_interval_sec=0.5",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training finished at step 12" in proc.stdout
     assert "Committed" in proc.stderr and "checkpoint-12" in proc.stderr
     assert (out / "final_model" / "model.safetensors").is_file()
     assert (out / "final_model" / "aegis_manifest.json").is_file()
     assert json.loads((out / ".aegis" / "completed.json").read_text())["step"] == 12
-    again = run_cli("train", str(TINY), *SMALL, "--set", f"training.output_dir={out}",
-                    "--set", "training.max_steps=12")
+    again = run_cli(
+        "train", str(TINY), *SMALL, "--set", f"training.output_dir={out}", "--set", "training.max_steps=12"
+    )
     assert again.returncode == 0
     assert "already finished at step 12" in again.stdout
     assert "Starting a new run" not in again.stderr and "Continuing from" not in again.stderr
@@ -118,7 +142,16 @@ def test_killed_run_continues_to_identical_weights(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "aegis_ckpt", "train", str(TINY), *common, "--set", f"training.output_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "aegis_ckpt",
+        "train",
+        str(TINY),
+        *common,
+        "--set",
+        f"training.output_dir={out}",
+    ]
     child = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     try:
@@ -150,9 +183,15 @@ def _make_local_hub_model(root: Path) -> Path:
 
     tokenizer = train_bpe_tokenizer(["local hub model text " * 50, "another line of words"], 300)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     torch.manual_seed(0)
     model_dir = root / "local-qwen2"
@@ -169,17 +208,28 @@ def test_aegis_v2_config_runs_with_local_model_lora_and_local_dataset(tmp_path):
     text_file.write_text("\n".join(f"line {i} of the local corpus with a few words" for i in range(400)))
     out = tmp_path / "v2"
     proc = run_cli(
-        "train", str(REPO / "configs" / "aegis_v2.yaml"),
-        "--set", f"model.name_or_path={model_dir}",
-        "--set", "model.dtype=float32",
-        "--set", f"data.hf_dataset={{path: text, data_files: '{text_file}', split: train}}",
-        "--set", "data.block_size=32",
-        "--set", f"training.output_dir={out}",
-        "--set", "training.max_steps=6",
-        "--set", "training.gradient_accumulation_steps=1",
-        "--set", "training.warmup_steps=1",
-        "--set", "training.use_cpu=true",
-        "--set", "checkpoint.save_interval_sec=0.5",
+        "train",
+        str(REPO / "configs" / "aegis_v2.yaml"),
+        "--set",
+        f"model.name_or_path={model_dir}",
+        "--set",
+        "model.dtype=float32",
+        "--set",
+        f"data.hf_dataset={{path: text, data_files: '{text_file}', split: train}}",
+        "--set",
+        "data.block_size=32",
+        "--set",
+        f"training.output_dir={out}",
+        "--set",
+        "training.max_steps=6",
+        "--set",
+        "training.gradient_accumulation_steps=1",
+        "--set",
+        "training.warmup_steps=1",
+        "--set",
+        "training.use_cpu=true",
+        "--set",
+        "checkpoint.save_interval_sec=0.5",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = out / "checkpoint-6"

@@ -101,7 +101,9 @@ def test_output_dir_is_required_and_data_source_is_exactly_one():
 
 
 def test_overrides_parse_values_as_yaml():
-    raw = apply_overrides(minimal(), ["training.max_steps=12", "checkpoint.save_interval_sec=2.5", "model.lora.r=4"])
+    raw = apply_overrides(
+        minimal(), ["training.max_steps=12", "checkpoint.save_interval_sec=2.5", "model.lora.r=4"]
+    )
     assert raw["training"]["max_steps"] == 12
     assert raw["checkpoint"]["save_interval_sec"] == 2.5
     assert raw["model"]["lora"] == {"r": 4}
