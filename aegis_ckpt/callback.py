@@ -22,12 +22,13 @@ from .commit import commit_checkpoint, is_committed
 from .errors import CommitError
 from .options import CheckpointOptions
 from .policy import IntervalPolicy, SavePolicy
-from .runstate import mark_completed
+from .runstate import heartbeat_path_from_env, mark_completed, write_heartbeat
 from .store import CheckpointStore
 
 logger = logging.getLogger(__name__)
 
 _PACKAGE_LOGGER = "aegis_ckpt"
+HEARTBEAT_EVERY_SEC = 5.0
 
 
 class AegisCheckpointCallback(TrainerCallback):
@@ -98,6 +99,25 @@ class AegisCheckpointCallback(TrainerCallback):
         self._save_requested_at: float | None = None
         self._save_reason = ""
         self._rotation_checked = False
+        self._heartbeat_file = heartbeat_path_from_env()
+        self._last_heartbeat: float | None = None
+
+    def _beat(self, step: int, phase: str, *, force: bool = False) -> None:
+        """Tell a supervising ``aegis-ckpt run`` that training makes progress (no-op without one)."""
+        if self._heartbeat_file is None:
+            return
+        now = self.clock()
+        if (
+            not force
+            and self._last_heartbeat is not None
+            and now - self._last_heartbeat < HEARTBEAT_EVERY_SEC
+        ):
+            return
+        self._last_heartbeat = now
+        try:
+            write_heartbeat(self._heartbeat_file, step=step, phase=phase)
+        except OSError as e:
+            logger.debug("heartbeat not written: %s", e)
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _take_over_rotation(self, args) -> None:
@@ -140,6 +160,7 @@ class AegisCheckpointCallback(TrainerCallback):
         distributed.barrier()
         self.last_saved_step = None
         self.policy.start(self.clock())
+        self._beat(state.global_step, "train_begin", force=True)
         logger.info(
             "Saving every %.0f s, keeping %d committed checkpoints in %s",
             self.policy.interval_sec,
@@ -176,6 +197,9 @@ class AegisCheckpointCallback(TrainerCallback):
             self._save_reason = "trainer"
         if control.should_save:
             self._save_requested_at = self.clock()
+            self._beat(state.global_step, "saving", force=True)
+        else:
+            self._beat(state.global_step, "train")
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -205,6 +229,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self.last_saved_step = state.global_step
         self.last_commit_path = folder
         self._save_requested_at = None
+        self._beat(state.global_step, "train", force=True)
         return control
 
     def _require_store(self) -> CheckpointStore:
@@ -256,6 +281,7 @@ class AegisCheckpointCallback(TrainerCallback):
 
     # ---- end -----------------------------------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
+        self._beat(state.global_step, "train_end", force=True)
         finished = state.max_steps > 0 and state.global_step >= state.max_steps
         final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
         if not (self.write_completion_marker and finished and final_saved and args.should_save):

@@ -8,10 +8,7 @@ import sys
 
 from . import __version__
 from .errors import AegisError, ConfigError, PreflightError
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
+from .exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
 
 
 def _setup_logging(verbose: bool) -> None:

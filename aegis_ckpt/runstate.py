@@ -45,3 +45,22 @@ def read_completion(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+# ---- heartbeat for a supervisor ---------------------------------------------------------------------------------
+HEARTBEAT_ENV = "AEGIS_HEARTBEAT_FILE"
+"""Set by ``aegis-ckpt run`` for its child: the path of a file that the training process rewrites while it makes
+progress. A heartbeat older than the supervisor's hang timeout means the run is stuck."""
+
+
+def heartbeat_path_from_env() -> Path | None:
+    value = os.environ.get(HEARTBEAT_ENV)
+    return Path(value) if value else None
+
+
+def write_heartbeat(path: Path, *, step: int, phase: str) -> None:
+    """Rewrite the heartbeat file: ``{"unix": ..., "pid": ..., "step": ..., "phase": ...}``. Not fsynced: it
+    only has to be visible to a supervisor on the same machine, and a lost heartbeat costs nothing."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"unix": time.time(), "pid": os.getpid(), "step": step, "phase": phase}))
+    os.replace(tmp, path)

@@ -1,0 +1,24 @@
+"""Process exit codes, shared by the CLI, the emergency-save path, the supervisor and the launchers.
+
+A supervisor decides from these whether to restart: bad input is permanent, a signal stop was asked for, and
+anything else non-zero is a failure worth a restart.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+"""Training finished, or it had already finished before."""
+
+EXIT_FAILURE = 1
+"""An error during training (after a best-effort emergency checkpoint); restarting may help."""
+
+EXIT_BAD_INPUT = 2
+"""Bad config or command line, unusable output dir, failed preflight: restarting will not help."""
+
+EXIT_SIGNAL_BASE = 128
+"""Stopped by a signal after the emergency checkpoint committed: 128 + signal number (SIGTERM -> 143,
+SIGINT -> 130, SIGHUP -> 129), the shell convention."""
+
+
+def exit_code_for_signal(signum: int) -> int:
+    return EXIT_SIGNAL_BASE + int(signum)
