@@ -1,16 +1,20 @@
 """``AegisCheckpointCallback``: the TrainerCallback glue.
 
-It decides at each optimizer step end whether a save is due (``policy``), lets the Trainer write the standard
-``checkpoint-<step>`` folder (``control.should_save = True``), commits that folder in ``on_save``
-(``commit``) and applies retention afterwards (``store``). It commits every save the Trainer makes, whatever
-``save_strategy`` the user chose, and takes over ``save_total_limit`` because the Trainer's own rotation deletes
-by mtime before anything could be committed.
+At each optimizer step end it decides whether a save is due (``policy``; a stop signal from ``signals``;
+agreed across ranks by ``distributed``), lets the Trainer write the standard ``checkpoint-<step>`` folder
+(``control.should_save = True``), commits that folder in ``on_save`` (``commit``) and applies retention
+afterwards (``store``). It commits every save the Trainer makes, whatever ``save_strategy`` the user chose, and
+takes over ``save_total_limit`` because the Trainer's own rotation deletes by mtime before anything could be
+committed. After a stop signal the save is the emergency checkpoint, and the process then exits with
+``128 + signum``; after an exception (``emergency``) a best-effort checkpoint is saved before it propagates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +22,17 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from . import distributed
-from .commit import commit_checkpoint, is_committed
-from .errors import CommitError
-from .options import CheckpointOptions
+from .commit import commit_checkpoint, is_committed, read_manifest
+from .distributed import PeerLostError, StepAgreement, StepFlags
+from .emergency import StepPhase, TrainGuard
+from .errors import AegisError, CommitError
+from .exitcodes import exit_code_for_signal
+from .options import CheckpointOptions, EmergencyOptions
 from .policy import IntervalPolicy, SavePolicy
+from .rngstate import capture_rng_state, restore_rng_state
 from .runstate import heartbeat_path_from_env, mark_completed, write_heartbeat
-from .store import CheckpointStore
+from .signals import SignalWatcher, signal_name
+from .store import CheckpointStore, checkpoint_dir_name
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +40,33 @@ _PACKAGE_LOGGER = "aegis_ckpt"
 HEARTBEAT_EVERY_SEC = 5.0
 
 
+def _find_trainer():
+    """The ``Trainer`` calling this callback, found on the call stack (callbacks are not given it). Needed only
+    for exception-time saves, which must guard ``train()`` and call the Trainer's own writer."""
+    from transformers import Trainer
+
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            break
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _jit_sigterm_handler_installed() -> bool:
+    import signal
+
+    handler = signal.getsignal(signal.SIGTERM)
+    owner = getattr(handler, "__self__", None)
+    return type(owner).__module__.endswith("trainer_jit_checkpoint")
+
+
 class AegisCheckpointCallback(TrainerCallback):
-    """Time-based rolling checkpoints with a crash-safe commit, for ``transformers.Trainer``.
+    """Time-based rolling checkpoints with a crash-safe commit, emergency saves on signals and exceptions, for
+    ``transformers.Trainer`` (single process, torchrun, accelerate).
 
     Args:
         save_interval_sec (`float`, *optional*, defaults to 180.0):
@@ -46,8 +80,15 @@ class AegisCheckpointCallback(TrainerCallback):
             Also keep the first checkpoint of every window of this many seconds (e.g. 3600: one per hour).
         keep_best (`bool`, *optional*, defaults to `True`):
             Never prune the Trainer's ``best_model_checkpoint``.
-        options (`CheckpointOptions`, *optional*):
-            All of the above as one object; when given, the keyword arguments above must be left unset.
+        handle_signals (`bool`, *optional*, defaults to `True`):
+            On SIGTERM, SIGINT, SIGHUP, SIGUSR1 (Windows: Ctrl+C, Ctrl+Break, console close, logoff, shutdown)
+            finish the step, commit a checkpoint, and exit with ``128 + signum``. A second signal exits at once.
+        grace_period_sec (`float`, *optional*, defaults to 20.0):
+            Exit anyway if the emergency checkpoint is not committed this long after the signal.
+        save_on_exception (`bool`, *optional*, defaults to `True`):
+            Save the last completed step when an exception escapes training (single process), then re-raise.
+        options (`CheckpointOptions`, *optional*), emergency (`EmergencyOptions`, *optional*):
+            The same settings as objects; when given, the matching keyword arguments must be left unset.
         write_completion_marker (`bool`, *optional*, defaults to `True`):
             Record ``.aegis/completed.json`` when training reaches its last step with a committed checkpoint.
             ``aegis-ckpt train`` turns this off and records completion itself after exporting the final model.
@@ -71,23 +112,32 @@ class AegisCheckpointCallback(TrainerCallback):
         save_on_train_end: bool | None = None,
         keep_milestone_every_sec: float | None = None,
         keep_best: bool | None = None,
+        handle_signals: bool | None = None,
+        grace_period_sec: float | None = None,
+        save_on_exception: bool | None = None,
         options: CheckpointOptions | None = None,
+        emergency: EmergencyOptions | None = None,
         policy: SavePolicy | None = None,
         write_completion_marker: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ):
-        flat = {
-            "save_interval_sec": save_interval_sec,
-            "max_keep": max_keep,
-            "save_on_train_end": save_on_train_end,
-            "keep_milestone_every_sec": keep_milestone_every_sec,
-            "keep_best": keep_best,
-        }
-        given = {k: v for k, v in flat.items() if v is not None}
-        if options is not None and given:
-            raise TypeError(f"pass either options= or keyword options, not both (got {sorted(given)})")
         self._max_keep_explicit = options is not None or max_keep is not None
-        self.options = options if options is not None else CheckpointOptions(**given)
+        self.options = _build_options(
+            CheckpointOptions,
+            options,
+            save_interval_sec=save_interval_sec,
+            max_keep=max_keep,
+            save_on_train_end=save_on_train_end,
+            keep_milestone_every_sec=keep_milestone_every_sec,
+            keep_best=keep_best,
+        )
+        self.emergency = _build_options(
+            EmergencyOptions,
+            emergency,
+            handle_signals=handle_signals,
+            grace_period_sec=grace_period_sec,
+            save_on_exception=save_on_exception,
+        )
         self.policy: SavePolicy = (
             policy if policy is not None else IntervalPolicy(self.options.save_interval_sec)
         )
@@ -96,28 +146,19 @@ class AegisCheckpointCallback(TrainerCallback):
         self.store: CheckpointStore | None = None
         self.last_saved_step: int | None = None
         self.last_commit_path: Path | None = None
+        self.stop_signal: int | None = None
+        self.watcher: SignalWatcher | None = None
+        self._agreement = StepAgreement()
+        self._guard = TrainGuard(self._save_after_exception)
+        self._trainer = None
+        self._phase = StepPhase.CONSISTENT
+        self._train_begin_step: int | None = None
+        self._step_rng: dict | None = None
         self._save_requested_at: float | None = None
         self._save_reason = ""
         self._rotation_checked = False
         self._heartbeat_file = heartbeat_path_from_env()
         self._last_heartbeat: float | None = None
-
-    def _beat(self, step: int, phase: str, *, force: bool = False) -> None:
-        """Tell a supervising ``aegis-ckpt run`` that training makes progress (no-op without one)."""
-        if self._heartbeat_file is None:
-            return
-        now = self.clock()
-        if (
-            not force
-            and self._last_heartbeat is not None
-            and now - self._last_heartbeat < HEARTBEAT_EVERY_SEC
-        ):
-            return
-        self._last_heartbeat = now
-        try:
-            write_heartbeat(self._heartbeat_file, step=step, phase=phase)
-        except OSError as e:
-            logger.debug("heartbeat not written: %s", e)
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _take_over_rotation(self, args) -> None:
@@ -129,7 +170,7 @@ class AegisCheckpointCallback(TrainerCallback):
         if not limit:
             return
         if not self._max_keep_explicit:
-            self.options = CheckpointOptions(**{**self.options.__dict__, "max_keep": int(limit)})
+            self.options = dataclasses.replace(self.options, max_keep=int(limit))
         logger.warning(
             "save_total_limit=%s is handled by aegis-ckpt retention (max_keep=%d): the Trainer's own rotation "
             "deletes checkpoints before a newer one is committed, so it is switched off for this run.",
@@ -140,6 +181,10 @@ class AegisCheckpointCallback(TrainerCallback):
 
     def on_init_end(self, args, state, control, **kwargs):
         self._take_over_rotation(args)
+        if self.emergency.save_on_exception:
+            self._trainer = _find_trainer()
+            if self._trainer is not None:
+                self._guard.install(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._take_over_rotation(args)
@@ -152,45 +197,137 @@ class AegisCheckpointCallback(TrainerCallback):
                 "save_only_model=True: checkpoints hold no optimizer, scheduler or RNG state, so a resumed run "
                 "will not continue exactly where it stopped."
             )
+        self._check_world_size(args, state)
         self.store = CheckpointStore(args.output_dir)
         if args.should_save:
             self.store.mark_managed()
             self._set_aside_future_checkpoints(state.global_step)
             self.store.empty_trash()
+        self._agreement.setup()
         distributed.barrier()
         self.last_saved_step = None
+        self.stop_signal = None
+        self._train_begin_step = state.global_step
+        self._phase = StepPhase.CONSISTENT
+        self._install_emergency_handlers(args)
         self.policy.start(self.clock())
         self._beat(state.global_step, "train_begin", force=True)
         logger.info(
-            "Saving every %.0f s, keeping %d committed checkpoints in %s",
+            "Saving every %g s, keeping %d committed checkpoints in %s",
             self.policy.interval_sec,
             self.options.max_keep,
             args.output_dir,
         )
 
+    def _check_world_size(self, args, state) -> None:
+        """A resumed checkpoint saved by another number of processes would continue with other RNG streams and
+        data order: refuse, unless allowed."""
+        folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
+        if state.global_step == 0 or not is_committed(folder):
+            return
+        try:
+            saved = read_manifest(folder).meta.get("world_size")
+        except (OSError, ValueError, KeyError):
+            return
+        if saved is None or int(saved) == int(args.world_size):
+            return
+        message = (
+            f"{folder.name} was saved by {saved} process(es), this run has {args.world_size}: the Trainer would "
+            f"resume with different RNG streams and data order, not where training stopped."
+        )
+        if not self.emergency.allow_world_size_change:
+            raise AegisError(
+                message
+                + f" Relaunch with {saved} processes, or pass allow_world_size_change=True (emergency "
+                "options) to continue anyway."
+            )
+        logger.warning("%s Continuing because allow_world_size_change=True.", message)
+
     def _set_aside_future_checkpoints(self, start_step: int) -> None:
         """Folders with a step beyond where training starts belong to an abandoned timeline (e.g. a newer
         checkpoint was damaged and training resumed from an older one). The Trainer would overwrite them in
         place, and retention would count them as newest; move them aside instead."""
-        for entry in self._require_store().checkpoints():
+        store = self._require_store()
+        for entry in store.checkpoints():
             if entry.step > start_step:
-                self._require_store().quarantine(
+                store.quarantine(
                     entry.path,
                     f"superseded: training (re)started at step {start_step}, before this checkpoint",
                 )
 
+    def _install_emergency_handlers(self, args) -> None:
+        if self.emergency.handle_signals:
+            replace = ()
+            if getattr(args, "enable_jit_checkpoint", False) and _jit_sigterm_handler_installed():
+                import signal
+
+                replace = (signal.SIGTERM,)
+                logger.warning(
+                    "enable_jit_checkpoint=True: aegis-ckpt handles SIGTERM itself (a committed checkpoint at "
+                    "the next step end); the Trainer's JIT handler is bypassed so the state is not saved twice."
+                )
+            self.watcher = SignalWatcher(grace_period_sec=self.emergency.grace_period_sec)
+            self.watcher.install(replace=replace)
+        if self.emergency.save_on_exception and self._trainer is None:
+            logger.warning(
+                "No emergency checkpoint on exceptions: pass the callback to Trainer(callbacks=[...]) rather than "
+                "add_callback(), so it can guard train()."
+            )
+
+    @property
+    def _exception_saves_active(self) -> bool:
+        # Multi-process: one rank's exception leaves the others inside collectives; no collective save possible.
+        return self._trainer is not None and not self._agreement.active
+
+    def _remove_emergency_handlers(self) -> None:
+        if self.watcher is not None:
+            self.watcher.uninstall()
+            self.watcher = None
+
     # ---- decide --------------------------------------------------------------------------------------------
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._phase = StepPhase.CONSISTENT
+        return control
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._phase = StepPhase.UPDATING
+        return control
+
     def on_step_end(self, args, state, control, **kwargs):
-        reasons = 0
-        if self.policy.is_due(self.clock()):
-            reasons |= 1
-        if self.options.save_on_train_end and state.global_step >= state.max_steps:
-            reasons |= 2
-        reasons = distributed.agree_flags(reasons)
-        if reasons & 1:
+        self._phase = StepPhase.CONSISTENT
+        if self._exception_saves_active:
+            self._step_rng = capture_rng_state(include_numpy=False)
+        local = StepFlags(
+            save_due=int(self.policy.is_due(self.clock())),
+            signal=(self.watcher.triggered or 0) if self.watcher is not None else 0,
+        )
+        final = state.global_step >= state.max_steps
+        try:
+            agreed = self._agreement.exchange(local, step=state.global_step, sync=final)
+        except PeerLostError as e:
+            self._exit_after_peer_loss(e, local)
+        contributed_at = self._agreement.result_step
+        if (
+            contributed_at is not None
+            and self.last_saved_step is not None
+            and contributed_at <= self.last_saved_step
+        ):
+            # "Due" as seen before the last save (pipelined agreement lags one step): already served.
+            agreed = StepFlags(save_due=0, signal=agreed.signal)
+        if agreed.signal:
+            if self.stop_signal is None:
+                self.stop_signal = agreed.signal
+                if self.watcher is not None and self.watcher.triggered is None:
+                    # Another rank got the signal: this rank saves with it and exits the same way.
+                    self.watcher.notify(
+                        agreed.signal, f"{signal_name(agreed.signal)} (on another rank)", quiet=True
+                    )
+            control.should_save = True
+            self._save_reason = f"signal:{signal_name(self.stop_signal)}"
+        elif agreed.save_due:
             control.should_save = True
             self._save_reason = "interval"
-        elif reasons & 2:
+        elif final and self.options.save_on_train_end:
             control.should_save = True
             self._save_reason = "final"
         elif control.should_save:
@@ -218,20 +355,184 @@ class AegisCheckpointCallback(TrainerCallback):
         # Every rank writes its own files (rng_state_<rank>.pth); commit only once all of them are done.
         distributed.barrier()
         started = self._save_requested_at if self._save_requested_at is not None else self.clock()
-        commit_started = self.clock()
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        write_sec = self.clock() - started
+        folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
         size_bytes = 0
         if args.should_save:
-            size_bytes = self._commit_and_retain(args, state, folder, commit_started - started)
+            size_bytes = self._commit_and_retain(state, folder, write_sec, world_size=args.world_size)
         distributed.barrier()
-        finished = self.clock()
-        self.policy.record_save(started=started, finished=finished, size_bytes=size_bytes)
+        self.policy.record_save(started=started, finished=self.clock(), size_bytes=size_bytes)
         self.last_saved_step = state.global_step
         self.last_commit_path = folder
         self._save_requested_at = None
         self._beat(state.global_step, "train", force=True)
+        if self.stop_signal is not None:
+            self._exit_after_emergency_save(state, folder, committed=size_bytes > 0 or not args.should_save)
         return control
 
+    def _commit_and_retain(self, state, folder: Path, write_sec: float, *, world_size: int) -> int:
+        store = self._require_store()
+        reason = self._save_reason or "trainer"
+        t0 = time.perf_counter()
+        try:
+            manifest = commit_checkpoint(
+                folder,
+                step=state.global_step,
+                reason=reason,
+                meta={"epoch": state.epoch, "max_steps": state.max_steps, "world_size": world_size},
+            )
+        except CommitError as e:
+            logger.error(
+                "Checkpoint at step %d was NOT committed (%s). The previous committed checkpoint stays the resume "
+                "point; the next save is tried one interval from now.",
+                state.global_step,
+                e,
+            )
+            return 0
+        logger.info(
+            "Committed %s (step %d, %.1f MB, %s, write %.2f s + commit %.2f s)",
+            folder,
+            state.global_step,
+            manifest.total_bytes / 1e6,
+            reason,
+            write_sec,
+            time.perf_counter() - t0,
+        )
+        protect = {folder}
+        if self.options.keep_best and state.best_model_checkpoint:
+            protect.add(Path(state.best_model_checkpoint))
+        store.prune(
+            self.options.max_keep, protect=protect, milestone_every_sec=self.options.keep_milestone_every_sec
+        )
+        return manifest.total_bytes
+
+    # ---- emergency exits -----------------------------------------------------------------------------------
+    def _exit_after_emergency_save(self, state, folder: Path, *, committed: bool) -> None:
+        signum = int(self.stop_signal or 0)
+        code = exit_code_for_signal(signum)
+        since = self.watcher.triggered_at if self.watcher is not None else None
+        took = (
+            f"{time.monotonic() - since:.1f} s after the signal" if since is not None else "after the signal"
+        )
+        if committed:
+            logger.warning(
+                "Stopped by %s: emergency checkpoint %s committed at step %d (%s); exiting with code %d",
+                signal_name(signum),
+                folder,
+                state.global_step,
+                took,
+                code,
+            )
+        else:
+            logger.error(
+                "Stopped by %s: the emergency checkpoint at step %d could not be committed; exiting with code %d "
+                "(the last committed checkpoint stays the resume point)",
+                signal_name(signum),
+                state.global_step,
+                code,
+            )
+        if self.watcher is not None:
+            self.watcher.mark_done()
+        self._agreement.close()
+        self._remove_emergency_handlers()
+        # SystemExit unwinds through trainer.train(): the user's code after it does not run as if training ended.
+        raise SystemExit(code)
+
+    def _exit_after_peer_loss(self, error: Exception, local: StepFlags):
+        code = exit_code_for_signal(local.signal) if local.signal else 1
+        logger.error(
+            "%s. No collective save is possible; exiting with code %d. The last committed checkpoint stays the "
+            "resume point.",
+            error,
+            code,
+        )
+        if self.watcher is not None:
+            self.watcher.mark_done()
+        self._remove_emergency_handlers()
+        raise SystemExit(code) from error
+
+    def _save_after_exception(self, exc: BaseException) -> None:
+        """Called by the train() guard once an exception escaped training; the exception is re-raised after."""
+        if self.watcher is not None:
+            self.watcher.mark_done()
+        self._remove_emergency_handlers()
+        trainer = self._trainer
+        exc_type = type(exc)
+        if trainer is None or not getattr(trainer, "is_in_train", True):
+            return
+        if self._agreement.active:
+            logger.error(
+                "%s escaped training on rank %d of a multi-process run: no emergency checkpoint (the other ranks "
+                "cannot join a save); the last committed checkpoint stays the resume point.",
+                exc_type.__name__,
+                distributed.rank(),
+            )
+            return
+        state = trainer.state
+        step = state.global_step
+        if self._phase != StepPhase.CONSISTENT:
+            logger.error(
+                "%s during the optimizer update of step %d: the weights are half-updated, so no emergency "
+                "checkpoint is saved; the last committed checkpoint stays the resume point.",
+                exc_type.__name__,
+                step + 1,
+            )
+            return
+        if self._train_begin_step is None or step <= self._train_begin_step or self.last_saved_step == step:
+            logger.error(
+                "%s escaped training at step %d; no emergency checkpoint: %s",
+                exc_type.__name__,
+                step,
+                "no step completed in this run"
+                if self.last_saved_step != step
+                else "that step is already committed",
+            )
+            return
+        logger.error(
+            "%s escaped training at step %d: saving an emergency checkpoint", exc_type.__name__, step
+        )
+        if self._step_rng is not None:
+            # Forward passes since the step end advanced the generators; save them as they were at that step.
+            restore_rng_state(self._step_rng)
+        self._save_reason = f"exception:{exc_type.__name__}"
+        t0 = time.perf_counter()
+        trainer._save_checkpoint(trainer.model, trial=None)
+        folder = Path(trainer.args.output_dir) / checkpoint_dir_name(step)
+        if self._commit_and_retain(state, folder, time.perf_counter() - t0, world_size=1):
+            self.last_saved_step = step
+
+    # ---- end -----------------------------------------------------------------------------------------------
+    def on_train_end(self, args, state, control, **kwargs):
+        self._beat(state.global_step, "train_end", force=True)
+        try:
+            late = self._agreement.drain()
+        except PeerLostError as e:
+            late = StepFlags()
+            logger.warning("%s (at train end)", e)
+        self._agreement.close()
+        watcher_signal = self.watcher.triggered if self.watcher is not None else None
+        self._remove_emergency_handlers()
+        finished = state.max_steps > 0 and state.global_step >= state.max_steps
+        final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
+        if self.write_completion_marker and finished and final_saved and args.should_save:
+            if is_committed(self.last_commit_path):
+                mark_completed(
+                    args.output_dir, step=state.global_step, checkpoint=os.fspath(self.last_commit_path)
+                )
+        signum = late.signal or watcher_signal
+        if signum and final_saved:
+            # A stop request that arrived after the last step end: the final checkpoint is committed; honour the
+            # request instead of returning to code that would go on after training.
+            logger.warning(
+                "%s arrived as training ended; checkpoint-%d is committed; exiting with code %d",
+                signal_name(signum),
+                state.global_step,
+                exit_code_for_signal(signum),
+            )
+            raise SystemExit(exit_code_for_signal(signum))
+        return control
+
+    # ---- helpers -------------------------------------------------------------------------------------------
     def _require_store(self) -> CheckpointStore:
         if self.store is None:
             raise RuntimeError(
@@ -239,55 +540,30 @@ class AegisCheckpointCallback(TrainerCallback):
             )
         return self.store
 
-    def _commit_and_retain(self, args, state, folder: Path, write_sec: float) -> int:
-        t0 = time.perf_counter()
+    def _beat(self, step: int, phase: str, *, force: bool = False) -> None:
+        """Tell a supervising ``aegis-ckpt run`` that training makes progress (no-op without one)."""
+        if self._heartbeat_file is None:
+            return
+        now = self.clock()
+        if (
+            not force
+            and self._last_heartbeat is not None
+            and now - self._last_heartbeat < HEARTBEAT_EVERY_SEC
+        ):
+            return
+        self._last_heartbeat = now
         try:
-            manifest = commit_checkpoint(
-                folder,
-                step=state.global_step,
-                reason=self._save_reason or "trainer",
-                meta={
-                    "epoch": state.epoch,
-                    "max_steps": state.max_steps,
-                    "world_size": args.world_size,
-                    "save_only_model": bool(getattr(args, "save_only_model", False)),
-                },
-            )
-        except CommitError as e:
-            logger.error(
-                "Checkpoint at step %d was NOT committed (%s). Training goes on; the previous committed "
-                "checkpoint stays the resume point, and the next save is tried one interval from now.",
-                state.global_step,
-                e,
-            )
-            return 0
-        commit_sec = time.perf_counter() - t0
-        logger.info(
-            "Committed %s (step %d, %.1f MB, %s, write %.2f s + commit %.2f s)",
-            folder,
-            state.global_step,
-            manifest.total_bytes / 1e6,
-            self._save_reason or "trainer",
-            write_sec,
-            commit_sec,
-        )
-        protect = {folder}
-        if self.options.keep_best and state.best_model_checkpoint:
-            protect.add(Path(state.best_model_checkpoint))
-        self._require_store().prune(
-            self.options.max_keep, protect=protect, milestone_every_sec=self.options.keep_milestone_every_sec
-        )
-        return manifest.total_bytes
+            write_heartbeat(self._heartbeat_file, step=step, phase=phase)
+        except OSError as e:
+            logger.debug("heartbeat not written: %s", e)
 
-    # ---- end -----------------------------------------------------------------------------------------------
-    def on_train_end(self, args, state, control, **kwargs):
-        self._beat(state.global_step, "train_end", force=True)
-        finished = state.max_steps > 0 and state.global_step >= state.max_steps
-        final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
-        if not (self.write_completion_marker and finished and final_saved and args.should_save):
-            return control
-        if is_committed(self.last_commit_path):
-            mark_completed(
-                args.output_dir, step=state.global_step, checkpoint=os.fspath(self.last_commit_path)
+
+def _build_options(cls, given_object, **flat):
+    given = {k: v for k, v in flat.items() if v is not None}
+    if given_object is not None:
+        if given:
+            raise TypeError(
+                f"pass either the {cls.__name__} object or keyword options, not both (got {sorted(given)})"
             )
-        return control
+        return given_object
+    return cls(**given)

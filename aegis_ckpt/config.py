@@ -1,12 +1,13 @@
 """The YAML run config of ``aegis-ckpt train``: loading, ``--set`` overrides and validation.
 
-A config has six sections; every key is checked, and unknown keys are named in the error::
+A config has seven sections; every key is checked, and unknown keys are named in the error::
 
     model:       how to build or load the model (from a config, or ``name_or_path`` on the Hub / a local path)
     tokenizer:   a tokenizer to load, or a byte-level BPE to train in code on the training text
     data:        a local text/JSONL file, or a Hugging Face dataset; block size
     training:    passed to ``transformers.TrainingArguments`` as is (``output_dir`` is required)
     checkpoint:  ``CheckpointOptions`` (save interval, retention)
+    emergency:   ``EmergencyOptions`` (signals, grace period, exception saves)
     resume:      how the resume checkpoint is verified
 
 String values may use ``${VAR}`` and ``${VAR:-default}`` to read environment variables, so one config can point
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .options import VERIFY_MODES, CheckpointOptions
+from .options import VERIFY_MODES, CheckpointOptions, EmergencyOptions
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -130,6 +131,7 @@ class TrainConfig:
     data: DataConfig
     training: dict[str, Any]
     checkpoint: CheckpointOptions
+    emergency: EmergencyOptions
     resume: ResumeConfig
     source: str = "<memory>"
     base_dir: Path = Path(".")
@@ -140,7 +142,7 @@ class TrainConfig:
         return Path(self.training["output_dir"])
 
 
-SECTIONS = ("model", "tokenizer", "data", "training", "checkpoint", "resume")
+SECTIONS = ("model", "tokenizer", "data", "training", "checkpoint", "emergency", "resume")
 
 
 def _build_dataclass(cls, section: str, values: dict[str, Any]):
@@ -220,6 +222,7 @@ def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = 
     training.setdefault("report_to", "none")
 
     checkpoint = CheckpointOptions.from_mapping(_section(raw, "checkpoint"), where="checkpoint")
+    emergency = EmergencyOptions.from_mapping(_section(raw, "emergency"), where="emergency")
     resume = _build_dataclass(ResumeConfig, "resume", _section(raw, "resume"))
     if resume.verify not in VERIFY_MODES:
         raise ConfigError(f"resume.verify must be one of {VERIFY_MODES} (got {resume.verify!r})")
@@ -229,6 +232,7 @@ def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = 
         data=data,
         training=training,
         checkpoint=checkpoint,
+        emergency=emergency,
         resume=resume,
         source=source,
         base_dir=base,

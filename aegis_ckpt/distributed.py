@@ -1,13 +1,25 @@
 """Rank agreement under torch.distributed (torchrun, accelerate launch).
 
-Every rank must take part in every save (the Trainer all-gathers inside ``_save_checkpoint``), so any decision
-that starts a save is taken collectively: a flag raised on any rank is seen by all ranks at the same step.
-Without a process group these functions are local no-ops.
+Every rank must take part in every save (the Trainer all-gathers inside ``_save_checkpoint``; one rank saving
+alone hangs), so anything that starts a save must be decided identically on all ranks: "the save interval is
+due on some rank's clock" and "some rank received a stop signal".
+
+``StepAgreement`` does this without a blocking collective per step: at step ``k`` each rank starts an
+asynchronous all-reduce (MAX) of its local flags on a small gloo group of its own, and at step ``k + 1`` it reads
+the result, which every rank then acts on at that same step. The wait at ``k + 1`` almost never blocks, since
+the reduction had a whole training step to complete; decisions simply take effect one step later. The group is
+separate from the training group, so these CPU tensors never interleave with NCCL streams or DDP buckets.
+
+Without a process group (or with one process) everything here is local and immediate.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
 
 
 def _dist():
@@ -31,31 +43,119 @@ def is_distributed() -> bool:
     return world_size() > 1
 
 
-def agree_flags(flags: int) -> int:
-    """Bitwise OR of ``flags`` over all ranks (one small all-reduce; local value when not distributed)."""
-    dist = _dist()
-    if dist is None or dist.get_world_size() == 1:
-        return flags
-    import torch
-
-    # MAX over one-hot bit planes equals OR; keep it to a single small tensor.
-    bits = torch.tensor(
-        [(flags >> i) & 1 for i in range(8)], dtype=torch.int32, device=_collective_device(dist)
-    )
-    dist.all_reduce(bits, op=dist.ReduceOp.MAX)
-    return sum(int(b) << i for i, b in enumerate(bits.tolist()))
-
-
-def _collective_device(dist):
-    """NCCL only reduces CUDA tensors; gloo and others take CPU tensors."""
-    import torch
-
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
 def barrier() -> None:
     dist = _dist()
     if dist is not None and dist.get_world_size() > 1:
         dist.barrier()
+
+
+@dataclass(frozen=True)
+class StepFlags:
+    """What one rank knows at a step end; agreement takes the MAX of each field over all ranks."""
+
+    save_due: int = 0
+    """1 when the save interval has elapsed on this rank's clock."""
+    signal: int = 0
+    """The number of a stop signal this rank received, else 0."""
+
+    def merge(self, other: StepFlags) -> StepFlags:
+        return StepFlags(max(self.save_due, other.save_due), max(self.signal, other.signal))
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed: another rank is gone (killed, crashed), so no collective save is possible."""
+
+
+class StepAgreement:
+    """Pipelined agreement on ``StepFlags`` (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._group = None
+        self._pending = None
+        self._pending_step: int | None = None
+        self._buffer = None
+        self.world_size = 1
+        self.result_step: int | None = None
+        """The step at which the flags returned by the last ``exchange`` were contributed."""
+
+    def setup(self) -> None:
+        """Collective: every rank calls this at the same point (train begin)."""
+        self.close()
+        dist = _dist()
+        self.world_size = dist.get_world_size() if dist is not None else 1
+        if self.world_size > 1:
+            self._group = dist.new_group(backend="gloo")
+
+    @property
+    def active(self) -> bool:
+        return self._group is not None
+
+    def exchange(self, local: StepFlags, *, step: int, sync: bool = False) -> StepFlags:
+        """Contribute this step's flags; return the flags all ranks agreed on.
+
+        Pipelined (default): returns what the ranks contributed at the previous call (``result_step`` says at
+        which step). ``sync=True``: also reduces this step's flags before returning (one blocking collective),
+        for decisions that cannot wait a step, such as the last step of training. All ranks must use the same
+        ``sync`` value at the same call.
+        """
+        if not self.active:
+            self.result_step = step
+            return local
+        self.result_step = self._pending_step
+        agreed = self._collect_pending()
+        if sync:
+            self.result_step = step
+            return agreed.merge(self._reduce(local, async_op=False))
+        self._reduce(local, async_op=True)
+        self._pending_step = step
+        return agreed
+
+    def drain(self) -> StepFlags:
+        """Wait for an outstanding reduction (end of training) and return its result."""
+        if not self.active:
+            return StepFlags()
+        return self._collect_pending()
+
+    def close(self) -> None:
+        if self._group is None:
+            return
+        try:
+            self.drain()
+        except PeerLostError as e:
+            logger.debug("agreement drain on close failed: %s", e)
+        dist = _dist()
+        if dist is not None:
+            try:
+                dist.destroy_process_group(self._group)
+            except (RuntimeError, ValueError) as e:
+                logger.debug("could not destroy the agreement group: %s", e)
+        self._group = None
+
+    # ---- internals ---------------------------------------------------------------------------------------------
+    def _collect_pending(self) -> StepFlags:
+        if self._pending is None:
+            return StepFlags()
+        try:
+            self._pending.wait()
+        except RuntimeError as e:
+            raise PeerLostError(f"rank agreement failed, a peer rank is gone: {e}") from e
+        finally:
+            self._pending = None
+            self._pending_step = None
+        due, sig = (int(v) for v in self._buffer.tolist())
+        return StepFlags(due, sig)
+
+    def _reduce(self, local: StepFlags, *, async_op: bool) -> StepFlags:
+        import torch
+
+        dist = _dist()
+        buffer = torch.tensor([local.save_due, local.signal], dtype=torch.int64)
+        try:
+            work = dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=self._group, async_op=async_op)
+        except RuntimeError as e:
+            raise PeerLostError(f"rank agreement failed, a peer rank is gone: {e}") from e
+        if async_op:
+            self._pending, self._buffer = work, buffer
+            return StepFlags()
+        due, sig = (int(v) for v in buffer.tolist())
+        return StepFlags(due, sig)

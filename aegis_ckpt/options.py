@@ -22,6 +22,20 @@ def _check_positive(name: str, value: float | None, why: str) -> None:
         raise ConfigError(f"{name} must be a number > 0 (got {value!r}): {why}")
 
 
+def options_from_mapping(cls, values: dict[str, Any], where: str):
+    """Build an options dataclass from a plain mapping (a YAML section), naming unknown keys in the error."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    try:
+        return cls(**values)
+    except TypeError as e:  # wrong value types that the dataclass itself rejects
+        raise ConfigError(f"{where}: {e}") from e
+
+
 @dataclass(frozen=True, kw_only=True)
 class CheckpointOptions:
     """When to save and how many committed checkpoints to keep."""
@@ -70,14 +84,36 @@ class CheckpointOptions:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, where: str = "checkpoint") -> CheckpointOptions:
-        """Build from a plain mapping (YAML section), naming unknown keys in the error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        try:
-            return cls(**values)
-        except TypeError as e:  # wrong value types that the dataclass itself rejects
-            raise ConfigError(f"{where}: {e}") from e
+        return options_from_mapping(cls, values, where)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmergencyOptions:
+    """What happens on a stop signal or an exception during training."""
+
+    handle_signals: bool = True
+    """Turn SIGTERM, SIGINT, SIGHUP, SIGUSR1 (and Windows console close/Ctrl+C/Ctrl+Break/logoff/shutdown) into
+    a checkpoint at the next step end followed by exit code 128 + signal number."""
+
+    grace_period_sec: float = 20.0
+    """After a signal, exit anyway if the emergency checkpoint is not committed within this time (torchrun
+    sends SIGKILL 30 s after SIGTERM)."""
+
+    save_on_exception: bool = True
+    """On an exception escaping training (single process), save the last completed step if the state is
+    consistent, then re-raise."""
+
+    allow_world_size_change: bool = False
+    """Resume a checkpoint saved with a different number of processes. Off by default: the Trainer would
+    continue with other RNG streams and data order, i.e. not where it stopped."""
+
+    def __post_init__(self) -> None:
+        _check_positive(
+            "grace_period_sec",
+            self.grace_period_sec,
+            "it bounds how long an emergency save may take after a signal.",
+        )
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], *, where: str = "emergency") -> EmergencyOptions:
+        return options_from_mapping(cls, values, where)

@@ -94,7 +94,9 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         cfg.data.block_size,
     )
 
-    callback = AegisCheckpointCallback(options=cfg.checkpoint, write_completion_marker=False)
+    callback = AegisCheckpointCallback(
+        options=cfg.checkpoint, emergency=cfg.emergency, write_completion_marker=False
+    )
     trainer = Trainer(
         model=model,
         args=args,
