@@ -129,3 +129,78 @@ class StopAfterSave(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             control.should_training_stop = True
+
+
+class SaveRecorder(TrainerCallback):
+    """Records, at every ``on_save``, the step and the ``checkpoint-*`` folders present (committed or not).
+
+    Its position in the callback list matters: before the aegis callback it sees the output directory right
+    after the Trainer wrote the folder (and ran its own rotation); after it, the state after commit + prune.
+    """
+
+    def __init__(self):
+        self.saves: list[dict] = []
+
+    def on_save(self, args, state, control, **kwargs):
+        from aegis_ckpt.commit import is_committed
+
+        out = Path(args.output_dir)
+        folders = sorted(p for p in out.iterdir() if p.name.startswith("checkpoint-")) if out.is_dir() else []
+        self.saves.append(
+            {
+                "step": state.global_step,
+                "present": [p.name for p in folders],
+                "committed": [p.name for p in folders if is_committed(p)],
+            }
+        )
+
+    @property
+    def steps(self) -> list[int]:
+        return [s["step"] for s in self.saves]
+
+
+class ClockTicker(TrainerCallback):
+    """Advances an injected fake clock at each optimizer step begin: ``seconds_per_step`` is a number or a
+    function of the step about to run (1-based). Lets a test say exactly how much "wall-clock" time each step
+    takes without sleeping."""
+
+    def __init__(self, clock, seconds_per_step):
+        self.clock = clock
+        self.seconds_per_step = seconds_per_step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        dt = self.seconds_per_step
+        self.clock.advance(dt(state.global_step + 1) if callable(dt) else dt)
+
+
+class EventRecorder(TrainerCallback):
+    """Records every callback event with the global step (like transformers' test EventRecorderCallback)."""
+
+    EVENTS = (
+        "on_init_end",
+        "on_train_begin",
+        "on_epoch_begin",
+        "on_step_begin",
+        "on_substep_end",
+        "on_pre_optimizer_step",
+        "on_optimizer_step",
+        "on_step_end",
+        "on_epoch_end",
+        "on_evaluate",
+        "on_predict",
+        "on_save",
+        "on_log",
+        "on_prediction_step",
+        "on_train_end",
+    )
+
+    def __init__(self):
+        self.events: list[tuple[str, int]] = []
+        for name in self.EVENTS:
+            setattr(self, name, self._recorder(name))
+
+    def _recorder(self, name):
+        def record(args, state, control, **kwargs):
+            self.events.append((name, state.global_step))
+
+        return record
