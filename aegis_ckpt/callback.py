@@ -247,7 +247,9 @@ class AegisCheckpointCallback(TrainerCallback):
     # ---- end -----------------------------------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
         finished = state.max_steps > 0 and state.global_step >= state.max_steps
-        final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
-        if finished and final_saved and args.should_save and is_committed(self.last_commit_path):
-            mark_completed(args.output_dir, step=state.global_step, checkpoint=os.fspath(self.last_commit_path))
+        # The final checkpoint may be committed by this run, or by an earlier one that was killed before it
+        # wrote the record: a restart then resumes from that checkpoint with no step left to run.
+        final_path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if finished and args.should_save and is_committed(final_path):
+            mark_completed(args.output_dir, step=state.global_step, checkpoint=os.fspath(final_path))
         return control
