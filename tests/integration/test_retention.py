@@ -101,4 +101,6 @@ def test_failed_commit_keeps_older_checkpoints_and_training_goes_on(
     assert _committed_steps(tmp_path) == [9, 12]
     # The folder whose commit failed must not linger as a checkpoint-* folder that retention never removes.
     assert [e.step for e in CheckpointStore(tmp_path).checkpoints()] == [9, 12]
+    [record] = CheckpointStore(tmp_path).quarantined()
+    assert record["reason"].startswith("commit failed") and record["original_path"].endswith("checkpoint-6")
     assert find_resume_checkpoint(tmp_path) == str(tmp_path / "checkpoint-12")
