@@ -225,6 +225,9 @@ class AegisCheckpointCallback(TrainerCallback):
                 state.global_step,
                 e,
             )
+            # Retention only ever deletes committed folders, and the resume scan stops at the newest committed
+            # one, so a folder left here would stay forever; set it aside (kept, with the reason) instead.
+            self._require_store().quarantine(folder, f"commit failed: {e}")
             return 0
         commit_sec = time.perf_counter() - t0
         logger.info(
