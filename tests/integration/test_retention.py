@@ -52,7 +52,7 @@ def test_save_total_limit_is_taken_over_with_a_warning(tmp_path, make_trainer, f
     trainer.train()
     assert after.steps == [3, 6, 9, 12]
     previous: list[str] = []
-    for b, a in zip(before.saves, after.saves):
+    for b, a in zip(before.saves, after.saves, strict=True):
         assert set(previous) <= set(b["present"]), f"the Trainer deleted {set(previous) - set(b['present'])}"
         previous = a["committed"]
     assert _committed_steps(tmp_path) == [6, 9, 12]
