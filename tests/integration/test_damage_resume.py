@@ -116,4 +116,7 @@ def test_resume_past_a_silently_damaged_checkpoint_is_exact(source_run, tmp_path
     assert resume == str(out / "checkpoint-10")
     trainer = tinylib.make_trainer(out, [AegisCheckpointCallback(save_interval_sec=1e6)], max_steps=MAX_STEPS)
     trainer.train(resume_from_checkpoint=resume)
-    assert tinylib.weight_mismatches(tinylib.weights(trainer.model), reference_weights(max_steps=MAX_STEPS)) == []
+    assert (
+        tinylib.weight_mismatches(tinylib.weights(trainer.model), reference_weights(max_steps=MAX_STEPS))
+        == []
+    )

@@ -32,7 +32,9 @@ def _expected_events(max_steps: int, steps_per_epoch: int, grad_accum: int, save
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
-def test_event_sequence_with_aegis_equals_plain_trainer_plus_our_saves(tmp_path, make_trainer, fake_clock, grad_accum):
+def test_event_sequence_with_aegis_equals_plain_trainer_plus_our_saves(
+    tmp_path, make_trainer, fake_clock, grad_accum
+):
     max_steps = 12
     steps_per_epoch = 10 // grad_accum
     args = dict(max_steps=max_steps, gradient_accumulation_steps=grad_accum)

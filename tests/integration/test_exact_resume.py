@@ -24,7 +24,9 @@ def _interrupted_run(make_trainer, output_dir, clock, stop_at: int, **args):
     """Train with a 1 s-per-step fake clock and an interval that makes the save due exactly at ``stop_at``;
     stop right after that save is committed."""
     cb = AegisCheckpointCallback(save_interval_sec=stop_at - 0.5, clock=clock)
-    trainer = make_trainer(output_dir, callbacks=[ClockTicker(clock, 1.0), cb, StopAfterSave(stop_at)], **args)
+    trainer = make_trainer(
+        output_dir, callbacks=[ClockTicker(clock, 1.0), cb, StopAfterSave(stop_at)], **args
+    )
     trainer.train()
     assert trainer.state.global_step == stop_at
     assert read_manifest(output_dir / f"checkpoint-{stop_at}").reason == "interval"
@@ -69,7 +71,9 @@ def test_plain_trainer_resumes_from_our_checkpoint(tmp_path, make_trainer, fake_
     assert tinylib.weight_mismatches(tinylib.weights(trainer.model), reference_weights(max_steps=20)) == []
 
 
-def test_our_callback_does_not_change_the_training_math(tmp_path, make_trainer, fake_clock, reference_weights):
+def test_our_callback_does_not_change_the_training_math(
+    tmp_path, make_trainer, fake_clock, reference_weights
+):
     """Uninterrupted run with frequent saves, commits and pruning: same weights as without the callback."""
     cb = AegisCheckpointCallback(save_interval_sec=1.5, max_keep=2, clock=fake_clock)
     trainer = make_trainer(tmp_path, callbacks=[ClockTicker(fake_clock, 1.0), cb], max_steps=20)

@@ -43,10 +43,14 @@ def test_save_total_limit_is_taken_over_with_a_warning(tmp_path, make_trainer, f
     cb = AegisCheckpointCallback(save_interval_sec=2.5, max_keep=3, clock=fake_clock)
     with caplog.at_level(logging.WARNING, logger="aegis_ckpt"):
         trainer = make_trainer(
-            tmp_path, callbacks=[ClockTicker(fake_clock, 1.0), before, cb, after], max_steps=12, save_total_limit=1
+            tmp_path,
+            callbacks=[ClockTicker(fake_clock, 1.0), before, cb, after],
+            max_steps=12,
+            save_total_limit=1,
         )
     assert any(
-        "save_total_limit=1 is handled by aegis-ckpt retention (max_keep=3)" in r.getMessage() for r in caplog.records
+        "save_total_limit=1 is handled by aegis-ckpt retention (max_keep=3)" in r.getMessage()
+        for r in caplog.records
     )
     assert trainer.args.save_total_limit is None
     trainer.train()
@@ -58,7 +62,9 @@ def test_save_total_limit_is_taken_over_with_a_warning(tmp_path, make_trainer, f
     assert _committed_steps(tmp_path) == [6, 9, 12]
 
 
-def test_save_total_limit_becomes_max_keep_when_max_keep_is_not_given(tmp_path, make_trainer, fake_clock, caplog):
+def test_save_total_limit_becomes_max_keep_when_max_keep_is_not_given(
+    tmp_path, make_trainer, fake_clock, caplog
+):
     cb = AegisCheckpointCallback(save_interval_sec=2.5, clock=fake_clock)
     with caplog.at_level(logging.WARNING, logger="aegis_ckpt"):
         trainer = make_trainer(

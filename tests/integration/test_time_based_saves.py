@@ -32,7 +32,9 @@ def _reasons(output_dir) -> dict[int, str]:
     ],
     ids=["steady-3s-steps", "one-slow-step"],
 )
-def test_saves_follow_the_clock_not_the_step_count(tmp_path, make_trainer, fake_clock, seconds_per_step, expected):
+def test_saves_follow_the_clock_not_the_step_count(
+    tmp_path, make_trainer, fake_clock, seconds_per_step, expected
+):
     recorder = SaveRecorder()
     cb = AegisCheckpointCallback(save_interval_sec=10, max_keep=100, clock=fake_clock)
     trainer = make_trainer(
@@ -64,7 +66,9 @@ def test_real_wall_clock_triggers_saves_with_save_strategy_no(tmp_path, make_tra
 def test_user_save_steps_are_committed_too(tmp_path, make_trainer):
     recorder = SaveRecorder()
     cb = AegisCheckpointCallback(save_interval_sec=1e6, max_keep=100)
-    trainer = make_trainer(tmp_path, callbacks=[cb, recorder], save_strategy="steps", save_steps=4, max_steps=12)
+    trainer = make_trainer(
+        tmp_path, callbacks=[cb, recorder], save_strategy="steps", save_steps=4, max_steps=12
+    )
     trainer.train()
     assert recorder.steps == [4, 8, 12]
     assert _reasons(tmp_path) == {4: "trainer", 8: "trainer", 12: "final"}
@@ -122,8 +126,11 @@ def test_restart_after_the_final_commit_marks_the_run_completed(tmp_path, make_t
 def test_restart_into_a_copy_keeps_the_run_resumable(tmp_path, make_trainer):
     """Checkpoints stay valid when the output directory is moved (manifests hold relative paths only)."""
     trainer = make_trainer(
-        tmp_path / "a", callbacks=[AegisCheckpointCallback(save_interval_sec=1e6)], save_strategy="steps",
-        save_steps=5, max_steps=10,
+        tmp_path / "a",
+        callbacks=[AegisCheckpointCallback(save_interval_sec=1e6)],
+        save_strategy="steps",
+        save_steps=5,
+        max_steps=10,
     )
     trainer.train()
     shutil.copytree(tmp_path / "a", tmp_path / "b")
