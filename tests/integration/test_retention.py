@@ -7,6 +7,7 @@ import errno
 import logging
 
 import pytest
+import tinylib
 from tinylib import ClockTicker, SaveRecorder
 
 from aegis_ckpt import AegisCheckpointCallback, commit, find_resume_checkpoint
@@ -110,3 +111,35 @@ def test_failed_commit_keeps_older_checkpoints_and_training_goes_on(
     [record] = CheckpointStore(tmp_path).quarantined()
     assert record["reason"].startswith("commit failed") and record["original_path"].endswith("checkpoint-6")
     assert find_resume_checkpoint(tmp_path) == str(tmp_path / "checkpoint-12")
+
+
+def test_explicit_resume_from_an_older_checkpoint_sets_newer_ones_aside(
+    tmp_path, make_trainer, reference_weights
+):
+    """Resuming from checkpoint-5 while 10 and 15 exist: 10 and 15 belong to an abandoned timeline. They are
+    moved to quarantine at train begin, instead of being overwritten in place under their old manifests and
+    counted as the newest by retention."""
+    from tinylib import StopAfterSave
+
+    first = make_trainer(
+        tmp_path,
+        callbacks=[AegisCheckpointCallback(save_interval_sec=1e6), StopAfterSave(15)],
+        save_strategy="steps",
+        save_steps=5,
+    )
+    first.train()
+    assert _committed_steps(tmp_path) == [5, 10, 15]
+
+    after = SaveRecorder()
+    trainer = make_trainer(
+        tmp_path,
+        callbacks=[AegisCheckpointCallback(save_interval_sec=1e6, max_keep=2), after],
+        save_strategy="steps",
+        save_steps=5,
+    )
+    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
+    assert after.saves[0]["step"] == 10 and sorted(after.saves[0]["committed"]) == ["checkpoint-10", "checkpoint-5"]
+    reasons = sorted(r["reason"].split(":")[0] for r in CheckpointStore(tmp_path).quarantined())
+    assert reasons == ["superseded", "superseded"]
+    assert _committed_steps(tmp_path) == [15, 20]
+    assert tinylib.weight_mismatches(tinylib.weights(trainer.model), reference_weights(max_steps=20)) == []
