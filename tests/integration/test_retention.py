@@ -138,7 +138,10 @@ def test_explicit_resume_from_an_older_checkpoint_sets_newer_ones_aside(
         save_steps=5,
     )
     trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-5"))
-    assert after.saves[0]["step"] == 10 and sorted(after.saves[0]["committed"]) == ["checkpoint-10", "checkpoint-5"]
+    assert after.saves[0]["step"] == 10 and sorted(after.saves[0]["committed"]) == [
+        "checkpoint-10",
+        "checkpoint-5",
+    ]
     reasons = sorted(r["reason"].split(":")[0] for r in CheckpointStore(tmp_path).quarantined())
     assert reasons == ["superseded", "superseded"]
     assert _committed_steps(tmp_path) == [15, 20]
