@@ -388,6 +388,9 @@ class AegisCheckpointCallback(TrainerCallback):
                 state.global_step,
                 e,
             )
+            # Retention only ever deletes committed folders, and the resume scan stops at the newest committed
+            # one, so a folder left here would stay forever; set it aside (kept, with the reason) instead.
+            store.quarantine(folder, f"commit failed: {e}")
             return 0
         logger.info(
             "Committed %s (step %d, %.1f MB, %s, write %.2f s + commit %.2f s)",
@@ -514,11 +517,11 @@ class AegisCheckpointCallback(TrainerCallback):
         self._remove_emergency_handlers()
         finished = state.max_steps > 0 and state.global_step >= state.max_steps
         final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
-        if self.write_completion_marker and finished and final_saved and args.should_save:
-            if is_committed(self.last_commit_path):
-                mark_completed(
-                    args.output_dir, step=state.global_step, checkpoint=os.fspath(self.last_commit_path)
-                )
+        # The final checkpoint may be committed by this run, or by an earlier one that was killed before it
+        # wrote the record: a restart then resumes from that checkpoint with no step left to run.
+        final_path = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
+        if self.write_completion_marker and finished and args.should_save and is_committed(final_path):
+            mark_completed(args.output_dir, step=state.global_step, checkpoint=os.fspath(final_path))
         signum = late.signal or watcher_signal
         if signum and final_saved:
             # A stop request that arrived after the last step end: the final checkpoint is committed; honour the

@@ -1,0 +1,51 @@
+"""Our callback must not break the Trainer's normal event sequence (hook misuse shows up here first)."""
+
+from __future__ import annotations
+
+import pytest
+from tinylib import ClockTicker, EventRecorder
+
+from aegis_ckpt import AegisCheckpointCallback
+
+pytestmark = pytest.mark.slow
+
+
+def _expected_events(max_steps: int, steps_per_epoch: int, grad_accum: int, save_steps: set[int]):
+    """The sequence a plain Trainer produces for this setup (no eval, logging "no")."""
+    events = [("on_init_end", 0), ("on_train_begin", 0)]
+    step = 0
+    while step < max_steps:
+        events.append(("on_epoch_begin", step))
+        for _ in range(steps_per_epoch):
+            events.append(("on_step_begin", step))
+            events += [("on_substep_end", step)] * (grad_accum - 1)
+            events += [("on_pre_optimizer_step", step), ("on_optimizer_step", step)]
+            step += 1
+            events.append(("on_step_end", step))
+            if step in save_steps:
+                events.append(("on_save", step))
+            if step == max_steps:
+                break
+        events.append(("on_epoch_end", step))
+    events += [("on_log", step), ("on_train_end", step)]
+    return events
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_event_sequence_with_aegis_equals_plain_trainer_plus_our_saves(
+    tmp_path, make_trainer, fake_clock, grad_accum
+):
+    max_steps = 12
+    steps_per_epoch = 10 // grad_accum
+    args = dict(max_steps=max_steps, gradient_accumulation_steps=grad_accum)
+
+    plain = EventRecorder()
+    make_trainer(tmp_path / "plain", callbacks=[plain], **args).train()
+    assert plain.events == _expected_events(max_steps, steps_per_epoch, grad_accum, set())
+
+    ours = EventRecorder()
+    cb = AegisCheckpointCallback(save_interval_sec=3.5, clock=fake_clock)
+    make_trainer(tmp_path / "aegis", callbacks=[ClockTicker(fake_clock, 1.0), cb, ours], **args).train()
+    # Saves at 4, 8 (interval) and 12 (final); nothing else moves.
+    assert ours.events == _expected_events(max_steps, steps_per_epoch, grad_accum, {4, 8, 12})
+    assert [e for e in ours.events if e[0] != "on_save"] == plain.events

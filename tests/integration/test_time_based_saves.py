@@ -1,0 +1,137 @@
+"""Time-based saving on a real Trainer: saves follow wall-clock time, not the step count; they happen with
+``save_strategy="no"``; the user's own step/epoch saves are committed too; a finished run ends on a committed
+final checkpoint and writes ``.aegis/completed.json``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from tinylib import ClockTicker, SaveRecorder, SleepPerStep, StopAfterSave
+
+from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
+from aegis_ckpt.commit import read_manifest, verify_checkpoint
+from aegis_ckpt.runstate import read_completion
+from aegis_ckpt.store import CheckpointStore
+
+pytestmark = pytest.mark.slow
+
+
+def _reasons(output_dir) -> dict[int, str]:
+    return {e.step: read_manifest(e.path).reason for e in CheckpointStore(output_dir).committed()}
+
+
+@pytest.mark.parametrize(
+    "seconds_per_step, expected",
+    [
+        # 3 s a step, interval 10 s: due at t=12 (step 4); next due 22 -> step 8 (t=24); 34 -> step 12 ...
+        (lambda step: 3.0, {4: "interval", 8: "interval", 12: "interval", 16: "interval", 20: "interval"}),
+        # Same 20 steps, other clock: fast steps, one 30 s stall at step 6, fast again -> only step 6 + final.
+        (lambda step: 30.0 if step == 6 else 0.1, {6: "interval", 20: "final"}),
+    ],
+    ids=["steady-3s-steps", "one-slow-step"],
+)
+def test_saves_follow_the_clock_not_the_step_count(
+    tmp_path, make_trainer, fake_clock, seconds_per_step, expected
+):
+    recorder = SaveRecorder()
+    cb = AegisCheckpointCallback(save_interval_sec=10, max_keep=100, clock=fake_clock)
+    trainer = make_trainer(
+        tmp_path, callbacks=[ClockTicker(fake_clock, seconds_per_step), cb, recorder], save_strategy="no"
+    )
+    trainer.train()
+    assert recorder.steps == sorted(expected)
+    assert _reasons(tmp_path) == expected
+    for entry in CheckpointStore(tmp_path).committed():
+        assert verify_checkpoint(entry.path).ok
+
+
+def test_real_wall_clock_triggers_saves_with_save_strategy_no(tmp_path, make_trainer):
+    """Each step sleeps >= 0.06 s and the interval is 0.3 s, so after any save (or train begin) a new save must
+    come within 6 steps, however slow the machine is (a lower bound on elapsed time, not a speed assert)."""
+    recorder = SaveRecorder()
+    cb = AegisCheckpointCallback(save_interval_sec=0.3, max_keep=100)
+    trainer = make_trainer(
+        tmp_path, callbacks=[SleepPerStep(0.06), cb, recorder], save_strategy="no", max_steps=24
+    )
+    trainer.train()
+    gaps = [b - a for a, b in zip([0] + recorder.steps[:-1], recorder.steps, strict=True)]
+    assert recorder.steps and max(gaps) <= 6, recorder.steps
+    assert len(recorder.steps) >= 4
+    assert "interval" in set(_reasons(tmp_path).values())
+    assert sorted(_reasons(tmp_path)) == recorder.steps, "every save was committed"
+
+
+def test_user_save_steps_are_committed_too(tmp_path, make_trainer):
+    recorder = SaveRecorder()
+    cb = AegisCheckpointCallback(save_interval_sec=1e6, max_keep=100)
+    trainer = make_trainer(
+        tmp_path, callbacks=[cb, recorder], save_strategy="steps", save_steps=4, max_steps=12
+    )
+    trainer.train()
+    assert recorder.steps == [4, 8, 12]
+    assert _reasons(tmp_path) == {4: "trainer", 8: "trainer", 12: "final"}
+
+
+def test_epoch_saves_are_committed_once(tmp_path, make_trainer):
+    """save_strategy="epoch": the last step saves at step end ("final") and the epoch-end save of the same
+    step is skipped instead of rewriting a committed folder in place."""
+    recorder = SaveRecorder()
+    cb = AegisCheckpointCallback(save_interval_sec=1e6, max_keep=100)
+    trainer = make_trainer(tmp_path, callbacks=[cb, recorder], save_strategy="epoch", max_steps=20)
+    trainer.train()
+    assert recorder.steps == [10, 20]
+    assert _reasons(tmp_path) == {10: "trainer", 20: "final"}
+
+
+def test_finished_run_ends_on_a_committed_final_checkpoint(tmp_path, make_trainer):
+    cb = AegisCheckpointCallback(save_interval_sec=1e6)
+    trainer = make_trainer(tmp_path, callbacks=[cb], max_steps=7)
+    trainer.train()
+    final = tmp_path / "checkpoint-7"
+    assert verify_checkpoint(final).ok and read_manifest(final).reason == "final"
+    record = read_completion(tmp_path)
+    assert record is not None and record["step"] == 7 and record["checkpoint"] == str(final)
+    assert json.loads((tmp_path / ".aegis" / "completed.json").read_text())["step"] == 7
+
+
+def test_interrupted_run_writes_no_completion_record(tmp_path, make_trainer):
+    cb = AegisCheckpointCallback(save_interval_sec=1e6)
+    trainer = make_trainer(
+        tmp_path, callbacks=[cb, StopAfterSave(5)], save_strategy="steps", save_steps=5, max_steps=20
+    )
+    trainer.train()
+    assert trainer.state.global_step == 5
+    assert read_completion(tmp_path) is None
+
+
+def test_restart_after_the_final_commit_marks_the_run_completed(tmp_path, make_trainer):
+    """A kill after the final checkpoint committed but before ``completed.json`` was written: the restart
+    resumes from the final checkpoint, has no step left to run, and must still record completion (otherwise a
+    supervisor waiting for the record restarts the run forever)."""
+    trainer = make_trainer(tmp_path, callbacks=[AegisCheckpointCallback(save_interval_sec=1e6)], max_steps=20)
+    trainer.train()
+    (tmp_path / ".aegis" / "completed.json").unlink()  # the kill landed just before this write
+
+    resume = find_resume_checkpoint(tmp_path)
+    assert resume == str(tmp_path / "checkpoint-20")
+    trainer = make_trainer(tmp_path, callbacks=[AegisCheckpointCallback(save_interval_sec=1e6)], max_steps=20)
+    trainer.train(resume_from_checkpoint=resume)
+    assert trainer.state.global_step == 20
+    record = read_completion(tmp_path)
+    assert record is not None and record["step"] == 20
+
+
+def test_restart_into_a_copy_keeps_the_run_resumable(tmp_path, make_trainer):
+    """Checkpoints stay valid when the output directory is moved (manifests hold relative paths only)."""
+    trainer = make_trainer(
+        tmp_path / "a",
+        callbacks=[AegisCheckpointCallback(save_interval_sec=1e6)],
+        save_strategy="steps",
+        save_steps=5,
+        max_steps=10,
+    )
+    trainer.train()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert find_resume_checkpoint(tmp_path / "b") == str(tmp_path / "b" / "checkpoint-10")
