@@ -25,7 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .commit import atomic_write_json, fsync_dir, is_committed, read_manifest
+from . import commit
+from .commit import atomic_write_json, is_committed, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,9 @@ class CheckpointStore:
                 "Could not move %s to quarantine (%s); reason it was set aside: %s", folder, e, reason
             )
             return None
-        fsync_dir(self.output_dir)
-        fsync_dir(self.quarantine_dir)
+        # Through the module, so the one fault-injection seam (commit.fsync_dir) covers the store as well.
+        commit.fsync_dir(self.output_dir)
+        commit.fsync_dir(self.quarantine_dir)
         try:
             atomic_write_json(
                 target / QUARANTINE_RECORD,
@@ -208,7 +210,7 @@ class CheckpointStore:
                 logger.info("Pruned %s (keeping the newest %d committed)", entry.path.name, max_keep)
                 removed.append(entry.path)
         if removed:
-            fsync_dir(self.output_dir)
+            commit.fsync_dir(self.output_dir)
         self.empty_trash()
         return removed
 
