@@ -481,14 +481,16 @@ class AegisCheckpointCallback(TrainerCallback):
                 step + 1,
             )
             return
-        if self._train_begin_step is None or step <= self._train_begin_step or self.last_saved_step == step:
+        folder = Path(trainer.args.output_dir) / checkpoint_dir_name(step)
+        if self._train_begin_step is None or step <= self._train_begin_step:
             logger.error(
-                "%s escaped training at step %d; no emergency checkpoint: %s",
-                exc_type.__name__,
-                step,
-                "no step completed in this run"
-                if self.last_saved_step != step
-                else "that step is already committed",
+                "%s escaped training at step %d before a step completed in this run", exc_type.__name__, step
+            )
+            return
+        if self.last_saved_step == step or is_committed(folder):
+            # E.g. an error while pruning after the commit: saving again would rewrite a committed folder.
+            logger.error(
+                "%s escaped training at step %d, which is already committed", exc_type.__name__, step
             )
             return
         logger.error(
@@ -500,7 +502,6 @@ class AegisCheckpointCallback(TrainerCallback):
         self._save_reason = f"exception:{exc_type.__name__}"
         t0 = time.perf_counter()
         trainer._save_checkpoint(trainer.model, trial=None)
-        folder = Path(trainer.args.output_dir) / checkpoint_dir_name(step)
         if self._commit_and_retain(state, folder, time.perf_counter() - t0, world_size=1):
             self.last_saved_step = step
 
