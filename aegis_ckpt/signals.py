@@ -209,7 +209,7 @@ class SignalWatcher:
         if self._done.is_set() or self.triggered is None:
             return
         _write_stderr(
-            f"[aegis-ckpt] ERROR: the emergency checkpoint did not finish within {self.grace_period_sec:.0f} s "
+            f"[aegis-ckpt] ERROR: the emergency checkpoint did not finish within {self.grace_period_sec:g} s "
             f"of {self.source}; exiting with code {exit_code_for_signal(self.triggered)} without it. The last "
             f"committed checkpoint stays the resume point; raise grace_period_sec if saves take longer.\n"
         )
