@@ -13,6 +13,7 @@ from typing import Any
 from .errors import ConfigError
 
 VERIFY_MODES = ("full", "quick")
+WHEN_BUSY_MODES = ("skip", "wait")
 
 
 def _check_positive(name: str, value: float | None, why: str) -> None:
@@ -116,4 +117,34 @@ class EmergencyOptions:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, where: str = "emergency") -> EmergencyOptions:
+        return options_from_mapping(cls, values, where)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AsyncOptions:
+    """Two-phase saves: training stalls only for a copy into CPU memory; writing and committing happen in the
+    background."""
+
+    enabled: bool = True
+    """Save asynchronously where the setup allows it (plain, DDP; not DeepSpeed, FSDP, adapters, quantized or
+    offloaded models, which keep the Trainer's synchronous save, as logged once)."""
+
+    when_busy: str = "skip"
+    """A save that comes due while the previous one is still being written: ``skip`` (training goes on; the
+    save is taken at the first step end after the writer is free) or ``wait`` (block until it is free)."""
+
+    min_free_ram_fraction: float = 0.1
+    """Fall back to a synchronous save when the snapshot would leave less than this fraction of RAM free."""
+
+    def __post_init__(self) -> None:
+        if self.when_busy not in WHEN_BUSY_MODES:
+            raise ConfigError(f"when_busy must be one of {WHEN_BUSY_MODES} (got {self.when_busy!r}).")
+        if not 0 <= self.min_free_ram_fraction < 1:
+            raise ConfigError(
+                f"min_free_ram_fraction must be in [0, 1) (got {self.min_free_ram_fraction!r}): it is the share of "
+                "RAM an asynchronous snapshot must leave free."
+            )
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], *, where: str = "async_save") -> AsyncOptions:
         return options_from_mapping(cls, values, where)

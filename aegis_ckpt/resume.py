@@ -72,6 +72,8 @@ def scan_checkpoints(
     started = time.perf_counter()
     store = CheckpointStore(output_dir)
     report = ScanReport(output_dir=str(output_dir))
+    if quarantine:
+        store.recover_staging()
     managed = store.is_managed()
     full = verify == "full"
 

@@ -9,6 +9,7 @@ Layout::
         store.json               marks the directory as managed by aegis-ckpt
         quarantine/<ts>-checkpoint-150/   uncommitted or damaged folders, moved aside and reported
         trash/                   pruned folders on their way out (renamed first, then deleted)
+        staging/step-200/        an asynchronous save being written; renamed to checkpoint-200 once committed
 
 Nothing under ``.aegis/`` is named ``checkpoint-*`` at the top of ``output_dir``, so the Trainer's
 ``get_last_checkpoint`` and its rotation never see it.
@@ -35,6 +36,7 @@ AEGIS_DIR = ".aegis"
 STORE_MARKER = "store.json"
 QUARANTINE_DIR = "quarantine"
 TRASH_DIR = "trash"
+STAGING_DIR = "staging"
 QUARANTINE_RECORD = "aegis_quarantine.json"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)$")
 
@@ -82,6 +84,7 @@ class CheckpointStore:
         self.aegis_dir = self.output_dir / AEGIS_DIR
         self.quarantine_dir = self.aegis_dir / QUARANTINE_DIR
         self.trash_dir = self.aegis_dir / TRASH_DIR
+        self.staging_dir = self.aegis_dir / STAGING_DIR
 
     # ---- listing -------------------------------------------------------------------------------------------
     def checkpoints(self) -> list[CheckpointEntry]:
@@ -101,6 +104,49 @@ class CheckpointStore:
 
     def path_for_step(self, step: int) -> Path:
         return self.output_dir / checkpoint_dir_name(step)
+
+    # ---- staging (asynchronous saves) -----------------------------------------------------------------------
+    def staging_path(self, step: int) -> Path:
+        """Where an asynchronous save of ``step`` is written before it is published (not ``checkpoint-*``)."""
+        return self.staging_dir / f"step-{step}"
+
+    def publish(self, staged: Path, step: int) -> Path | None:
+        """Make a committed staging folder visible as ``checkpoint-<step>`` in one rename. Returns the new path,
+        or None when that checkpoint already exists (the Trainer saved the same step itself): the staged copy
+        is then removed."""
+        target = self.path_for_step(step)
+        if target.exists():
+            logger.debug("checkpoint-%d already exists; dropping the staged copy", step)
+            shutil.rmtree(staged, ignore_errors=True)
+            return None
+        os.replace(staged, target)
+        commit.fsync_dir(self.output_dir)
+        commit.fsync_dir(self.staging_dir)
+        return target
+
+    def recover_staging(self) -> None:
+        """After a crash: publish committed staging folders that are newer than every committed checkpoint (the
+        process died between commit and publish), and remove the rest (interrupted writes, never visible)."""
+        if not self.staging_dir.is_dir():
+            return
+        newest = max((e.step for e in self.committed()), default=-1)
+        for staged in sorted(self.staging_dir.iterdir()):
+            name = staged.name
+            step = int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else None
+            if (
+                step is not None
+                and step > newest
+                and is_committed(staged)
+                and not self.path_for_step(step).exists()
+            ):
+                logger.warning(
+                    "Publishing %s, committed before the process stopped, as checkpoint-%d", staged, step
+                )
+                self.publish(staged, step)
+                newest = step
+            else:
+                logger.info("Removing unfinished staging folder %s (never a visible checkpoint)", staged)
+                shutil.rmtree(staged, ignore_errors=True)
 
     # ---- managed marker ------------------------------------------------------------------------------------
     def is_managed(self) -> bool:
