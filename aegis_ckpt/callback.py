@@ -19,9 +19,10 @@ from transformers import TrainerCallback
 
 from . import distributed
 from .commit import commit_checkpoint, is_committed
-from .errors import CommitError
+from .errors import CommitError, RunLockedError
 from .options import CheckpointOptions
-from .policy import IntervalPolicy, SavePolicy
+from .policy import SavePolicy, make_policy
+from .recorder import RunRecorder
 from .runstate import heartbeat_path_from_env, mark_completed, write_heartbeat
 from .store import CheckpointStore
 
@@ -88,9 +89,7 @@ class AegisCheckpointCallback(TrainerCallback):
             raise TypeError(f"pass either options= or keyword options, not both (got {sorted(given)})")
         self._max_keep_explicit = options is not None or max_keep is not None
         self.options = options if options is not None else CheckpointOptions(**given)
-        self.policy: SavePolicy = (
-            policy if policy is not None else IntervalPolicy(self.options.save_interval_sec)
-        )
+        self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
         self.clock = clock
         self.write_completion_marker = write_completion_marker
         self.store: CheckpointStore | None = None
@@ -101,6 +100,9 @@ class AegisCheckpointCallback(TrainerCallback):
         self._rotation_checked = False
         self._heartbeat_file = heartbeat_path_from_env()
         self._last_heartbeat: float | None = None
+        self._recorder: RunRecorder | None = (
+            None  # run lease, audit log, save statistics (runstate/audit/stats)
+        )
 
     def _beat(self, step: int, phase: str, *, force: bool = False) -> None:
         """Tell a supervising ``aegis-ckpt run`` that training makes progress (no-op without one)."""
@@ -153,6 +155,7 @@ class AegisCheckpointCallback(TrainerCallback):
                 "will not continue exactly where it stopped."
             )
         self.store = CheckpointStore(args.output_dir)
+        self._begin_run_record(args, state)  # before anything on disk changes: may refuse a second process
         if args.should_save:
             self.store.mark_managed()
             self._set_aside_future_checkpoints(state.global_step)
@@ -167,6 +170,35 @@ class AegisCheckpointCallback(TrainerCallback):
             self.options.max_keep,
             args.output_dir,
         )
+
+    # ---- run record (lease, audit, statistics) ----------------------------------------------------------------
+    def _begin_run_record(self, args, state) -> None:
+        """Take the run lease on the main process and log how the previous run ended. If another live process
+        holds the directory, every rank raises ``RunLockedError`` (agreed, so no rank waits at a barrier)."""
+        if self._recorder is not None:  # a previous train() with this callback never reached on_train_end
+            self._recorder.end("trainer_end", step=state.global_step, detail="train() started again")
+        self._recorder = RunRecorder(
+            args.output_dir,
+            self.options,
+            policy=self.policy,
+            enabled=bool(args.should_save),
+            clock=self.clock,
+        )
+        refused: RunLockedError | None = None
+        try:
+            self._recorder.begin(
+                step=state.global_step, has_checkpoints=bool(self._require_store().checkpoints())
+            )
+        except RunLockedError as e:
+            refused = e
+        if distributed.agree_flags(1 if refused is not None else 0):
+            self._recorder = None
+            raise refused or RunLockedError(
+                f"{args.output_dir} is in use by another training run (see rank 0)"
+            )
+        if state.global_step > 0:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            self._recorder.resumed(step=state.global_step, checkpoint=checkpoint)
 
     def _set_aside_future_checkpoints(self, start_step: int) -> None:
         """Folders with a step beyond where training starts belong to an abandoned timeline (e.g. a newer
@@ -200,6 +232,8 @@ class AegisCheckpointCallback(TrainerCallback):
             self._beat(state.global_step, "saving", force=True)
         else:
             self._beat(state.global_step, "train")
+        if self._recorder is not None:
+            self._recorder.heartbeat(state.global_step)  # throttled inside (heartbeat_every_sec)
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -252,8 +286,13 @@ class AegisCheckpointCallback(TrainerCallback):
                     "world_size": args.world_size,
                     "save_only_model": bool(getattr(args, "save_only_model", False)),
                 },
+                sha256=self._recorder.sha256 if self._recorder is not None else False,
             )
         except CommitError as e:
+            if self._recorder is not None:
+                self._recorder.save_failed(
+                    step=state.global_step, reason=self._save_reason or "trainer", error=e
+                )
             logger.error(
                 "Checkpoint at step %d was NOT committed (%s). Training goes on; the previous committed "
                 "checkpoint stays the resume point, and the next save is tried one interval from now.",
@@ -271,6 +310,14 @@ class AegisCheckpointCallback(TrainerCallback):
             write_sec,
             commit_sec,
         )
+        if self._recorder is not None:
+            self._recorder.committed(
+                folder,
+                manifest,
+                reason=self._save_reason or "trainer",
+                write_sec=write_sec,
+                commit_sec=commit_sec,
+            )
         protect = {folder}
         if self.options.keep_best and state.best_model_checkpoint:
             protect.add(Path(state.best_model_checkpoint))
@@ -284,6 +331,11 @@ class AegisCheckpointCallback(TrainerCallback):
         self._beat(state.global_step, "train_end", force=True)
         finished = state.max_steps > 0 and state.global_step >= state.max_steps
         final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
+        if self._recorder is not None:  # clean-exit record; "finish" in the audit log when training completed
+            if finished and final_saved:
+                self._recorder.finished(step=state.global_step, checkpoint=self.last_commit_path)
+            self._recorder.end("trainer_end", step=state.global_step)
+            self._recorder = None
         if not (self.write_completion_marker and finished and final_saved and args.should_save):
             return control
         if is_committed(self.last_commit_path):

@@ -277,9 +277,15 @@ def classify_start(
         return RunStart(
             RESUME_CLEAN, "a previous session of this same process did not end; continuing", previous, 0.0, 0
         )
+    beat_every = float(previous.get("heartbeat_every_sec") or 0)
+    span = (
+        f"{_fmt_sec(lost_sec)} to {_fmt_sec(lost_sec + beat_every)}"
+        if lost_sec is not None and beat_every
+        else f"about {_fmt_sec(lost_sec)}"
+    )
     lost = (
-        f"about {_fmt_sec(lost_sec)} of training ({lost_steps if lost_steps is not None else '?'} steps) after the "
-        f"last committed checkpoint (step {commit_step}) was lost"
+        f"{span} of training (at least {lost_steps if lost_steps is not None else '?'} steps) after the last "
+        f"committed checkpoint (step {commit_step}) was lost"
     )
     if not same_boot(previous.get("boot_id"), boot_id):
         return RunStart(
