@@ -8,7 +8,8 @@ them; anything else is dropped and named by its type.
 
 Appends open the file with ``O_APPEND``, write one whole line in a single call and fsync it, so concurrent
 writers do not interleave and a line survives a power cut once ``append`` returned. A crash can still leave a
-torn last line: ``read_audit`` skips it and reports it instead of failing.
+torn last line: ``read_audit`` skips it and reports it instead of failing, and the next append starts on a new
+line so that no later event is lost with it.
 """
 
 from __future__ import annotations
@@ -92,10 +93,15 @@ class AuditLog:
         line = (json.dumps(record, sort_keys=False, separators=(",", ":")) + "\n").encode("utf-8")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(
-                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644
-            )
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
             try:
+                # A crash may have left a torn line without its newline: start on a fresh line, so this event is
+                # not glued to the fragment. (O_APPEND writes at the end whatever the read position.)
+                end = os.lseek(fd, 0, os.SEEK_END)
+                if end > 0:
+                    os.lseek(fd, end - 1, os.SEEK_SET)
+                    if os.read(fd, 1) != b"\n":
+                        line = b"\n" + line
                 os.write(fd, line)
                 os.fsync(fd)
             finally:
@@ -126,9 +132,12 @@ def read_audit(path: str | os.PathLike) -> AuditReadResult:
             obj = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             torn = n == len(lines)  # no newline after it: the write was cut short
-            result.problems.append(
-                f"line {n}: {'torn last line (crash during append)' if torn else 'not JSON'}"
+            what = (
+                "torn last line (crash during append)"
+                if torn
+                else "unreadable (a line torn by an earlier crash)"
             )
+            result.problems.append(f"line {n}: {what}")
             continue
         if isinstance(obj, dict) and "event" in obj:
             result.events.append(obj)

@@ -245,7 +245,9 @@ def classify_start(
     downtime = now_unix - last_alive if last_alive else None
     safe_since = max(float(previous.get("last_commit_unix") or 0), float(previous.get("started_unix") or 0))
     lost_sec = max(0.0, last_alive - safe_since) if last_alive and safe_since else None
-    commit_step = previous.get("last_commit_step", previous.get("start_step"))
+    commit_step = previous.get("last_commit_step")
+    if commit_step is None:
+        commit_step = previous.get("start_step")  # nothing committed in that session: it began from there
     lost_steps = (
         max(0, int(previous["step"]) - int(commit_step))
         if previous.get("step") is not None and commit_step is not None
