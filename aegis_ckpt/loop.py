@@ -256,7 +256,7 @@ class LoopCheckpointer:
             return False
         self._stall_warned = True
         logger.warning(
-            "No safe point for %.0f s although auto-save is due every %.0f s: nothing is saved meanwhile. Call "
+            "No safe point for %.3g s although auto-save is due every %.3g s: nothing is saved meanwhile. Call "
             "ckpt_manager.step() after each optimizer step (or end a `with ckpt_manager.unsafe():` block); saves "
             "only happen there, never in the middle of an update.",
             quiet,
