@@ -52,7 +52,10 @@ def start(out: Path, *extra: str, log: Path) -> subprocess.Popen:
 
 def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), *LOOP_ARGS, *extra], env=env(), capture_output=True, text=True,
+        [sys.executable, str(SCRIPT), str(out), *LOOP_ARGS, *extra],
+        env=env(),
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -94,7 +97,7 @@ def test_sigkill_at_random_moments_and_mid_save_resumes_to_identical_weights(tmp
         proc = start(out, *SLOW_SAVES, log=log)
         try:
             # this process's own output (the log holds every attempt's)
-            finished = not wait_for(lambda: b"LOOP: starting" in log.read_bytes()[offset:], proc)
+            finished = not wait_for(lambda start=offset: b"LOOP: starting" in log.read_bytes()[start:], proc)
             if finished:
                 pass
             elif attempt % 2 == 0:  # a random moment once training runs

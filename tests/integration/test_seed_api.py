@@ -88,9 +88,7 @@ def test_seed_snippet_runs_as_written_with_the_literal_windows_path(tmp_path):
     """On Linux "D:/webdataset/checkpoints/aegis_v2" is a relative path: the folder "D:" under the working dir."""
     snippet = textwrap.dedent(
         """
-        import sys
-        sys.path.insert(0, %r)
-        from custom_loop import build
+        from custom_loop import build  # the tiny GPT-2 and BPE tokenizer of the other tests
         model, tokenizer, _ = build()
 
         from aegis_ckpt import RollingCheckpointManager
@@ -99,17 +97,29 @@ def test_seed_snippet_runs_as_written_with_the_literal_windows_path(tmp_path):
         ckpt_manager.start_auto_save(model, tokenizer, "epoch")
         ckpt_manager.save_checkpoint("manual_save")
         """
-        % str(SCRIPTS)
     )
+    snippet_env = env()
+    snippet_env["PYTHONPATH"] = str(SCRIPTS) + os.pathsep + snippet_env["PYTHONPATH"]
     proc = subprocess.run(
-        [sys.executable, "-c", snippet], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", snippet],
+        cwd=tmp_path,
+        env=snippet_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "D:" / "webdataset" / "checkpoints" / "aegis_v2"
     ckpt = out / "checkpoint-0"
     manifest = json.loads((ckpt / "aegis_manifest.json").read_text())
     assert manifest["meta"]["tag"] == "manual_save" and manifest["meta"]["pinned"] is True
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "rng_state.pth", "aegis_loop_state.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "rng_state.pth",
+        "aegis_loop_state.json",
+    ):
         assert name in manifest["files"], name
     session = read_run_record(out)["session"]
     assert session["state"] == "exited" and session["exit"]["kind"] == "exited_without_close"
@@ -156,7 +166,10 @@ def test_tagged_saves_are_kept_outside_the_rolling_window(tmp_path):
         ckpt.save_checkpoint("end_of_epoch")
     names = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
     assert names == ["checkpoint-2", "checkpoint-5", "checkpoint-6"]
-    assert json.loads((tmp_path / "checkpoint-6" / "aegis_manifest.json").read_text())["meta"]["tag"] == "end_of_epoch"
+    assert (
+        json.loads((tmp_path / "checkpoint-6" / "aegis_manifest.json").read_text())["meta"]["tag"]
+        == "end_of_epoch"
+    )
 
 
 def test_start_auto_save_registers_or_insists_on_the_same_model(tmp_path):
@@ -183,7 +196,9 @@ def test_auto_save_happens_only_at_safe_points(tmp_path):
             now[0] += 4.0
             with ckpt.unsafe():
                 ckpt.step(i + 1)
-                assert not (tmp_path / f"checkpoint-{i + 1}").exists()  # due at t=12, but not inside the block
+                assert not (
+                    tmp_path / f"checkpoint-{i + 1}"
+                ).exists()  # due at t=12, but not inside the block
         assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3"]
         with ckpt.unsafe(), pytest.raises(RuntimeError, match="save_checkpoint\\(\\) inside `with unsafe"):
             ckpt.save_checkpoint("oops")
@@ -230,7 +245,9 @@ def test_exception_saves_when_consistent_and_always_reraises(tmp_path, aegis_log
             ckpt.step(1)
         raise ValueError("bad batch")  # between steps: the state is consistent
     assert (tmp_path / "a" / "checkpoint-1" / "aegis_manifest.json").is_file()
-    events = [e for e in read_audit(tmp_path / "a" / ".aegis" / "audit.jsonl").events if e["event"] == "exception"]
+    events = [
+        e for e in read_audit(tmp_path / "a" / ".aegis" / "audit.jsonl").events if e["event"] == "exception"
+    ]
     assert events[-1]["reason"] == "ValueError" and events[-1]["checkpoint_saved"] is True
     assert "bad batch" not in (tmp_path / "a" / ".aegis" / "audit.jsonl").read_text()  # type only, no message
     assert read_run_record(tmp_path / "a")["session"]["exit"]["kind"] == "exception"
@@ -266,8 +283,19 @@ def test_exception_saves_when_consistent_and_always_reraises(tmp_path, aegis_log
 
 def test_sigterm_saves_at_the_next_safe_point_and_exits_143(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, str(SCRIPTS / "custom_loop.py"), str(out), "--api", "enhanced", "--steps", "100000",
-           "--interval", "3600", "--step-sleep", "0.01"]
+    cmd = [
+        sys.executable,
+        str(SCRIPTS / "custom_loop.py"),
+        str(out),
+        "--api",
+        "enhanced",
+        "--steps",
+        "100000",
+        "--interval",
+        "3600",
+        "--step-sleep",
+        "0.01",
+    ]
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "LOOP: starting at step 0" in proc.stdout.readline()
