@@ -36,9 +36,10 @@ import custom_loop  # noqa: E402  (the same model/data as the subprocess runs)
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def aegis_logs(caplog):
-    """Route aegis_ckpt records to caplog even after an in-process CLI call switched propagation off."""
+    """Route aegis_ckpt records to caplog, and undo what an in-process CLI call does to the package logger (its
+    handler writes to this test's captured stderr, which is closed afterwards)."""
     pkg = logging.getLogger("aegis_ckpt")
     saved = (pkg.handlers[:], pkg.propagate, pkg.level)
     pkg.handlers[:], pkg.propagate = [], True
