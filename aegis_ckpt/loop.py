@@ -85,6 +85,7 @@ class LoopCheckpointer:
         self._watchdog: threading.Thread | None = None
         self._stop_watchdog = threading.Event()
         self._superseded_checked = False
+        self._resumed_step: int | None = None
         # Refuse a second live process before anything on disk changes (RunLockedError), then clean up after a
         # crash of the previous one.
         self.run_start: RunStart | None = self.recorder.begin(
@@ -405,6 +406,7 @@ class LoopCheckpointer:
         self.global_step = int(state["step"])
         self.user_state = dict(state.get("user") or {})
         self.resumed_from = self.last_checkpoint = chosen
+        self._resumed_step = self.global_step
         self.recorder.resumed(step=self.global_step, checkpoint=chosen, verify_sec=report.seconds)
         logger.info(
             "Resumed from %s (step %d, %s verification)", chosen, self.global_step, self.options.verify
@@ -418,6 +420,11 @@ class LoopCheckpointer:
 
     def finish(self) -> Path:
         """Commit the final state, write the completion marker, release the lease."""
+        if self.is_finished and self.resumed_from is not None and self.global_step == self._resumed_step:
+            # Started again after it had finished, and nothing was trained since: nothing to record either.
+            logger.info("Nothing to do: the run had already finished at step %d", self.global_step)
+            self.close("finished")
+            return self.resumed_from
         path = self._save_or_raise(tag="final", reason="final", pinned=False)
         mark_completed(self.output_dir, step=self.global_step, checkpoint=os.fspath(path))
         self.recorder.finished(step=self.global_step, checkpoint=path)

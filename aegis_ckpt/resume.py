@@ -154,6 +154,10 @@ def find_resume_checkpoint(
     Returns:
         The path of the checkpoint folder, or ``None`` when there is nothing to resume from (a fresh start).
 
+    Raises:
+        RunLockedError: another live process holds the run lease of ``output_dir`` (it would otherwise see that
+            process's save in progress as an interrupted one); nothing is moved.
+
     Under ``torch.distributed`` rank 0 scans and broadcasts its answer, so every rank resumes from the same
     folder and only one process moves damaged folders aside.
 

@@ -145,3 +145,4 @@ def test_sigkill_at_random_moments_and_mid_save_resumes_to_identical_weights(tmp
     assert f"LOOP: starting at step {STEPS}" in again.stdout
     after = read_audit(out / ".aegis" / "audit.jsonl").events
     assert sum(e["event"] == "commit" for e in after) == commits_before
+    assert sum(e["event"] == "finish" for e in after) == 1

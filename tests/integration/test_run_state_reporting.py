@@ -74,10 +74,12 @@ def test_power_loss_is_detected_reported_and_feeds_the_adaptive_policy(tmp_path,
     out = tmp_path / "run"
     short_run(out, 4)
     # Turn the clean record into what a power cut leaves: still "running", written in an earlier boot by a process
-    # that no longer exists, with its last heartbeat 40 s after the last commit.
+    # that no longer exists, with its last heartbeat 40 s after the last commit, ten minutes ago.
     record = json.loads(run_record_path(out).read_text())
     s = record["session"]
     s.update(state="running", exit=None, boot_id="boot-before-the-power-cut", pid=dead_pid())
+    s["started_unix"] -= 640
+    s["last_commit_unix"] = time.time() - 640
     s["heartbeat_unix"] = s["last_commit_unix"] + 40
     s["step"] = s["last_commit_step"] + 25
     run_record_path(out).write_text(json.dumps(record))
@@ -95,12 +97,13 @@ def test_power_loss_is_detected_reported_and_feeds_the_adaptive_policy(tmp_path,
     events = read_audit(out / ".aegis" / "audit.jsonl").events
     (loss,) = [e for e in events if e["event"] == "power_loss"]
     assert loss["lost_sec"] == pytest.approx(40.0) and loss["lost_steps"] == 25
+    assert loss["downtime_sec"] == pytest.approx(600, abs=30)
     assert [e["step"] for e in events if e["event"] == "resume"] == [4]
 
     capsys.readouterr()
     assert cli_main(["status", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "Power loss:" in text and "about 40 s (25 steps) lost" in text
+    assert "Power loss:" in text and "about 40 s (25 steps) lost, down 10.0 min" in text
     assert "1 power loss(es)" in text and "checkpoint-4" in text
     assert cli_main(["status", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
