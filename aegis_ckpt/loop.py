@@ -120,6 +120,8 @@ class LoopCheckpointer:
     # ---- the loop's state --------------------------------------------------------------------------------------
     def update(self, **values: Any) -> None:
         """Set loop values saved with every checkpoint (epoch, data position, ...); they must be JSON values."""
+        if "step" in values:
+            raise TypeError("the step is set by step(global_step), not as a loop value")
         try:
             json.dumps(values)
         except (TypeError, ValueError) as e:
@@ -284,6 +286,10 @@ class LoopCheckpointer:
     def save(self, *, tag: str | None, reason: str, pinned: bool, raise_errors: bool) -> Path | None:
         """Save and commit the current state (under the manager's lock: never during an unsafe() block)."""
         self._require_model()
+        if self.closed:
+            raise RuntimeError(
+                "this checkpoint manager is closed (it released the directory); create a new one to save again"
+            )
         if self._region_owner == threading.get_ident():
             raise RuntimeError("cannot save inside this thread's own `with unsafe():` block")
         with self._lock:
