@@ -4,7 +4,8 @@ Public API only; everything else lives in the module that owns its concern (see 
 """
 
 from .callback import AegisCheckpointCallback
-from .errors import AegisError, CommitError, ConfigError, PreflightError, VerificationError
+from .errors import AegisError, CommitError, ConfigError, PreflightError, RunLockedError, VerificationError
+from .manager import EmergencyCheckpointManager, EnhancedAutoCheckpointManager, RollingCheckpointManager
 from .options import CheckpointOptions
 from .resume import find_resume_checkpoint
 
@@ -16,7 +17,11 @@ __all__ = [
     "CheckpointOptions",
     "CommitError",
     "ConfigError",
+    "EmergencyCheckpointManager",
+    "EnhancedAutoCheckpointManager",
     "PreflightError",
+    "RollingCheckpointManager",
+    "RunLockedError",
     "VerificationError",
     "find_resume_checkpoint",
     "__version__",

@@ -21,7 +21,6 @@ leaves a staging folder, which the next resume scan publishes if it was committe
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +44,7 @@ class SaveJob:
     snapshot: TrainerSnapshot | None
     meta: dict[str, Any]
     snapshot_sec: float
+    sha256: bool = False
     started_unix: float = field(default_factory=time.time)
     write_sec: float = 0.0
     manifest: Manifest | None = None
@@ -80,11 +80,11 @@ class AsyncCheckpointWriter:
     def _run(self, job: SaveJob) -> None:
         started = time.perf_counter()
         try:
-            shutil.rmtree(job.staging, ignore_errors=True)
-            job.staging.mkdir(parents=True, exist_ok=True)
             if job.snapshot is not None and job.snapshot.is_main:
                 self._write(job.snapshot, job.staging)
-            job.manifest = commit_checkpoint(job.staging, step=job.step, reason=job.reason, meta=job.meta)
+            job.manifest = commit_checkpoint(
+                job.staging, step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256
+            )
         except BaseException as e:  # noqa: BLE001 - reported on the training thread when collected
             job.error = e
         finally:

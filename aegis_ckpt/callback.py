@@ -27,11 +27,12 @@ from .asyncsave import AsyncCheckpointWriter, SaveJob, estimate_snapshot_bytes
 from .commit import commit_checkpoint, fsync_file, is_committed, read_manifest
 from .distributed import PeerLostError, StepAgreement, StepFlags
 from .emergency import StepPhase, TrainGuard
-from .errors import AegisError, CommitError
+from .errors import AegisError, CommitError, RunLockedError
 from .exitcodes import exit_code_for_signal
 from .hfsnapshot import SnapshotBuffers, take_snapshot, unsupported_reason, write_rng_file
 from .options import AsyncOptions, CheckpointOptions, EmergencyOptions
-from .policy import IntervalPolicy, SavePolicy
+from .policy import SavePolicy, make_policy
+from .recorder import RunRecorder
 from .rngstate import capture_rng_state, restore_rng_state
 from .runstate import heartbeat_path_from_env, mark_completed, write_heartbeat
 from .signals import SignalWatcher, signal_name
@@ -149,9 +150,7 @@ class AegisCheckpointCallback(TrainerCallback):
             save_on_exception=save_on_exception,
         )
         self.async_options = _build_options(AsyncOptions, async_options, enabled=async_save)
-        self.policy: SavePolicy = (
-            policy if policy is not None else IntervalPolicy(self.options.save_interval_sec)
-        )
+        self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
         self.clock = clock
         self.write_completion_marker = write_completion_marker
         self.store: CheckpointStore | None = None
@@ -170,6 +169,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._rotation_checked = False
         self._heartbeat_file = heartbeat_path_from_env()
         self._last_heartbeat: float | None = None
+        self._recorder: RunRecorder | None = None  # run lease, audit log, save statistics
         self._writer = AsyncCheckpointWriter()
         self._buffers = SnapshotBuffers()
         self._async_off_reason: str | None = None
@@ -213,6 +213,7 @@ class AegisCheckpointCallback(TrainerCallback):
             )
         self._check_world_size(args, state)
         self.store = CheckpointStore(args.output_dir)
+        self._begin_run_record(args, state)  # before anything on disk changes: may refuse a second process
         if args.should_save:
             self.store.mark_managed()
             self.store.recover_staging()
@@ -234,6 +235,40 @@ class AegisCheckpointCallback(TrainerCallback):
             self.options.max_keep,
             args.output_dir,
         )
+
+    # ---- run record (lease, audit, statistics) -----------------------------------------------------------------
+    def _begin_run_record(self, args, state) -> None:
+        """Take the run lease on the main process and log how the previous run ended. If another live process
+        holds the directory, every rank raises ``RunLockedError`` (agreed, so no rank waits at a barrier)."""
+        if self._recorder is not None:  # a previous train() with this callback never reached on_train_end
+            self._recorder.end("trainer_end", step=state.global_step, detail="train() started again")
+        self._recorder = RunRecorder(
+            args.output_dir,
+            self.options,
+            policy=self.policy,
+            enabled=bool(args.should_save),
+            clock=self.clock,
+        )
+        refused: RunLockedError | None = None
+        try:
+            self._recorder.begin(
+                step=state.global_step, has_checkpoints=bool(self._require_store().checkpoints())
+            )
+        except RunLockedError as e:
+            refused = e
+        if distributed.agree_any(refused is not None):
+            self._recorder = None
+            raise refused or RunLockedError(
+                f"{args.output_dir} is in use by another training run (see rank 0)"
+            )
+        if state.global_step > 0:
+            checkpoint = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
+            self._recorder.resumed(step=state.global_step, checkpoint=checkpoint)
+
+    def _end_run_record(self, kind: str, step: int, detail: str = "") -> None:
+        if self._recorder is not None:
+            self._recorder.end(kind, step=step, detail=detail)
+            self._recorder = None
 
     def _choose_save_mode(self) -> None:
         self._async_off_reason = None
@@ -369,6 +404,8 @@ class AegisCheckpointCallback(TrainerCallback):
             self._beat(state.global_step, "saving", force=True)
         else:
             self._beat(state.global_step, "train")
+        if self._recorder is not None:
+            self._recorder.heartbeat(state.global_step)  # throttled inside (heartbeat_every_sec)
         return control
 
     # ---- asynchronous saves --------------------------------------------------------------------------------
@@ -423,10 +460,11 @@ class AegisCheckpointCallback(TrainerCallback):
         store = self._require_store()
         started = self.clock()
         t0 = time.perf_counter()
-        staging = store.staging_path(state.global_step)
-        if args.should_save:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True, exist_ok=True)
+        staging = (
+            store.fresh_staging(state.global_step)
+            if args.should_save
+            else store.staging_path(state.global_step)
+        )
         distributed.barrier()
         snapshot = take_snapshot(self._trainer, self._buffers)
         if not snapshot.is_main:
@@ -443,6 +481,7 @@ class AegisCheckpointCallback(TrainerCallback):
                     snapshot=snapshot,
                     meta=self._manifest_meta(state, args.world_size, asynchronous=True),
                     snapshot_sec=snapshot_sec,
+                    sha256=self._recorder.sha256 if self._recorder is not None else False,
                 )
             )
         self.last_saved_step = state.global_step
@@ -459,6 +498,8 @@ class AegisCheckpointCallback(TrainerCallback):
             return
         store = self._require_store()
         if job.error is not None:
+            if self._recorder is not None:
+                self._recorder.save_failed(step=job.step, reason=job.reason, error=job.error)
             logger.error(
                 "Asynchronous save of step %d failed (%s: %s); the previous committed checkpoint stays the resume "
                 "point.",
@@ -468,7 +509,7 @@ class AegisCheckpointCallback(TrainerCallback):
             )
             shutil.rmtree(job.staging, ignore_errors=True)
             return
-        folder = store.publish(job.staging, job.step)
+        folder = store.publish(job.staging, job.step, replace=False)
         if folder is None or job.manifest is None:
             return
         logger.info(
@@ -481,6 +522,15 @@ class AegisCheckpointCallback(TrainerCallback):
             job.write_sec,
         )
         self.last_commit_path = folder
+        if self._recorder is not None:
+            self._recorder.committed(
+                folder,
+                job.manifest,
+                reason=job.reason,
+                write_sec=job.snapshot_sec,
+                commit_sec=job.write_sec,
+                duration_sec=job.snapshot_sec + job.write_sec,
+            )
         self._prune(folder)
 
     def on_epoch_end(self, args, state, control, **kwargs):
@@ -526,8 +576,11 @@ class AegisCheckpointCallback(TrainerCallback):
                 step=state.global_step,
                 reason=reason,
                 meta=self._manifest_meta(state, world_size, asynchronous=False),
+                sha256=self._recorder.sha256 if self._recorder is not None else False,
             )
         except CommitError as e:
+            if self._recorder is not None:
+                self._recorder.save_failed(step=state.global_step, reason=reason, error=e)
             logger.error(
                 "Checkpoint at step %d was NOT committed (%s). The previous committed checkpoint stays the resume "
                 "point; the next save is tried one interval from now.",
@@ -538,6 +591,7 @@ class AegisCheckpointCallback(TrainerCallback):
             # one, so a folder left here would stay forever; set it aside (kept, with the reason) instead.
             store.quarantine(folder, f"commit failed: {e}")
             return 0
+        commit_sec = time.perf_counter() - t0
         logger.info(
             "Committed %s (step %d, %.1f MB, %s, write %.2f s + commit %.2f s)",
             folder,
@@ -545,8 +599,12 @@ class AegisCheckpointCallback(TrainerCallback):
             manifest.total_bytes / 1e6,
             reason,
             write_sec,
-            time.perf_counter() - t0,
+            commit_sec,
         )
+        if self._recorder is not None:
+            self._recorder.committed(
+                folder, manifest, reason=reason, write_sec=write_sec, commit_sec=commit_sec
+            )
         self._prune(folder)
         return manifest.total_bytes
 
@@ -593,6 +651,9 @@ class AegisCheckpointCallback(TrainerCallback):
                 state.global_step,
                 code,
             )
+        if self._recorder is not None:
+            self._recorder.signal(signum, step=state.global_step)
+        self._end_run_record("signal", state.global_step, detail=signal_name(signum))
         if self.watcher is not None:
             self.watcher.mark_done()
         self._agreement.close()
@@ -611,10 +672,22 @@ class AegisCheckpointCallback(TrainerCallback):
         if self.watcher is not None:
             self.watcher.mark_done()
         self._remove_emergency_handlers()
+        self._end_run_record("exception", self.last_saved_step or 0, detail="a peer rank is gone")
         raise SystemExit(code) from error
 
     def _save_after_exception(self, exc: BaseException) -> None:
         """Called by the train() guard once an exception escaped training; the exception is re-raised after."""
+        saved = False
+        try:
+            saved = self._emergency_save_for(exc)
+        finally:
+            step = self._trainer.state.global_step if self._trainer is not None else 0
+            if self._recorder is not None:
+                self._recorder.exception(exc, step=step, saved=saved)
+            self._end_run_record("exception", step, detail=type(exc).__name__)
+
+    def _emergency_save_for(self, exc: BaseException) -> bool:
+        """Save the last completed step if that is possible and safe; True when a checkpoint was committed."""
         self._collect_async(wait=True)
         if self.watcher is not None:
             self.watcher.mark_done()
@@ -622,7 +695,7 @@ class AegisCheckpointCallback(TrainerCallback):
         trainer = self._trainer
         exc_type = type(exc)
         if trainer is None or not getattr(trainer, "is_in_train", True):
-            return
+            return False
         if self._agreement.active:
             logger.error(
                 "%s escaped training on rank %d of a multi-process run: no emergency checkpoint (the other ranks "
@@ -630,7 +703,7 @@ class AegisCheckpointCallback(TrainerCallback):
                 exc_type.__name__,
                 distributed.rank(),
             )
-            return
+            return False
         state = trainer.state
         step = state.global_step
         if self._phase != StepPhase.CONSISTENT:
@@ -640,19 +713,19 @@ class AegisCheckpointCallback(TrainerCallback):
                 exc_type.__name__,
                 step + 1,
             )
-            return
+            return False
         folder = Path(trainer.args.output_dir) / checkpoint_dir_name(step)
         if self._train_begin_step is None or step <= self._train_begin_step:
             logger.error(
                 "%s escaped training at step %d before a step completed in this run", exc_type.__name__, step
             )
-            return
+            return False
         if self.last_saved_step == step or is_committed(folder):
             # E.g. an error while pruning after the commit: saving again would rewrite a committed folder.
             logger.error(
                 "%s escaped training at step %d, which is already committed", exc_type.__name__, step
             )
-            return
+            return False
         logger.error(
             "%s escaped training at step %d: saving an emergency checkpoint", exc_type.__name__, step
         )
@@ -664,6 +737,8 @@ class AegisCheckpointCallback(TrainerCallback):
         trainer._save_checkpoint(trainer.model, trial=None)
         if self._commit_and_retain(state, folder, time.perf_counter() - t0, world_size=1):
             self.last_saved_step = step
+            return True
+        return False
 
     # ---- end -----------------------------------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
@@ -684,6 +759,10 @@ class AegisCheckpointCallback(TrainerCallback):
         final_path = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
         if self.write_completion_marker and finished and args.should_save and is_committed(final_path):
             mark_completed(args.output_dir, step=state.global_step, checkpoint=os.fspath(final_path))
+        if self._recorder is not None:  # clean-exit record; "finish" in the audit log when training completed
+            if finished and is_committed(final_path):
+                self._recorder.finished(step=state.global_step, checkpoint=final_path)
+        self._end_run_record("trainer_end", state.global_step)
         signum = late.signal or watcher_signal
         if signum and final_saved:
             # A stop request that arrived after the last step end: the final checkpoint is committed; honour the

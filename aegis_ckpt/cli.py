@@ -7,7 +7,7 @@ import logging
 import sys
 
 from . import __version__
-from .errors import AegisError, ConfigError, PreflightError
+from .errors import AegisError, ConfigError, PreflightError, RunLockedError
 from .exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
 
 
@@ -46,6 +46,47 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(ns: argparse.Namespace) -> int:
+    import json
+
+    from .status import collect_status, format_status
+
+    report = collect_status(ns.dir, full=ns.full)
+    print(json.dumps(report, indent=2, sort_keys=True) if ns.json else format_status(report))
+    return EXIT_OK
+
+
+def cmd_verify(ns: argparse.Namespace) -> int:
+    from .status import check_checkpoints
+
+    rows = check_checkpoints(ns.dir, full=ns.full)
+    if not rows:
+        print(f"aegis-ckpt: no checkpoint folders in {ns.dir}")
+        return EXIT_FAILURE
+    mode = "full" if ns.full else "quick"
+    for r in rows:
+        print(f"{r['name']}: {'ok' if r['verified'] else 'BAD: ' + '; '.join(r['problems'])}")
+    good = next((r["name"] for r in rows if r["verified"]), None)
+    if rows[0]["verified"]:
+        print(f"aegis-ckpt: the newest checkpoint {rows[0]['name']} is good ({mode} verification)")
+        return EXIT_OK
+    print(
+        f"aegis-ckpt: the newest checkpoint {rows[0]['name']} is NOT good ({mode} verification); "
+        f"a resume would use {good or 'nothing (fresh start)'}. Nothing was moved (verify is read-only)."
+    )
+    return EXIT_FAILURE
+
+
+def cmd_resume_path(ns: argparse.Namespace) -> int:
+    from .status import resume_path
+
+    path = resume_path(ns.dir, verify="quick" if ns.quick else "full")
+    if path is None:
+        return EXIT_FAILURE
+    print(path)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aegis-ckpt",
@@ -66,6 +107,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set training.max_steps=100 (repeatable)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "status", help="run state, checkpoints, power losses and save statistics of a run (read-only)"
+    )
+    p.add_argument("dir", help="the run's output directory")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--full", action="store_true", help="re-hash every file instead of comparing sizes")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "verify", help="check every checkpoint against its manifest; exit 0 if the newest is good"
+    )
+    p.add_argument("dir", help="the run's output directory")
+    p.add_argument("--full", action="store_true", help="re-hash every file (default: compare sizes)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "resume-path",
+        help="print the checkpoint a resume would use; empty output and exit 1 if there is none",
+    )
+    p.add_argument("dir", help="the run's output directory")
+    p.add_argument("--quick", action="store_true", help="compare sizes instead of re-hashing")
+    p.set_defaults(func=cmd_resume_path)
     return parser
 
 
@@ -75,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(ns.verbose)
     try:
         return ns.func(ns)
-    except (ConfigError, PreflightError) as e:
+    except (ConfigError, PreflightError, RunLockedError) as e:
+        # RunLockedError: restarting will not help while the other process runs; a supervisor must not loop.
         print(f"aegis-ckpt: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except AegisError as e:

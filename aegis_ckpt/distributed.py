@@ -49,6 +49,22 @@ def barrier() -> None:
         dist.barrier()
 
 
+def agree_any(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (one blocking all-reduce on the default group; for
+    rare decisions such as refusing to start, not for every step)."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return bool(flag)
+    import torch
+
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 @dataclass(frozen=True)
 class StepFlags:
     """What one rank knows at a step end; agreement takes the MAX of each field over all ranks."""
