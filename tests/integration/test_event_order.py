@@ -6,6 +6,7 @@ import pytest
 from tinylib import ClockTicker, EventRecorder
 
 from aegis_ckpt import AegisCheckpointCallback
+from aegis_ckpt.options import AsyncOptions
 from aegis_ckpt.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
@@ -46,7 +47,12 @@ def test_event_sequence_with_aegis_equals_plain_trainer_plus_our_saves(
     assert plain.events == _expected_events(max_steps, steps_per_epoch, grad_accum, set())
 
     ours = EventRecorder()
-    cb = AegisCheckpointCallback(save_interval_sec=3.5, clock=fake_clock, async_save=async_save)
+    # when_busy="wait": with a fake clock, save steps must not depend on how fast the background writer is.
+    cb = AegisCheckpointCallback(
+        save_interval_sec=3.5,
+        clock=fake_clock,
+        async_options=AsyncOptions(enabled=async_save, when_busy="wait"),
+    )
     make_trainer(tmp_path / "aegis", callbacks=[ClockTicker(fake_clock, 1.0), cb, ours], **args).train()
     # Saves at 4, 8 (interval) and 12 (final); nothing else moves. Asynchronous interval saves do not go through
     # the Trainer at all: only the final save shows as an event.
