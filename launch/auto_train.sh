@@ -39,7 +39,7 @@ if ! mkdir -p "$log_dir"; then
   echo "ERROR: cannot create the log folder $log_dir" >&2
   exit 2
 fi
-log="$log_dir/auto_training_$(date +%Y%m%d_%H%M%S).log"
+log="$(abspath "$log_dir")/auto_training_$(date +%Y%m%d_%H%M%S).log"
 [ -e "$log" ] && log="${log%.log}_$$.log"
 
 # The supervisor gets Ctrl+C and a terminal hangup itself (same process group) and passes each on once; this
