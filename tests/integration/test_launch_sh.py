@@ -138,9 +138,10 @@ def test_venv_folder_and_relative_arguments_from_another_folder(sh_project, tmp_
     elsewhere.mkdir()
     code, out = sh_project.run("cfg/my run.yaml", "2", "my logs", cwd=elsewhere)
     assert code == 0, out
-    assert "activated venv/" in (elsewhere / "my logs").glob("*.log").__next__().read_text()
+    (log,) = (elsewhere / "my logs").glob("*.log")
+    assert "activated venv/" in log.read_text()
     (supervise,) = sh_project.calls("run")
-    assert f"--max-restarts 2 " in supervise and f"train {elsewhere}/cfg/my run.yaml" in supervise
+    assert "--max-restarts 2 " in supervise and f"train {elsewhere}/cfg/my run.yaml" in supervise
     assert all(c.endswith(f"cwd={sh_project.root}") for c in sh_project.calls())
 
 
