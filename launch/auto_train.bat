@@ -119,7 +119,7 @@ call :say "ERROR: bad input (exit 2): fix the config or command, see the lines a
 exit /b 2
 
 :stopped
-call :say "stopped on request (exit %RC%) after the emergency checkpoint: run this again to continue"
+call :say "stopped on request (exit %RC%): not restarted; run this again to continue from the newest checkpoint"
 exit /b %RC%
 
 :gave_up

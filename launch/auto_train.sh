@@ -114,7 +114,7 @@ case "$rc" in
     exit 0
     ;;
   129 | 130 | 143)
-    say "stopped on request (exit $rc) after the emergency checkpoint: run this again to continue"
+    say "stopped on request (exit $rc): not restarted; run this again to continue from the newest checkpoint"
     exit "$rc"
     ;;
   2)

@@ -113,7 +113,10 @@ def windows():
     host = Host("win32", "PC\\alice", PureWindowsPath(r"C:\Users\alice\AppData\Roaming"))
     project = PureWindowsPath(r"C:\Users\alice\my project")
     options = AutostartOptions(
-        config=project / "configs" / "tiny.yaml", project_dir=project, method="schtasks", name="aegis-ckpt-tiny"
+        config=project / "configs" / "tiny.yaml",
+        project_dir=project,
+        method="schtasks",
+        name="aegis-ckpt-tiny",
     )
     return host, options
 
@@ -186,7 +189,9 @@ def test_systemd_quoting_of_odd_paths(tmp_path):
     project = PurePath('/srv/100% "fun"')
     opts = AutostartOptions(config=project / "a.yaml", project_dir=project, method="systemd", name="x")
     unit = autostart.systemd_unit(opts, host)
-    assert r'ExecStart=/bin/bash "/srv/100%% \"fun\"/launch/auto_train.sh" "/srv/100%% \"fun\"/a.yaml"' in unit
+    assert (
+        r'ExecStart=/bin/bash "/srv/100%% \"fun\"/launch/auto_train.sh" "/srv/100%% \"fun\"/a.yaml"' in unit
+    )
 
 
 # ---- Linux: cron ------------------------------------------------------------------------------------------------
@@ -223,7 +228,10 @@ def test_cron_escapes_percent_signs():
     host = Host("linux", "alice", PurePath("/home/alice/.config"), has_crontab=True)
     project = PurePath("/data/100% done")
     opts = AutostartOptions(config=project / "c.yaml", project_dir=project, method="cron", name="n")
-    assert "cd '/data/100\\% done' && /bin/bash '/data/100\\% done/launch/auto_train.sh'" in autostart.cron_line(opts, host)
+    assert (
+        "cd '/data/100\\% done' && /bin/bash '/data/100\\% done/launch/auto_train.sh'"
+        in autostart.cron_line(opts, host)
+    )
 
 
 # ---- Windows ----------------------------------------------------------------------------------------------------
@@ -232,7 +240,9 @@ def test_schtasks_task_xml_and_commands(windows):
     ops = FakeSystem(memory_files=True)
     install(options, host, ops)
     xml_path = r"C:\Users\alice\AppData\Roaming\aegis-ckpt\autostart\aegis-ckpt-tiny.xml"
-    assert ops.commands == [["schtasks", "/Create", "/TN", r"\aegis-ckpt\aegis-ckpt-tiny", "/XML", xml_path, "/F"]]
+    assert ops.commands == [
+        ["schtasks", "/Create", "/TN", r"\aegis-ckpt\aegis-ckpt-tiny", "/XML", xml_path, "/F"]
+    ]
     text, encoding, newline = ops.files[xml_path]
     assert encoding == "utf-16" and newline == "\r\n"  # what schtasks /XML reads
     task = ET.fromstring(text.encode("utf-16"))
@@ -280,7 +290,10 @@ def test_dry_run_prints_and_changes_nothing(windows, capsys):
     plan = autostart.plan_install(options, host, ops)
     autostart.apply_install(plan, host, ops)
     out = capsys.readouterr().out
-    assert r"would write C:\Users\alice\AppData\Roaming\aegis-ckpt\autostart\aegis-ckpt-tiny.xml (utf-16, CRLF):" in out
+    assert (
+        r"would write C:\Users\alice\AppData\Roaming\aegis-ckpt\autostart\aegis-ckpt-tiny.xml (utf-16, CRLF):"
+        in out
+    )
     assert "<ExecutionTimeLimit>PT0S</ExecutionTimeLimit>" in out
     assert r"would run: schtasks /Create /TN '\aegis-ckpt\aegis-ckpt-tiny' /XML" in out
 
@@ -300,7 +313,9 @@ def test_default_method():
 def test_wrong_platform_method_and_reinstall_with_another_method(linux):
     host, options = linux
     with pytest.raises(ConfigError, match="--method schtasks is for Windows only"):
-        autostart.plan_install(AutostartOptions(**{**options.__dict__, "method": "schtasks"}), host, FakeSystem())
+        autostart.plan_install(
+            AutostartOptions(**{**options.__dict__, "method": "schtasks"}), host, FakeSystem()
+        )
     ops = FakeSystem()
     install(options, host, ops)
     with pytest.raises(ConfigError, match="already installed with method systemd"):
@@ -333,7 +348,9 @@ def test_cli_dry_run_install_then_install_and_uninstall(cli_host, capsys):
     assert f"would run: systemctl --user enable {name}.service" in out
     assert "would run: loginctl enable-linger alice" in out
     assert f"aegis-ckpt: would install autostart {name} (systemd)" in out
-    assert tree(Path(host.config_home)) == [] and calls == [["loginctl", "show-user", "alice", "--property=Linger"]]
+    assert tree(Path(host.config_home)) == [] and calls == [
+        ["loginctl", "show-user", "alice", "--property=Linger"]
+    ]
 
     assert cli_main(["install-autostart", str(config)]) == 0
     out = capsys.readouterr().out
@@ -346,7 +363,10 @@ def test_cli_dry_run_install_then_install_and_uninstall(cli_host, capsys):
 
     assert cli_main(["uninstall-autostart", "--name", name]) == 0
     assert "removed autostart" in capsys.readouterr().out
-    assert fake.units == set() and [p for p in tree(Path(host.config_home)) if p.endswith((".json", ".service"))] == []
+    assert (
+        fake.units == set()
+        and [p for p in tree(Path(host.config_home)) if p.endswith((".json", ".service"))] == []
+    )
 
 
 def test_cli_errors_are_one_line(cli_host, tmp_path, capsys):
