@@ -96,7 +96,10 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     )
 
     callback = AegisCheckpointCallback(
-        options=cfg.checkpoint, emergency=cfg.emergency, write_completion_marker=False
+        options=cfg.checkpoint,
+        emergency=cfg.emergency,
+        async_options=cfg.async_save,
+        write_completion_marker=False,
     )
     trainer = Trainer(
         model=model,
