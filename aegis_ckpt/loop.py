@@ -39,9 +39,10 @@ from .loopstate import load_training_state, save_training_state
 from .options import CheckpointOptions
 from .policy import SavePolicy, make_policy
 from .preflight import check_output_dir
-from .recorder import RunRecorder, signal_name
+from .recorder import RunRecorder
 from .resume import scan_checkpoints
 from .runstate import FINISHED, RunStart, mark_completed
+from .signals import signal_name
 from .store import PIN_META_KEY, CheckpointStore
 
 logger = logging.getLogger(__name__)
@@ -446,6 +447,7 @@ class LoopCheckpointer:
         self._stop_watchdog.set()
         if self.watcher is not None:
             try:
+                self.watcher.mark_done()  # releases a Windows close/logoff/shutdown handler waiting for the save
                 self.watcher.uninstall()
             except Exception as e:  # restoring handlers is best effort; the lease must still be released
                 logger.warning("Could not restore the previous signal handlers: %s", e)

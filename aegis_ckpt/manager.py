@@ -21,11 +21,7 @@ from .loop import LoopCheckpointer
 from .options import CheckpointOptions
 from .policy import SavePolicy
 from .runstate import RunStart
-
-try:  # issue 4's real module; until it lands, a marked placeholder with the same interface
-    from .signals import SignalWatcher
-except ImportError:  # pragma: no cover - depends on the branch
-    from ._signals_placeholder import SignalWatcher
+from .signals import SignalWatcher
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal as _signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,17 +20,11 @@ from .commit import Manifest
 from .options import CheckpointOptions
 from .policy import AdaptivePolicy, SavePolicy
 from .runstate import FRESH, RESUME_CRASH, RESUME_POWER_LOSS, RunLease, RunStart
+from .signals import signal_name
 from .stats import SaveRecord, SaveStats
 from .store import AEGIS_DIR
 
 logger = logging.getLogger(__name__)
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return _signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 class RunRecorder:
