@@ -1,0 +1,136 @@
+"""Per-step overhead of AegisCheckpointCallback when no save is due, single process and 2 ranks on gloo.
+
+A tiny GPT-2 (steps of a few tens of milliseconds, where a per-step cost shows most) trains the same number of
+steps with and without the callback (its interval far away, so it only checks the clock, agrees across ranks and
+snapshots the step-end RNG for exception saves). Runs alternate with/without and repeat; the overhead is the
+median of the paired differences of the mean step time. Under torchrun the agreement is the pipelined
+asynchronous all-reduce on a side gloo group (see aegis_ckpt/distributed.py).
+
+Usage: python benchmarks/bench_overhead.py [--steps 300] [--repeats 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, median  # noqa: E402
+
+
+def child(with_callback: bool, steps: int, out_dir: str) -> dict:
+    import torch
+    from common import ModelSize, RandomTokens, quiet, training_args
+    from transformers import Trainer, TrainerCallback
+
+    torch.set_num_threads(1)
+    quiet()
+    size = ModelSize("tiny", 2, 128, 4096)
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.t: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.t.append(time.perf_counter())
+
+    times = StepTimes()
+    callbacks: list = [times]
+    if with_callback:
+        from aegis_ckpt import AegisCheckpointCallback
+
+        callbacks.insert(0, AegisCheckpointCallback(save_interval_sec=1e9, save_on_train_end=False))
+    args = training_args(out_dir, max_steps=steps, per_device_train_batch_size=8, ddp_backend="gloo")
+    trainer = Trainer(
+        model=size.build(), args=args, train_dataset=RandomTokens(size.vocab, seq=64), callbacks=callbacks
+    )
+    trainer.train()
+    warm = times.t[steps // 10 :]  # the first steps include warm-up
+    return {"step_sec": (warm[-1] - warm[0]) / (len(warm) - 1), "rank": args.process_index}
+
+
+def run(with_callback: bool, steps: int, nproc: int) -> float:
+    with tempfile.TemporaryDirectory(prefix="aegis-ovh-") as tmp:
+        env = dict(
+            os.environ,
+            PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            OMP_NUM_THREADS="1",
+        )
+        script = [__file__, "--child", "1" if with_callback else "0", str(steps), tmp]
+        if nproc > 1:
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={nproc}",
+                *script,
+            ]
+        else:
+            cmd = [sys.executable, *script]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-3000:])
+        results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        return max(r["step_sec"] for r in results)  # the job goes at the pace of its slowest rank
+
+
+def measure(nproc: int, steps: int, repeats: int) -> dict:
+    diffs, base, ours = [], [], []
+    for i in range(repeats):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        got = {flag: run(flag, steps, nproc) for flag in order}
+        base.append(got[False])
+        ours.append(got[True])
+        diffs.append((got[True] - got[False]) / got[False])
+        print(f"  {nproc} process(es), repeat {i + 1}: without {got[False] * 1000:.2f} ms/step, "
+              f"with {got[True] * 1000:.2f} ms/step", flush=True)  # fmt: skip
+    return {
+        "processes": nproc,
+        "step_ms_without": median(base) * 1000,
+        "step_ms_with": median(ours) * 1000,
+        "overhead": median(diffs),
+        "overhead_min": min(diffs),
+        "overhead_max": max(diffs),
+    }
+
+
+def format_table(results: list[dict]) -> str:
+    lines = [
+        "| processes | step without callback | step with callback | overhead (median of paired runs) | spread |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['processes']} | {r['step_ms_without']:.2f} ms | {r['step_ms_with']:.2f} ms | "
+            f"{r['overhead']:+.2%} | {r['overhead_min']:+.2%} .. {r['overhead_max']:+.2%} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json")
+    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(child(a.child[0] == "1", int(a.child[1]), a.child[2])), flush=True)
+        return 0
+    results = [measure(n, a.steps, a.repeats) for n in (1, 2)]
+    print(format_table(results))
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""Stall per checkpoint as the training loop sees it, for GPT-2-style models of ~10M, ~50M and ~125M parameters
+with AdamW, and the memory and throughput of an asynchronous save.
+
+Stall = (wall time of a run with k saves - wall time of the same run without saves) / k. It therefore includes
+the blocking part of a save AND every step slowed down while a background writer runs. Each run is a fresh
+process (so memory and page-cache effects do not leak between runs); runs of the same size are interleaved and
+repeated, and the median is reported with the spread.
+
+Modes:
+  baseline      no saves
+  native        the Trainer's own save_steps save (files in the page cache, not durable)
+  native_fsync  the same followed by fsync of every file (durable, what the Trainer alone cannot promise)
+  ours_sync     AegisCheckpointCallback(async_save=False): the Trainer writes, we fsync + hash + manifest
+  ours_async    AegisCheckpointCallback(): snapshot to CPU memory, write + fsync + commit in the background
+
+Usage: python benchmarks/bench_stall.py [--sizes 10M 50M 125M] [--repeats 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import REPO, SIZES, machine_description, median  # noqa: E402
+
+MODES = ("baseline", "native", "native_fsync", "ours_sync", "ours_async")
+STEPS_BETWEEN_SAVES = {"10M": 12, "50M": 8, "125M": 8}
+SAVES = 3
+
+
+# ---- one run (child process) -----------------------------------------------------------------------------------
+def child(size_name: str, mode: str, out_dir: str) -> dict:
+    import torch
+    from common import PeakRSS, RandomTokens, quiet, state_bytes, training_args
+    from transformers import Trainer, TrainerCallback
+
+    torch.set_num_threads(2)
+    quiet()
+    size = SIZES[size_name]
+    every = STEPS_BETWEEN_SAVES[size_name]
+    max_steps = SAVES * every + every // 2  # the last save has half an interval to finish in the background
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+
+    class TickPerStep(TrainerCallback):
+        """One fake second per step: our time-based callback then saves at exactly the same steps as save_steps."""
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            clock.now += 1.0
+
+    class NoEndSave(TrainerCallback):
+        """The Trainer also saves at the last step with save_strategy=steps; keep exactly SAVES saves."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and state.global_step % every:
+                control.should_save = False
+
+    class FsyncAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            for p in folder.rglob("*"):
+                if p.is_file():
+                    with open(p, "rb") as f:
+                        os.fsync(f.fileno())
+            for d in (folder, folder.parent):
+                fd = os.open(d, os.O_RDONLY)
+                os.fsync(fd)
+                os.close(fd)
+
+    commits: list[dict] = []
+
+    class CommitLog(logging.Handler):
+        pattern = re.compile(
+            r"\((?:step) (\d+), ([\d.]+) MB, \w+, async: snapshot ([\d.]+) s \+ write and commit ([\d.]+) s"
+        )
+
+        def emit(self, record):
+            m = self.pattern.search(record.getMessage())
+            if m:
+                commits.append(
+                    {
+                        "step": int(m[1]),
+                        "mb": float(m[2]),
+                        "snapshot_sec": float(m[3]),
+                        "write_sec": float(m[4]),
+                    }
+                )
+
+    logging.getLogger("aegis_ckpt").addHandler(CommitLog())
+    logging.getLogger("aegis_ckpt").setLevel(logging.INFO)
+
+    args = {"max_steps": max_steps}
+    callbacks: list = [TickPerStep()]
+    if mode in ("native", "native_fsync"):
+        args.update(save_strategy="steps", save_steps=every)
+        callbacks.append(NoEndSave())
+        if mode == "native_fsync":
+            callbacks.append(FsyncAfterSave())
+    elif mode in ("ours_sync", "ours_async"):
+        from aegis_ckpt import AegisCheckpointCallback
+
+        callbacks.append(
+            AegisCheckpointCallback(
+                save_interval_sec=every - 0.5,
+                max_keep=2,
+                save_on_train_end=False,
+                async_save=(mode == "ours_async"),
+                handle_signals=False,
+                clock=clock,
+            )
+        )
+    model = size.build()
+    trainer = Trainer(
+        model=model,
+        args=training_args(out_dir, **args),
+        train_dataset=RandomTokens(size.vocab),
+        callbacks=callbacks,
+    )
+    with PeakRSS() as rss:
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+    saved = sorted(int(p.name.split("-")[1]) for p in Path(out_dir).glob("checkpoint-*"))
+    return {
+        "size": size_name,
+        "mode": mode,
+        "seconds": seconds,
+        "steps": max_steps,
+        "saves": SAVES if mode != "baseline" else 0,
+        "kept": saved,
+        "peak_rss": rss.peak,
+        "rss_before": rss.baseline,
+        "state_bytes": state_bytes(model, trainer.optimizer),
+        "params": sum(p.numel() for p in model.parameters()),
+        "commits": commits,
+    }
+
+
+# ---- orchestration (parent) ------------------------------------------------------------------------------------
+def run_child(size: str, mode: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="aegis-bench-", dir=os.environ.get("AEGIS_BENCH_DIR")) as tmp:
+        env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", size, mode, tmp], capture_output=True, text=True, env=env
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{size}/{mode} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(runs: list[dict]) -> dict:
+    out: dict = {}
+    for size in sorted({r["size"] for r in runs}, key=lambda s: list(SIZES).index(s)):
+        by_mode = {m: [r for r in runs if r["size"] == size and r["mode"] == m] for m in MODES}
+        base = by_mode["baseline"]
+        repeats = min(len(v) for v in by_mode.values())
+        entry = {
+            "params_m": base[0]["params"] / 1e6,
+            "state_gib": base[0]["state_bytes"] / 2**30,
+            "modes": {},
+        }
+        for mode in MODES[1:]:
+            # Pair each run with the baseline of the same repeat (interleaved in time), then take the median.
+            stalls = [(by_mode[mode][i]["seconds"] - base[i]["seconds"]) / SAVES for i in range(repeats)]
+            extra_rss = [by_mode[mode][i]["peak_rss"] - base[i]["peak_rss"] for i in range(repeats)]
+            entry["modes"][mode] = {
+                "stall_sec": median(stalls),
+                "stall_min": min(stalls),
+                "stall_max": max(stalls),
+                "extra_peak_rss_gib": median(extra_rss) / 2**30,
+            }
+        commits = [c for r in by_mode["ours_async"] for c in r["commits"]]
+        if commits:
+            entry["async"] = {
+                "snapshot_sec": median([c["snapshot_sec"] for c in commits]),
+                "write_sec": median([c["write_sec"] for c in commits]),
+                "persist_mb_per_sec": median(
+                    [c["mb"] / c["write_sec"] for c in commits if c["write_sec"] > 0]
+                ),
+            }
+        entry["step_sec"] = median([r["seconds"] / r["steps"] for r in base])
+        out[size] = entry
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", help="write raw runs and the summary here")
+    p.add_argument("--child", nargs=3, metavar=("SIZE", "MODE", "DIR"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print(json.dumps(child(*a.child)))
+        return 0
+
+    from common import write_fsync_bandwidth
+
+    with tempfile.TemporaryDirectory(prefix="aegis-bw-", dir=os.environ.get("AEGIS_BENCH_DIR")) as tmp:
+        disk_bw = write_fsync_bandwidth(Path(tmp))
+    print(f"machine: {machine_description()}", flush=True)
+    print(f"sequential write+fsync: {disk_bw / 1e6:.0f} MB/s", flush=True)
+    runs = []
+    for size in a.sizes:
+        for repeat in range(a.repeats):
+            for mode in MODES:
+                r = run_child(size, mode)
+                runs.append(r)
+                print(f"  {size:>4} {mode:<12} repeat {repeat + 1}: {r['seconds']:.2f} s", flush=True)
+    summary = summarize(runs)
+    summary["_disk_write_fsync_mb_per_sec"] = disk_bw / 1e6
+    print(format_table(summary))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
+    return 0
+
+
+def format_table(summary: dict) -> str:
+    lines = [
+        "| model | state | step | native | native+fsync | ours sync | ours async | async/native | async/(native+fsync) | sync/(native+fsync) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for size, e in summary.items():
+        if size.startswith("_"):
+            continue
+        m = e["modes"]
+
+        def cell(mode, m=m):
+            s = m[mode]
+            return f"{s['stall_sec']:.2f} s ({s['stall_min']:.2f}..{s['stall_max']:.2f})"
+
+        def ratio(a, b, m=m):
+            return f"{m[a]['stall_sec'] / m[b]['stall_sec']:.2f}" if m[b]["stall_sec"] > 0 else "n/a"
+
+        lines.append(
+            f"| {size} ({e['params_m']:.0f}M) | {e['state_gib']:.2f} GiB | {e['step_sec'] * 1000:.0f} ms "
+            f"| {cell('native')} | {cell('native_fsync')} | {cell('ours_sync')} | {cell('ours_async')} "
+            f"| {ratio('ours_async', 'native')} | {ratio('ours_async', 'native_fsync')} "
+            f"| {ratio('ours_sync', 'native_fsync')} |"
+        )
+    lines.append("")
+    lines.append(
+        "| model | async snapshot (blocking) | background write+commit | persist throughput | disk write+fsync | extra peak RSS (async) / state |"
+    )
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    disk = summary.get("_disk_write_fsync_mb_per_sec", float("nan"))
+    for size, e in summary.items():
+        if size.startswith("_") or "async" not in e:
+            continue
+        a = e["async"]
+        rss = e["modes"]["ours_async"]["extra_peak_rss_gib"] / e["state_gib"]
+        lines.append(
+            f"| {size} | {a['snapshot_sec']:.3f} s | {a['write_sec']:.2f} s | {a['persist_mb_per_sec']:.0f} MB/s "
+            f"({a['persist_mb_per_sec'] / disk:.0%} of disk) | {disk:.0f} MB/s | {rss:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
