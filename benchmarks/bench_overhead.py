@@ -47,7 +47,8 @@ def child(with_callback: bool, steps: int, out_dir: str) -> dict:
         from aegis_ckpt import AegisCheckpointCallback
 
         callbacks.insert(0, AegisCheckpointCallback(save_interval_sec=1e9, save_on_train_end=False))
-    args = training_args(out_dir, max_steps=steps, per_device_train_batch_size=8, ddp_backend="gloo")
+    distributed = {"ddp_backend": "gloo"} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
+    args = training_args(out_dir, max_steps=steps, per_device_train_batch_size=8, **distributed)
     trainer = Trainer(
         model=size.build(), args=args, train_dataset=RandomTokens(size.vocab, seq=64), callbacks=callbacks
     )
@@ -78,7 +79,7 @@ def run(with_callback: bool, steps: int, nproc: int) -> float:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
-        results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        results = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
         return max(r["step_sec"] for r in results)  # the job goes at the pace of its slowest rank
 
 
@@ -123,7 +124,7 @@ def main() -> int:
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(child(a.child[0] == "1", int(a.child[1]), a.child[2])), flush=True)
+        print("RESULT " + json.dumps(child(a.child[0] == "1", int(a.child[1]), a.child[2])), flush=True)
         return 0
     results = [measure(n, a.steps, a.repeats) for n in (1, 2)]
     print(format_table(results))

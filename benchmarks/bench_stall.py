@@ -161,7 +161,7 @@ def run_child(size: str, mode: str) -> dict:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{size}/{mode} failed:\n{proc.stderr[-3000:]}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return json.loads(next(line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")))
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -207,7 +207,7 @@ def main() -> int:
     p.add_argument("--child", nargs=3, metavar=("SIZE", "MODE", "DIR"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(child(*a.child)))
+        print("RESULT " + json.dumps(child(*a.child)))
         return 0
 
     from common import write_fsync_bandwidth
