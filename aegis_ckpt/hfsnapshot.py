@@ -184,14 +184,21 @@ def _trainer_state_json(trainer) -> str:
     from transformers.trainer_callback import ExportableState
 
     state = trainer.state
-    for cb in [
-        c for c in trainer.callback_handler.callbacks + [trainer.control] if isinstance(c, ExportableState)
-    ]:
-        name = cb.__class__.__name__
-        if isinstance(state.stateful_callbacks.get(name), list):
-            state.stateful_callbacks[name].append(cb.state())
-        else:
-            state.stateful_callbacks[name] = cb.state()
+    control = trainer.control
+    # The Trainer records its control as it is during a save (should_save set); record the same, so both
+    # layouts are identical. A resumed run resets these flags at its first step anyway.
+    saving, control.should_save = control.should_save, True
+    try:
+        for cb in [
+            c for c in trainer.callback_handler.callbacks + [control] if isinstance(c, ExportableState)
+        ]:
+            name = cb.__class__.__name__
+            if isinstance(state.stateful_callbacks.get(name), list):
+                state.stateful_callbacks[name].append(cb.state())
+            else:
+                state.stateful_callbacks[name] = cb.state()
+    finally:
+        control.should_save = saving
     return json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True) + "\n"
 
 
