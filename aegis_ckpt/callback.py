@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 
 from . import distributed
 from .commit import commit_checkpoint, is_committed, read_manifest
+from .compat import check_training_setup
 from .distributed import PeerLostError, StepAgreement, StepFlags
 from .emergency import StepPhase, TrainGuard
 from .errors import AegisError, CommitError
@@ -157,6 +158,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._save_requested_at: float | None = None
         self._save_reason = ""
         self._rotation_checked = False
+        self._setup_checked = False
         self._heartbeat_file = heartbeat_path_from_env()
         self._last_heartbeat: float | None = None
 
@@ -179,7 +181,15 @@ class AegisCheckpointCallback(TrainerCallback):
         )
         args.save_total_limit = None
 
+    def _check_setup(self, args) -> None:
+        """Refuse setups that cannot work (``compat``): at Trainer construction, or at train begin when the
+        callback was added later."""
+        if not self._setup_checked:
+            self._setup_checked = True
+            check_training_setup(args, self.options)
+
     def on_init_end(self, args, state, control, **kwargs):
+        self._check_setup(args)
         self._take_over_rotation(args)
         if self.emergency.save_on_exception:
             self._trainer = _find_trainer()
@@ -187,6 +197,7 @@ class AegisCheckpointCallback(TrainerCallback):
                 self._guard.install(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._check_setup(args)
         self._take_over_rotation(args)
         # Like the Trainer: replicas get log_level_replica; the main process changes only if log_level was set,
         # so an application that configured the aegis_ckpt logger keeps its level ("passive" default).
