@@ -155,3 +155,23 @@ def test_accelerate_launch_two_cpu_processes_sigterm_power_cut_and_exact_resume(
     assert [events(tmp_path / "status3", r, "start")[-1]["step"] for r in (0, 1)] == [newest, newest]
     mismatches = tinylib.weight_mismatches(tinylib.load_weights(result), tinylib.load_weights(ref_result))
     assert mismatches == [], mismatches[:5]
+
+
+def test_accelerate_cpu_launcher_that_starts_one_of_two_processes_is_reported(tmp_path):
+    """``accelerate launch --cpu --num_processes 2`` starts one process (no MPI here): the callback says so when
+    the Trainer is built, instead of letting the user believe two processes train."""
+    script = tmp_path / "build_trainer.py"
+    script.write_text(
+        "import tinylib\n"
+        "from aegis_ckpt import AegisCheckpointCallback\n"
+        "trainer = tinylib.make_trainer(__import__('sys').argv[1], [AegisCheckpointCallback()])\n"
+        "print('WORLD SIZE', trainer.args.world_size, flush=True)\n"
+    )
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path / "out"),
+    ]  # fmt: skip
+    res = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("WORLD SIZE 1") == 1
+    assert "accelerate launch was asked for several CPU processes but started only this one" in res.stderr
