@@ -1,22 +1,58 @@
 """aegis-ckpt: crash-safe, time-based rolling checkpoints for Hugging Face Trainer and custom loops.
 
 Public API only; everything else lives in the module that owns its concern (see the package tree).
+
+The names that need ``transformers`` or ``torch`` (the callback, the resume helper, the custom-loop managers)
+are imported on first use, so ``aegis-ckpt run`` (a supervisor that lives as long as the training),
+``preflight`` and ``notify`` start in a fraction of a second and do not hold torch in memory.
 """
 
-from .callback import AegisCheckpointCallback
-from .errors import AegisError, CommitError, ConfigError, PreflightError, VerificationError
-from .options import CheckpointOptions
-from .resume import find_resume_checkpoint
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import AegisError, CommitError, ConfigError, PreflightError, RunLockedError, VerificationError
+from .options import AsyncOptions, CheckpointOptions, EmergencyOptions
+
+if TYPE_CHECKING:
+    from .callback import AegisCheckpointCallback
+    from .manager import EmergencyCheckpointManager, EnhancedAutoCheckpointManager, RollingCheckpointManager
+    from .resume import find_resume_checkpoint
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "AegisCheckpointCallback": ".callback",
+    "find_resume_checkpoint": ".resume",
+    "RollingCheckpointManager": ".manager",
+    "EmergencyCheckpointManager": ".manager",
+    "EnhancedAutoCheckpointManager": ".manager",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AegisCheckpointCallback",
     "AegisError",
+    "AsyncOptions",
     "CheckpointOptions",
     "CommitError",
     "ConfigError",
+    "EmergencyCheckpointManager",
+    "EmergencyOptions",
+    "EnhancedAutoCheckpointManager",
     "PreflightError",
+    "RollingCheckpointManager",
+    "RunLockedError",
     "VerificationError",
     "find_resume_checkpoint",
     "__version__",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -22,14 +23,17 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from . import distributed
-from .commit import commit_checkpoint, is_committed, read_manifest
+from .asyncsave import AsyncCheckpointWriter, SaveJob, estimate_snapshot_bytes
+from .commit import commit_checkpoint, fsync_file, is_committed, read_manifest
 from .compat import check_training_setup
 from .distributed import PeerLostError, StepAgreement, StepFlags
 from .emergency import StepPhase, TrainGuard
-from .errors import AegisError, CommitError
+from .errors import AegisError, CommitError, RunLockedError
 from .exitcodes import exit_code_for_signal
-from .options import CheckpointOptions, EmergencyOptions
-from .policy import IntervalPolicy, SavePolicy
+from .hfsnapshot import SnapshotBuffers, take_snapshot, unsupported_reason, write_rng_file
+from .options import AsyncOptions, CheckpointOptions, EmergencyOptions
+from .policy import SavePolicy, make_policy
+from .recorder import RunRecorder
 from .rngstate import capture_rng_state, restore_rng_state
 from .runstate import heartbeat_path_from_env, mark_completed, write_heartbeat
 from .signals import SignalWatcher, signal_name
@@ -88,7 +92,12 @@ class AegisCheckpointCallback(TrainerCallback):
             Exit anyway if the emergency checkpoint is not committed this long after the signal.
         save_on_exception (`bool`, *optional*, defaults to `True`):
             Save the last completed step when an exception escapes training (single process), then re-raise.
-        options (`CheckpointOptions`, *optional*), emergency (`EmergencyOptions`, *optional*):
+        async_save (`bool`, *optional*, defaults to `True`):
+            Two-phase saves: training stalls only while the state is copied to CPU memory; the files are written,
+            flushed and committed by a background thread. Setups it cannot express (DeepSpeed, FSDP, adapters,
+            quantized or offloaded models) keep the Trainer's synchronous save, as logged once.
+        options (`CheckpointOptions`, *optional*), emergency (`EmergencyOptions`, *optional*),
+        async_options (`AsyncOptions`, *optional*):
             The same settings as objects; when given, the matching keyword arguments must be left unset.
         write_completion_marker (`bool`, *optional*, defaults to `True`):
             Record ``.aegis/completed.json`` when training reaches its last step with a committed checkpoint.
@@ -116,8 +125,10 @@ class AegisCheckpointCallback(TrainerCallback):
         handle_signals: bool | None = None,
         grace_period_sec: float | None = None,
         save_on_exception: bool | None = None,
+        async_save: bool | None = None,
         options: CheckpointOptions | None = None,
         emergency: EmergencyOptions | None = None,
+        async_options: AsyncOptions | None = None,
         policy: SavePolicy | None = None,
         write_completion_marker: bool = True,
         clock: Callable[[], float] = time.monotonic,
@@ -139,9 +150,8 @@ class AegisCheckpointCallback(TrainerCallback):
             grace_period_sec=grace_period_sec,
             save_on_exception=save_on_exception,
         )
-        self.policy: SavePolicy = (
-            policy if policy is not None else IntervalPolicy(self.options.save_interval_sec)
-        )
+        self.async_options = _build_options(AsyncOptions, async_options, enabled=async_save)
+        self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
         self.clock = clock
         self.write_completion_marker = write_completion_marker
         self.store: CheckpointStore | None = None
@@ -161,6 +171,11 @@ class AegisCheckpointCallback(TrainerCallback):
         self._setup_checked = False
         self._heartbeat_file = heartbeat_path_from_env()
         self._last_heartbeat: float | None = None
+        self._recorder: RunRecorder | None = None  # run lease, audit log, save statistics
+        self._writer = AsyncCheckpointWriter()
+        self._buffers = SnapshotBuffers()
+        self._async_off_reason: str | None = None
+        self._deferred_since_step: int | None = None
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _take_over_rotation(self, args) -> None:
@@ -191,10 +206,9 @@ class AegisCheckpointCallback(TrainerCallback):
     def on_init_end(self, args, state, control, **kwargs):
         self._check_setup(args)
         self._take_over_rotation(args)
-        if self.emergency.save_on_exception:
-            self._trainer = _find_trainer()
-            if self._trainer is not None:
-                self._guard.install(self._trainer)
+        self._trainer = _find_trainer()
+        if self._trainer is not None and self.emergency.save_on_exception:
+            self._guard.install(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._check_setup(args)
@@ -210,8 +224,10 @@ class AegisCheckpointCallback(TrainerCallback):
             )
         self._check_world_size(args, state)
         self.store = CheckpointStore(args.output_dir)
+        self._begin_run_record(args, state)  # before anything on disk changes: may refuse a second process
         if args.should_save:
             self.store.mark_managed()
+            self.store.recover_staging()
             self._set_aside_future_checkpoints(state.global_step)
             self.store.empty_trash()
         self._agreement.setup()
@@ -221,6 +237,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._train_begin_step = state.global_step
         self._phase = StepPhase.CONSISTENT
         self._install_emergency_handlers(args)
+        self._choose_save_mode()
         self.policy.start(self.clock())
         self._beat(state.global_step, "train_begin", force=True)
         logger.info(
@@ -229,6 +246,52 @@ class AegisCheckpointCallback(TrainerCallback):
             self.options.max_keep,
             args.output_dir,
         )
+
+    # ---- run record (lease, audit, statistics) -----------------------------------------------------------------
+    def _begin_run_record(self, args, state) -> None:
+        """Take the run lease on the main process and log how the previous run ended. If another live process
+        holds the directory, every rank raises ``RunLockedError`` (agreed, so no rank waits at a barrier)."""
+        if self._recorder is not None:  # a previous train() with this callback never reached on_train_end
+            self._recorder.end("trainer_end", step=state.global_step, detail="train() started again")
+        self._recorder = RunRecorder(
+            args.output_dir,
+            self.options,
+            policy=self.policy,
+            enabled=bool(args.should_save),
+            clock=self.clock,
+        )
+        refused: RunLockedError | None = None
+        try:
+            self._recorder.begin(
+                step=state.global_step, has_checkpoints=bool(self._require_store().checkpoints())
+            )
+        except RunLockedError as e:
+            refused = e
+        if distributed.agree_any(refused is not None):
+            self._recorder = None
+            raise refused or RunLockedError(
+                f"{args.output_dir} is in use by another training run (see rank 0)"
+            )
+        if state.global_step > 0:
+            checkpoint = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
+            self._recorder.resumed(step=state.global_step, checkpoint=checkpoint)
+
+    def _end_run_record(self, kind: str, step: int, detail: str = "") -> None:
+        if self._recorder is not None:
+            self._recorder.end(kind, step=step, detail=detail)
+            self._recorder = None
+
+    def _choose_save_mode(self) -> None:
+        self._async_off_reason = None
+        self._deferred_since_step = None
+        if not self.async_options.enabled:
+            self._async_off_reason = "async_save=False"
+            return
+        self._async_off_reason = unsupported_reason(self._trainer)
+        if self._async_off_reason:
+            logger.warning("Saving synchronously (the Trainer's own save): %s.", self._async_off_reason)
+        else:
+            logger.info("Asynchronous saves: training pauses only to copy the state to CPU memory")
 
     def _check_world_size(self, args, state) -> None:
         """A resumed checkpoint saved by another number of processes would continue with other RNG streams and
@@ -279,16 +342,16 @@ class AegisCheckpointCallback(TrainerCallback):
                 )
             self.watcher = SignalWatcher(grace_period_sec=self.emergency.grace_period_sec)
             self.watcher.install(replace=replace)
-        if self.emergency.save_on_exception and self._trainer is None:
+        if self._trainer is None and (self.emergency.save_on_exception or self.async_options.enabled):
             logger.warning(
-                "No emergency checkpoint on exceptions: pass the callback to Trainer(callbacks=[...]) rather than "
-                "add_callback(), so it can guard train()."
+                "No emergency checkpoint on exceptions and no asynchronous saves: pass the callback to "
+                "Trainer(callbacks=[...]) rather than add_callback(), so it can reach the Trainer."
             )
 
     @property
     def _exception_saves_active(self) -> bool:
         # Multi-process: one rank's exception leaves the others inside collectives; no collective save possible.
-        return self._trainer is not None and not self._agreement.active
+        return self._trainer is not None and self.emergency.save_on_exception and not self._agreement.active
 
     def _remove_emergency_handlers(self) -> None:
         if self.watcher is not None:
@@ -308,9 +371,12 @@ class AegisCheckpointCallback(TrainerCallback):
         self._phase = StepPhase.CONSISTENT
         if self._exception_saves_active:
             self._step_rng = capture_rng_state(include_numpy=False)
+        self._collect_async(wait=False)
         local = StepFlags(
             save_due=int(self.policy.is_due(self.clock())),
             signal=(self.watcher.triggered or 0) if self.watcher is not None else 0,
+            writer_busy=int(self._writer.busy),
+            sync_only=int(self._async_off_reason is None and not self._snapshot_fits_in_ram(args)),
         )
         final = state.global_step >= state.max_steps
         try:
@@ -324,7 +390,7 @@ class AegisCheckpointCallback(TrainerCallback):
             and contributed_at <= self.last_saved_step
         ):
             # "Due" as seen before the last save (pipelined agreement lags one step): already served.
-            agreed = StepFlags(save_due=0, signal=agreed.signal)
+            agreed = dataclasses.replace(agreed, save_due=0)
         if agreed.signal:
             if self.stop_signal is None:
                 self.stop_signal = agreed.signal
@@ -333,22 +399,150 @@ class AegisCheckpointCallback(TrainerCallback):
                     self.watcher.notify(
                         agreed.signal, f"{signal_name(agreed.signal)} (on another rank)", quiet=True
                     )
+            self._collect_async(wait=True)  # the grace watchdog bounds this wait
             control.should_save = True
             self._save_reason = f"signal:{signal_name(self.stop_signal)}"
-        elif agreed.save_due:
-            control.should_save = True
-            self._save_reason = "interval"
         elif final and self.options.save_on_train_end:
+            self._collect_async(wait=True)
             control.should_save = True
             self._save_reason = "final"
+        elif agreed.save_due and not control.should_save:
+            self._save_when_due(args, state, control, agreed)
         elif control.should_save:
-            self._save_reason = "trainer"
+            self._save_reason = "interval" if agreed.save_due else "trainer"
         if control.should_save:
             self._save_requested_at = self.clock()
             self._beat(state.global_step, "saving", force=True)
         else:
             self._beat(state.global_step, "train")
+        if self._recorder is not None:
+            self._recorder.heartbeat(state.global_step)  # throttled inside (heartbeat_every_sec)
         return control
+
+    # ---- asynchronous saves --------------------------------------------------------------------------------
+    def _save_when_due(self, args, state, control, agreed: StepFlags) -> None:
+        """The interval is due and the Trainer does not save this step on its own: save, async if possible."""
+        if self._async_off_reason is not None or agreed.sync_only:
+            control.should_save = True
+            self._save_reason = "interval"
+            return
+        if agreed.writer_busy or self._writer.busy:
+            if self.async_options.when_busy == "skip":
+                if self._deferred_since_step is None:
+                    self._deferred_since_step = state.global_step
+                    logger.info(
+                        "Save due at step %d deferred: the previous one is still being written",
+                        state.global_step,
+                    )
+                return  # the policy stays due: retried at the next step end
+            self._collect_async(wait=True)
+        if self._deferred_since_step is not None:
+            logger.info(
+                "Deferred save taken at step %d (%d steps late)",
+                state.global_step,
+                state.global_step - self._deferred_since_step,
+            )
+            self._deferred_since_step = None
+        self._start_async_save(args, state, reason="interval")
+
+    def _snapshot_fits_in_ram(self, args) -> bool:
+        """Checked before the first snapshot only (later ones reuse its buffers)."""
+        if self._buffers.nbytes or not args.should_save or self._trainer is None:
+            return True
+        import psutil
+
+        trainer = self._trainer
+        model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+        need = estimate_snapshot_bytes(model, trainer.optimizer)
+        memory = psutil.virtual_memory()
+        if memory.available - need >= self.async_options.min_free_ram_fraction * memory.total:
+            return True
+        self._async_off_reason = (
+            f"an asynchronous snapshot needs ~{need / 2**30:.1f} GiB of RAM and {memory.available / 2**30:.1f} GiB "
+            f"is available (keeping {self.async_options.min_free_ram_fraction:.0%} free)"
+        )
+        logger.warning("Saving synchronously from now on: %s.", self._async_off_reason)
+        return False
+
+    def _start_async_save(self, args, state, *, reason: str) -> None:
+        """Snapshot on this thread (the only stall), then hand the write and commit to the background writer.
+        Every rank takes part: each writes its own RNG file into the shared staging folder on this thread, and
+        the main process's writer commits once all of them are there."""
+        store = self._require_store()
+        started = self.clock()
+        t0 = time.perf_counter()
+        staging = (
+            store.fresh_staging(state.global_step)
+            if args.should_save
+            else store.staging_path(state.global_step)
+        )
+        distributed.barrier()
+        snapshot = take_snapshot(self._trainer, self._buffers)
+        if not snapshot.is_main:
+            write_rng_file(snapshot, staging)
+            fsync_file(staging / snapshot.rng_file)
+        distributed.barrier()
+        snapshot_sec = time.perf_counter() - t0
+        if snapshot.is_main:
+            self._writer.submit(
+                SaveJob(
+                    step=state.global_step,
+                    reason=reason,
+                    staging=staging,
+                    snapshot=snapshot,
+                    meta=self._manifest_meta(state, args.world_size, asynchronous=True),
+                    snapshot_sec=snapshot_sec,
+                    sha256=self._recorder.sha256 if self._recorder is not None else False,
+                )
+            )
+        self.last_saved_step = state.global_step
+        self.policy.record_save(started=started, finished=self.clock(), size_bytes=snapshot.nbytes)
+        logger.debug(
+            "step %d: snapshot of %.1f MB in %.3f s", state.global_step, snapshot.nbytes / 1e6, snapshot_sec
+        )
+
+    def _collect_async(self, *, wait: bool) -> None:
+        """Publish a background save that finished (optionally waiting for it): rename its committed staging
+        folder to ``checkpoint-<step>``, then prune. Runs on the training thread only."""
+        job = self._writer.collect(wait=wait)
+        if job is None:
+            return
+        store = self._require_store()
+        if job.error is not None:
+            if self._recorder is not None:
+                self._recorder.save_failed(step=job.step, reason=job.reason, error=job.error)
+            logger.error(
+                "Asynchronous save of step %d failed (%s: %s); the previous committed checkpoint stays the resume "
+                "point.",
+                job.step,
+                type(job.error).__name__,
+                job.error,
+            )
+            shutil.rmtree(job.staging, ignore_errors=True)
+            return
+        folder = store.publish(job.staging, job.step, replace=False)
+        if folder is None or job.manifest is None:
+            return
+        logger.info(
+            "Committed %s (step %d, %.1f MB, %s, async: snapshot %.2f s + write and commit %.2f s in background)",
+            folder,
+            job.step,
+            job.manifest.total_bytes / 1e6,
+            job.reason,
+            job.snapshot_sec,
+            job.write_sec,
+        )
+        self.last_commit_path = folder
+        if self._recorder is not None:
+            self._recorder.committed(
+                folder,
+                job.manifest,
+                reason=job.reason,
+                write_sec=job.snapshot_sec,
+                commit_sec=job.write_sec,
+                duration_sec=job.snapshot_sec + job.write_sec,
+            )
+        self._prune(folder)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if control.should_save and self.last_saved_step == state.global_step:
@@ -363,6 +557,8 @@ class AegisCheckpointCallback(TrainerCallback):
 
     # ---- commit --------------------------------------------------------------------------------------------
     def on_save(self, args, state, control, **kwargs):
+        # A background save still in flight is published first (or dropped if it is of this very step).
+        self._collect_async(wait=True)
         # Every rank writes its own files (rng_state_<rank>.pth); commit only once all of them are done.
         distributed.barrier()
         started = self._save_requested_at if self._save_requested_at is not None else self.clock()
@@ -390,9 +586,12 @@ class AegisCheckpointCallback(TrainerCallback):
                 folder,
                 step=state.global_step,
                 reason=reason,
-                meta={"epoch": state.epoch, "max_steps": state.max_steps, "world_size": world_size},
+                meta=self._manifest_meta(state, world_size, asynchronous=False),
+                sha256=self._recorder.sha256 if self._recorder is not None else False,
             )
         except CommitError as e:
+            if self._recorder is not None:
+                self._recorder.save_failed(step=state.global_step, reason=reason, error=e)
             logger.error(
                 "Checkpoint at step %d was NOT committed (%s). The previous committed checkpoint stays the resume "
                 "point; the next save is tried one interval from now.",
@@ -403,6 +602,7 @@ class AegisCheckpointCallback(TrainerCallback):
             # one, so a folder left here would stay forever; set it aside (kept, with the reason) instead.
             store.quarantine(folder, f"commit failed: {e}")
             return 0
+        commit_sec = time.perf_counter() - t0
         logger.info(
             "Committed %s (step %d, %.1f MB, %s, write %.2f s + commit %.2f s)",
             folder,
@@ -410,15 +610,32 @@ class AegisCheckpointCallback(TrainerCallback):
             manifest.total_bytes / 1e6,
             reason,
             write_sec,
-            time.perf_counter() - t0,
+            commit_sec,
         )
-        protect = {folder}
-        if self.options.keep_best and state.best_model_checkpoint:
-            protect.add(Path(state.best_model_checkpoint))
-        store.prune(
+        if self._recorder is not None:
+            self._recorder.committed(
+                folder, manifest, reason=reason, write_sec=write_sec, commit_sec=commit_sec
+            )
+        self._prune(folder)
+        return manifest.total_bytes
+
+    def _prune(self, newest: Path) -> None:
+        protect = {newest}
+        best = self._trainer.state.best_model_checkpoint if self._trainer is not None else None
+        if self.options.keep_best and best:
+            protect.add(Path(best))
+        self._require_store().prune(
             self.options.max_keep, protect=protect, milestone_every_sec=self.options.keep_milestone_every_sec
         )
-        return manifest.total_bytes
+
+    @staticmethod
+    def _manifest_meta(state, world_size: int, *, asynchronous: bool) -> dict:
+        return {
+            "epoch": state.epoch,
+            "max_steps": state.max_steps,
+            "world_size": world_size,
+            "async": asynchronous,
+        }
 
     # ---- emergency exits -----------------------------------------------------------------------------------
     def _exit_after_emergency_save(self, state, folder: Path, *, committed: bool) -> None:
@@ -445,6 +662,9 @@ class AegisCheckpointCallback(TrainerCallback):
                 state.global_step,
                 code,
             )
+        if self._recorder is not None:
+            self._recorder.signal(signum, step=state.global_step)
+        self._end_run_record("signal", state.global_step, detail=signal_name(signum))
         if self.watcher is not None:
             self.watcher.mark_done()
         self._agreement.close()
@@ -463,17 +683,30 @@ class AegisCheckpointCallback(TrainerCallback):
         if self.watcher is not None:
             self.watcher.mark_done()
         self._remove_emergency_handlers()
+        self._end_run_record("exception", self.last_saved_step or 0, detail="a peer rank is gone")
         raise SystemExit(code) from error
 
     def _save_after_exception(self, exc: BaseException) -> None:
         """Called by the train() guard once an exception escaped training; the exception is re-raised after."""
+        saved = False
+        try:
+            saved = self._emergency_save_for(exc)
+        finally:
+            step = self._trainer.state.global_step if self._trainer is not None else 0
+            if self._recorder is not None:
+                self._recorder.exception(exc, step=step, saved=saved)
+            self._end_run_record("exception", step, detail=type(exc).__name__)
+
+    def _emergency_save_for(self, exc: BaseException) -> bool:
+        """Save the last completed step if that is possible and safe; True when a checkpoint was committed."""
+        self._collect_async(wait=True)
         if self.watcher is not None:
             self.watcher.mark_done()
         self._remove_emergency_handlers()
         trainer = self._trainer
         exc_type = type(exc)
         if trainer is None or not getattr(trainer, "is_in_train", True):
-            return
+            return False
         if self._agreement.active:
             logger.error(
                 "%s escaped training on rank %d of a multi-process run: no emergency checkpoint (the other ranks "
@@ -481,7 +714,7 @@ class AegisCheckpointCallback(TrainerCallback):
                 exc_type.__name__,
                 distributed.rank(),
             )
-            return
+            return False
         state = trainer.state
         step = state.global_step
         if self._phase != StepPhase.CONSISTENT:
@@ -491,19 +724,19 @@ class AegisCheckpointCallback(TrainerCallback):
                 exc_type.__name__,
                 step + 1,
             )
-            return
+            return False
         folder = Path(trainer.args.output_dir) / checkpoint_dir_name(step)
         if self._train_begin_step is None or step <= self._train_begin_step:
             logger.error(
                 "%s escaped training at step %d before a step completed in this run", exc_type.__name__, step
             )
-            return
+            return False
         if self.last_saved_step == step or is_committed(folder):
             # E.g. an error while pruning after the commit: saving again would rewrite a committed folder.
             logger.error(
                 "%s escaped training at step %d, which is already committed", exc_type.__name__, step
             )
-            return
+            return False
         logger.error(
             "%s escaped training at step %d: saving an emergency checkpoint", exc_type.__name__, step
         )
@@ -515,9 +748,12 @@ class AegisCheckpointCallback(TrainerCallback):
         trainer._save_checkpoint(trainer.model, trial=None)
         if self._commit_and_retain(state, folder, time.perf_counter() - t0, world_size=1):
             self.last_saved_step = step
+            return True
+        return False
 
     # ---- end -----------------------------------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
+        self._collect_async(wait=True)
         self._beat(state.global_step, "train_end", force=True)
         try:
             late = self._agreement.drain()
@@ -534,6 +770,10 @@ class AegisCheckpointCallback(TrainerCallback):
         final_path = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
         if self.write_completion_marker and finished and args.should_save and is_committed(final_path):
             mark_completed(args.output_dir, step=state.global_step, checkpoint=os.fspath(final_path))
+        if self._recorder is not None:  # clean-exit record; "finish" in the audit log when training completed
+            if finished and is_committed(final_path):
+                self._recorder.finished(step=state.global_step, checkpoint=final_path)
+        self._end_run_record("trainer_end", state.global_step)
         signum = late.signal or watcher_signal
         if signum and final_saved:
             # A stop request that arrived after the last step end: the final checkpoint is committed; honour the

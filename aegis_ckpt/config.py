@@ -1,6 +1,6 @@
 """The YAML run config of ``aegis-ckpt train``: loading, ``--set`` overrides and validation.
 
-A config has seven sections; every key is checked, and unknown keys are named in the error::
+A config has these sections; every key is checked, and unknown keys are named in the error::
 
     model:       how to build or load the model (from a config, or ``name_or_path`` on the Hub / a local path)
     tokenizer:   a tokenizer to load, or a byte-level BPE to train in code on the training text
@@ -8,7 +8,10 @@ A config has seven sections; every key is checked, and unknown keys are named in
     training:    passed to ``transformers.TrainingArguments`` as is (``output_dir`` is required)
     checkpoint:  ``CheckpointOptions`` (save interval, retention)
     emergency:   ``EmergencyOptions`` (signals, grace period, exception saves)
+    async_save:  ``AsyncOptions`` (two-phase saves: snapshot, then write and commit in the background)
     resume:      how the resume checkpoint is verified
+    preflight:   what ``aegis-ckpt preflight`` refuses on (GPU required, disk margin); optional
+    notify:      end-of-run sound and webhook (``aegis-ckpt notify``); optional
 
 String values may use ``${VAR}`` and ``${VAR:-default}`` to read environment variables, so one config can point
 ``output_dir`` at ``D:/...`` on one machine and ``/data/...`` on another.
@@ -27,7 +30,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .options import VERIFY_MODES, CheckpointOptions, EmergencyOptions
+from .options import VERIFY_MODES, AsyncOptions, CheckpointOptions, EmergencyOptions
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -124,6 +127,63 @@ class ResumeConfig:
     """Also resume from checkpoints without a manifest (plain Trainer) after structural checks."""
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreflightConfig:
+    """What ``aegis-ckpt preflight`` refuses on, so an unattended run fails at once instead of hours later."""
+
+    require_gpu: bool = False
+    """Refuse to start when no CUDA GPU is visible. Off: no GPU is a warning and training runs on the CPU."""
+    min_gpu_free_gb: float | None = None
+    """Refuse to start unless a GPU has at least this much free memory (GiB); null only reports it."""
+    disk_margin_gb: float = 1.0
+    """Free space (GiB) to keep on top of the projected need of the checkpoints and the final model."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.require_gpu, bool):
+            raise ConfigError(f"preflight.require_gpu must be true or false (got {self.require_gpu!r})")
+        if self.min_gpu_free_gb is not None and (
+            not _is_number(self.min_gpu_free_gb) or self.min_gpu_free_gb <= 0
+        ):
+            raise ConfigError(
+                f"preflight.min_gpu_free_gb must be a number > 0 or null (got {self.min_gpu_free_gb!r}): "
+                "it is the free GPU memory in GiB below which training does not start"
+            )
+        if not _is_number(self.disk_margin_gb) or self.disk_margin_gb < 0:
+            raise ConfigError(
+                f"preflight.disk_margin_gb must be a number >= 0 (got {self.disk_margin_gb!r}): "
+                "it is the free space in GiB kept on top of the checkpoints' projected need"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifyConfig:
+    """How ``aegis-ckpt notify`` tells the user that a run finished or gave up."""
+
+    sound: bool = True
+    """Play a sound (Windows: two different system sounds; elsewhere the terminal bell). Never blocks."""
+    webhook_url: str | None = None
+    """POST a small JSON message here. Write ``${AEGIS_WEBHOOK_URL:-}`` to keep the secret out of the file;
+    an empty value means no webhook. The URL is never logged in full."""
+    webhook_timeout_sec: float = 10.0
+    """Give up on the webhook after this many seconds; a failed webhook is logged, never fatal."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sound, bool):
+            raise ConfigError(f"notify.sound must be true or false (got {self.sound!r})")
+        if self.webhook_url is not None and (
+            not isinstance(self.webhook_url, str) or not self.webhook_url.startswith(("http://", "https://"))
+        ):
+            raise ConfigError("notify.webhook_url must be an http:// or https:// URL (or empty for none)")
+        if not _is_number(self.webhook_timeout_sec) or self.webhook_timeout_sec <= 0:
+            raise ConfigError(
+                f"notify.webhook_timeout_sec must be a number > 0 (got {self.webhook_timeout_sec!r})"
+            )
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     model: ModelConfig
@@ -132,7 +192,10 @@ class TrainConfig:
     training: dict[str, Any]
     checkpoint: CheckpointOptions
     emergency: EmergencyOptions
+    async_save: AsyncOptions
     resume: ResumeConfig
+    preflight: PreflightConfig = field(default_factory=PreflightConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = "<memory>"
     base_dir: Path = Path(".")
     """Folder relative paths in the config are resolved against (the config file's folder)."""
@@ -142,7 +205,18 @@ class TrainConfig:
         return Path(self.training["output_dir"])
 
 
-SECTIONS = ("model", "tokenizer", "data", "training", "checkpoint", "emergency", "resume")
+SECTIONS = (
+    "model",
+    "tokenizer",
+    "data",
+    "training",
+    "checkpoint",
+    "emergency",
+    "async_save",
+    "resume",
+    "preflight",
+    "notify",
+)
 
 
 def _build_dataclass(cls, section: str, values: dict[str, Any]):
@@ -223,9 +297,15 @@ def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = 
 
     checkpoint = CheckpointOptions.from_mapping(_section(raw, "checkpoint"), where="checkpoint")
     emergency = EmergencyOptions.from_mapping(_section(raw, "emergency"), where="emergency")
+    async_save = AsyncOptions.from_mapping(_section(raw, "async_save"), where="async_save")
     resume = _build_dataclass(ResumeConfig, "resume", _section(raw, "resume"))
     if resume.verify not in VERIFY_MODES:
         raise ConfigError(f"resume.verify must be one of {VERIFY_MODES} (got {resume.verify!r})")
+    preflight = _build_dataclass(PreflightConfig, "preflight", _section(raw, "preflight"))
+    notify_raw = dict(_section(raw, "notify"))
+    if notify_raw.get("webhook_url") == "":  # ${AEGIS_WEBHOOK_URL:-} with the variable unset
+        notify_raw["webhook_url"] = None
+    notify = _build_dataclass(NotifyConfig, "notify", notify_raw)
     return TrainConfig(
         model=model,
         tokenizer=tokenizer,
@@ -233,7 +313,10 @@ def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = 
         training=training,
         checkpoint=checkpoint,
         emergency=emergency,
+        async_save=async_save,
         resume=resume,
+        preflight=preflight,
+        notify=notify,
         source=source,
         base_dir=base,
     )

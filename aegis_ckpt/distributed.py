@@ -49,6 +49,22 @@ def barrier() -> None:
         dist.barrier()
 
 
+def agree_any(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (one blocking all-reduce on the default group; for
+    rare decisions such as refusing to start, not for every step)."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return bool(flag)
+    import torch
+
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 @dataclass(frozen=True)
 class StepFlags:
     """What one rank knows at a step end; agreement takes the MAX of each field over all ranks."""
@@ -57,9 +73,21 @@ class StepFlags:
     """1 when the save interval has elapsed on this rank's clock."""
     signal: int = 0
     """The number of a stop signal this rank received, else 0."""
+    writer_busy: int = 0
+    """1 when this rank's background writer is still persisting an earlier save."""
+    sync_only: int = 0
+    """1 when this rank cannot take an asynchronous snapshot (e.g. not enough free RAM): all ranks save
+    synchronously then, since a save is collective."""
+
+    def as_list(self) -> list[int]:
+        return [self.save_due, self.signal, self.writer_busy, self.sync_only]
+
+    @classmethod
+    def from_list(cls, values: list[int]) -> StepFlags:
+        return cls(*(int(v) for v in values))
 
     def merge(self, other: StepFlags) -> StepFlags:
-        return StepFlags(max(self.save_due, other.save_due), max(self.signal, other.signal))
+        return StepFlags.from_list([max(a, b) for a, b in zip(self.as_list(), other.as_list(), strict=True)])
 
 
 class PeerLostError(RuntimeError):
@@ -142,14 +170,13 @@ class StepAgreement:
         finally:
             self._pending = None
             self._pending_step = None
-        due, sig = (int(v) for v in self._buffer.tolist())
-        return StepFlags(due, sig)
+        return StepFlags.from_list(self._buffer.tolist())
 
     def _reduce(self, local: StepFlags, *, async_op: bool) -> StepFlags:
         import torch
 
         dist = _dist()
-        buffer = torch.tensor([local.save_due, local.signal], dtype=torch.int64)
+        buffer = torch.tensor(local.as_list(), dtype=torch.int64)
         try:
             work = dist.all_reduce(buffer, op=dist.ReduceOp.MAX, group=self._group, async_op=async_op)
         except RuntimeError as e:
@@ -157,5 +184,4 @@ class StepAgreement:
         if async_op:
             self._pending, self._buffer = work, buffer
             return StepFlags()
-        due, sig = (int(v) for v in buffer.tolist())
-        return StepFlags(due, sig)
+        return StepFlags.from_list(buffer.tolist())

@@ -22,3 +22,10 @@ SIGINT -> 130, SIGHUP -> 129), the shell convention."""
 
 def exit_code_for_signal(signum: int) -> int:
     return EXIT_SIGNAL_BASE + int(signum)
+
+
+# ---- issue 6 (unattended operation): preflight only -----------------------------------------------------------
+EXIT_ALREADY_FINISHED = 3
+"""Only from ``aegis-ckpt preflight``: the run already finished (``.aegis/completed.json``), so there is nothing
+to check or train. The launchers log "already finished" and exit 0 without starting anything (no sound on every
+boot). Never returned by ``train`` or ``run``: ``train`` returns 0 for an already finished run."""

@@ -27,6 +27,7 @@ from .commit import verify_checkpoint
 from .errors import ConfigError
 from .options import VERIFY_MODES
 from .plaincheck import JIT_INCOMPLETE_MARKER, check_plain_checkpoint
+from .runstate import ensure_not_locked
 from .store import AEGIS_DIR, CheckpointStore
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def scan_checkpoints(
     started = time.perf_counter()
     store = CheckpointStore(output_dir)
     report = ScanReport(output_dir=str(output_dir))
+    if quarantine:
+        store.recover_staging()
     managed = store.is_managed()
     full = verify == "full"
 
@@ -153,6 +156,10 @@ def find_resume_checkpoint(
     Returns:
         The path of the checkpoint folder, or ``None`` when there is nothing to resume from (a fresh start).
 
+    Raises:
+        RunLockedError: another live process holds the run lease of ``output_dir`` (it would otherwise see that
+            process's save in progress as an interrupted one); nothing is moved.
+
     Under ``torch.distributed`` rank 0 scans and broadcasts its answer, so every rank resumes from the same
     folder and only one process moves damaged folders aside.
 
@@ -166,6 +173,9 @@ def find_resume_checkpoint(
     rank, world = _distributed_rank_and_size()
     chosen: str | None = None
     if rank == 0 and output_dir.is_dir():
+        # A live run owns this directory: its in-progress save would look like an interrupted one and be moved
+        # aside. Refuse before touching anything (RunLockedError says who holds it).
+        ensure_not_locked(output_dir)
         lock_dir = output_dir / AEGIS_DIR
         lock_dir.mkdir(exist_ok=True)
         # Several processes (ranks started without a process group, or two tools) may scan at once: serialize.

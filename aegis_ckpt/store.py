@@ -9,9 +9,15 @@ Layout::
         store.json               marks the directory as managed by aegis-ckpt
         quarantine/<ts>-checkpoint-150/   uncommitted or damaged folders, moved aside and reported
         trash/                   pruned folders on their way out (renamed first, then deleted)
+        staging/step-200/        a save written outside the Trainer (asynchronous saves, custom-loop managers);
+                                 committed there, then renamed to ``checkpoint-200`` in one step
+        audit.jsonl              every quarantine and prune is recorded there too (``audit.py``)
 
 Nothing under ``.aegis/`` is named ``checkpoint-*`` at the top of ``output_dir``, so the Trainer's
 ``get_last_checkpoint`` and its rotation never see it.
+
+A committed checkpoint whose manifest has ``meta.pinned = true`` (a tagged save kept on purpose) is never pruned
+and does not count toward ``max_keep``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import commit
-from .commit import atomic_write_json, is_committed, read_manifest
+from .audit import AuditLog
+from .commit import atomic_write_json, is_committed, read_manifest, verify_checkpoint
+from .errors import CommitError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,9 @@ AEGIS_DIR = ".aegis"
 STORE_MARKER = "store.json"
 QUARANTINE_DIR = "quarantine"
 TRASH_DIR = "trash"
+STAGING_DIR = "staging"
+STAGING_PREFIX = "step-"
+PIN_META_KEY = "pinned"
 QUARANTINE_RECORD = "aegis_quarantine.json"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)$")
 
@@ -82,6 +93,8 @@ class CheckpointStore:
         self.aegis_dir = self.output_dir / AEGIS_DIR
         self.quarantine_dir = self.aegis_dir / QUARANTINE_DIR
         self.trash_dir = self.aegis_dir / TRASH_DIR
+        self.staging_dir = self.aegis_dir / STAGING_DIR
+        self.audit = AuditLog.in_dir(self.aegis_dir)
 
     # ---- listing -------------------------------------------------------------------------------------------
     def checkpoints(self) -> list[CheckpointEntry]:
@@ -137,7 +150,6 @@ class CheckpointStore:
                 "Could not move %s to quarantine (%s); reason it was set aside: %s", folder, e, reason
             )
             return None
-        # Through the module, so the one fault-injection seam (commit.fsync_dir) covers the store as well.
         commit.fsync_dir(self.output_dir)
         commit.fsync_dir(self.quarantine_dir)
         try:
@@ -148,6 +160,13 @@ class CheckpointStore:
         except OSError as e:
             logger.warning("Could not write the quarantine record in %s: %s", target, e)
         logger.warning("Set aside %s -> %s: %s", folder.name, target, reason)
+        self.audit.append(
+            "quarantine",
+            step=parse_checkpoint_step(folder.name),
+            reason=reason,
+            path=folder.name,
+            moved_to=target.name,
+        )
         return target
 
     def quarantined(self) -> list[dict]:
@@ -173,13 +192,23 @@ class CheckpointStore:
         milestone_every_sec: float | None = None,
     ) -> list[CheckpointEntry]:
         """Committed checkpoints that retention would delete: all but the newest ``max_keep``, except
-        protected paths and milestones. Uncommitted folders are never selected here."""
+        protected paths, milestones and pinned checkpoints (which do not count toward ``max_keep``).
+        Uncommitted folders are never selected here."""
         committed = self.committed()
-        keep = {e.path.resolve() for e in committed[-max_keep:]}
+        pinned = {e.path.resolve() for e in committed if self.is_pinned(e.path)}
+        rolling = [e for e in committed if e.path.resolve() not in pinned]
+        keep = {e.path.resolve() for e in rolling[-max_keep:]} | pinned
         keep |= {Path(p).resolve() for p in (protect or set())}
         if milestone_every_sec:
             keep |= self._milestones(committed, milestone_every_sec)
         return [e for e in committed if e.path.resolve() not in keep]
+
+    @staticmethod
+    def is_pinned(folder: Path) -> bool:
+        try:
+            return bool(read_manifest(folder).meta.get(PIN_META_KEY))
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
 
     @staticmethod
     def _milestones(committed: list[CheckpointEntry], every_sec: float) -> set[Path]:
@@ -208,6 +237,12 @@ class CheckpointStore:
         for entry in self.select_prunable(max_keep, protect=protect, milestone_every_sec=milestone_every_sec):
             if self._discard(entry.path):
                 logger.info("Pruned %s (keeping the newest %d committed)", entry.path.name, max_keep)
+                self.audit.append(
+                    "prune",
+                    step=entry.step,
+                    reason=f"retention keeps the newest {max_keep}",
+                    path=entry.path.name,
+                )
                 removed.append(entry.path)
         if removed:
             commit.fsync_dir(self.output_dir)
@@ -237,3 +272,79 @@ class CheckpointStore:
 
     def size_bytes(self, folder: Path) -> int:
         return _dir_size_bytes(folder)
+
+    # ---- staging (writers that save outside the Trainer) ---------------------------------------------------
+    def staging_path(self, step: int) -> Path:
+        """Where the save of ``step`` is written before it is published; invisible to resume and rotation."""
+        return self.staging_dir / f"{STAGING_PREFIX}{step}"
+
+    def fresh_staging(self, step: int) -> Path:
+        """An empty staging folder for ``step`` (a leftover of an interrupted save is removed first)."""
+        path = self.staging_path(step)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        return path
+
+    def publish(self, staged: Path, step: int, *, replace: bool = True) -> Path | None:
+        """Rename a committed staging folder to ``checkpoint-<step>`` (one atomic step) and make it durable.
+
+        A folder already at that name is replaced: a committed one (the same step saved again, e.g. a tagged save
+        after a rolling one) goes to the trash, an uncommitted one to quarantine. With ``replace=False`` the
+        staged copy is dropped instead and None returned (the Trainer saved that step itself). A crash between
+        that and the rename leaves the committed staging folder, which ``recover_staging`` puts in place on the
+        next start.
+        """
+        if not is_committed(staged):
+            raise CommitError(f"refusing to publish {staged}: it is not committed")
+        target = self.path_for_step(step)
+        if target.exists() and not replace:
+            logger.debug("%s already exists; dropping the staged copy of the same step", target.name)
+            shutil.rmtree(staged, ignore_errors=True)
+            return None
+        if target.exists():
+            if is_committed(target):
+                if not self._discard(target):
+                    raise CommitError(f"cannot replace {target}: it could not be moved out of the way")
+            elif (
+                self.quarantine(target, "uncommitted folder in the way of a new commit of the same step")
+                is None
+            ):
+                raise CommitError(f"cannot replace {target}: it could not be moved to quarantine")
+            commit.fsync_dir(self.output_dir)
+        try:
+            os.replace(staged, target)
+        except OSError as e:
+            raise CommitError(f"cannot move {staged} to {target}: {e}") from e
+        commit.fsync_dir(self.staging_dir)
+        commit.fsync_dir(self.output_dir)
+        return target
+
+    def recover_staging(self) -> list[Path]:
+        """After a crash: publish committed staging folders that never got their final name (if that name is
+        free and the files match), delete the rest (interrupted saves that never promised anything). Returns
+        the published paths."""
+        published: list[Path] = []
+        if not self.staging_dir.is_dir():
+            return published
+        for folder in sorted(self.staging_dir.iterdir()):
+            step = None
+            if folder.name.startswith(STAGING_PREFIX):
+                try:
+                    step = int(folder.name[len(STAGING_PREFIX) :])
+                except ValueError:
+                    step = None
+            if (
+                step is not None
+                and not self.path_for_step(step).exists()
+                and verify_checkpoint(folder, full=True).ok
+            ):
+                published.append(self.publish(folder, step))
+                logger.warning("Recovered %s: committed before the crash, now in place", published[-1].name)
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.warning("Removed %s: a save interrupted before it committed", folder)
+            self.audit.append(
+                "save_failed", step=step, reason="interrupted before commit (found in staging at start)"
+            )
+        return published

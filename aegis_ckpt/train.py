@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .errors import ConfigError
 from .preflight import check_output_dir
 from .resume import find_resume_checkpoint
-from .runstate import mark_completed, read_completion
+from .runstate import ensure_not_locked, mark_completed, read_completion
 from .store import AEGIS_DIR, CheckpointStore
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     """Run (or continue) the training a config describes. Raises ``AegisError`` subclasses on bad input."""
     started = time.perf_counter()
     output_dir = check_output_dir(cfg.output_dir)
+    ensure_not_locked(output_dir)  # a live run owns this directory: refuse before writing anything into it
     done = read_completion(output_dir)
     if done is not None:
         final = output_dir / FINAL_MODEL_DIR
@@ -95,7 +96,10 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     )
 
     callback = AegisCheckpointCallback(
-        options=cfg.checkpoint, emergency=cfg.emergency, write_completion_marker=False
+        options=cfg.checkpoint,
+        emergency=cfg.emergency,
+        async_options=cfg.async_save,
+        write_completion_marker=False,
     )
     trainer = Trainer(
         model=model,

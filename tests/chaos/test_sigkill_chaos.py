@@ -2,10 +2,12 @@
 
 A tiny GPT-2 trains in a child process (``tests/scripts/train_tiny.py``) with a short save interval and a small
 per-step sleep, so saves are frequent. The parent watches the output directory and sends SIGKILL at moments drawn
-from a seeded RNG: mostly the instant a ``checkpoint-*`` folder without a manifest (a save being written or
-committed) or a non-empty ``.aegis/trash`` (a prune) appears, sometimes at an arbitrary time after the process
-started (import, resume scan, training). After each kill the process is restarted with the same arguments and
-resumes via ``find_resume_checkpoint``, until it finishes.
+from a seeded RNG: mostly the instant a save shows (a ``checkpoint-*`` folder without a manifest written by the
+Trainer, a ``.aegis/staging/step-*`` folder of an asynchronous save being written, committed or published) or a
+non-empty ``.aegis/trash`` (a prune), sometimes at an arbitrary time after the process started (import, resume
+scan, training). After each kill the process is restarted with the same arguments and resumes via
+``find_resume_checkpoint``, until it finishes. The test runs once with asynchronous saves (the default) and once
+with synchronous ones (the Trainer writes ``checkpoint-*`` itself).
 
 Invariants proven (each checked, not assumed):
 
@@ -13,11 +15,13 @@ Invariants proven (each checked, not assumed):
    kill never damages committed state (guarantee 1).
 2. After every kill there are at most ``MAX_KEEP + 1`` committed checkpoints (the new one committed, the oldest
    not yet pruned), and at the end at most ``MAX_KEEP`` (guarantee 5).
-3. Every restart resumes from the newest committed checkpoint seen after the kill; uncommitted folders are
-   quarantined (reason "uncommitted"), never resumed from, and nothing committed is ever quarantined.
+3. Every restart resumes from the newest committed checkpoint seen after the kill (an asynchronous save that
+   committed in staging but was not yet published counts: the restart publishes it); uncommitted folders are
+   quarantined (reason "uncommitted") or, in staging, removed; never resumed from; nothing committed is ever
+   quarantined.
 4. The final weights are bit-identical (``torch.equal`` on every tensor) to an uninterrupted run (guarantee 3).
 5. At least ``MIN_KILLS_DURING_SAVE`` kills landed while a save was in progress (a ``checkpoint-*`` folder
-   without a manifest was left behind), otherwise the test would not prove what it claims.
+   without a manifest, or a staging folder, was left behind), otherwise the test would not prove what it claims.
 
 Reproduce a failure with the seed printed in the captured output: ``AEGIS_CHAOS_SEED=<seed> pytest -m chaos``.
 ``AEGIS_CHAOS_KILLS`` raises the number of kills for a longer soak.
@@ -59,7 +63,8 @@ def _starts(log: Path) -> list[dict]:
 
 
 def _save_in_progress(out: Path) -> bool:
-    """A checkpoint folder without a manifest (being written or committed), or a prune under way."""
+    """A checkpoint folder without a manifest (being written or committed), an asynchronous save in staging, or a
+    prune under way."""
     try:
         with os.scandir(out) as it:
             for entry in it:
@@ -67,10 +72,25 @@ def _save_in_progress(out: Path) -> bool:
                     os.path.join(entry.path, MANIFEST_NAME)
                 ):
                     return True
+        staging = out / ".aegis" / "staging"
+        if staging.is_dir() and any(staging.iterdir()):
+            return True
         trash = out / ".aegis" / "trash"
         return trash.is_dir() and any(trash.iterdir())
     except FileNotFoundError:
         return False
+
+
+def _staged(out: Path) -> list[tuple[int, Path, bool]]:
+    """Asynchronous saves left in staging: (step, path, committed)."""
+    staging = out / ".aegis" / "staging"
+    if not staging.is_dir():
+        return []
+    return sorted(
+        (int(p.name.split("-")[1]), p, (p / MANIFEST_NAME).exists())
+        for p in staging.iterdir()
+        if p.name.startswith("step-")
+    )
 
 
 class KillPlan:
@@ -133,19 +153,25 @@ def _inspect(out: Path) -> dict:
     phases = []
     for e in uncommitted:
         phases.append("commit" if (e.path / "trainer_state.json").exists() else "write")
+    staged = _staged(out)
+    for _step, _path, is_committed in staged:
+        phases.append("async-publish" if is_committed else "async-write")
     if trash.is_dir() and any(trash.iterdir()):
         phases.append("prune")
-    return {"committed": committed, "uncommitted": uncommitted, "phases": phases}
+    return {"committed": committed, "uncommitted": uncommitted, "phases": phases, "staged": staged}
 
 
-def test_sigkill_chaos(tmp_path, run_py, reference_weights):
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_sigkill_chaos(mode, tmp_path, run_py, reference_weights):
     rng = random.Random(SEED)
     out, log, result = tmp_path / "out", tmp_path / "events.jsonl", tmp_path / "final.pt"
     args = [
         "--output-dir", out, "--max-steps", MAX_STEPS, "--save-interval", SAVE_INTERVAL_SEC,
         "--max-keep", MAX_KEEP, "--step-sleep", STEP_SLEEP_SEC, "--result", result, "--log", log,
     ]  # fmt: skip
-    print(f"chaos seed={SEED} kills={KILLS} max_steps={MAX_STEPS} interval={SAVE_INTERVAL_SEC}s")
+    if mode == "sync":
+        args.append("--sync")
+    print(f"chaos mode={mode} seed={SEED} kills={KILLS} max_steps={MAX_STEPS} interval={SAVE_INTERVAL_SEC}s")
 
     phase_counts: Counter[str] = Counter()
     expected_resume: str | None = None
@@ -189,16 +215,22 @@ def test_sigkill_chaos(tmp_path, run_py, reference_weights):
         # Invariant 2 (during the run).
         assert len(state["committed"]) <= MAX_KEEP + 1
         # An interrupted save is always newer than every committed checkpoint.
+        newest_step = int(newest.name.split("-")[1]) if newest else -1
         for entry in state["uncommitted"]:
-            assert newest is None or entry.step > int(newest.name.split("-")[1])
+            assert entry.step > newest_step
             uncommitted_seen[entry.path.stat().st_ino] = entry.path.name
+        # An asynchronous save committed in staging but not yet published is published by the restart.
+        for step, _path, is_committed in state["staged"]:
+            if is_committed and step > newest_step:
+                assert verify_checkpoint(_path, full=True).ok, f"kill {kills}: staged step-{step} damaged"
+                newest, newest_step = out / f"checkpoint-{step}", step
         expected_resume = str(newest) if newest else None
 
     # Let the last restart finish; without the per-step sleep (it only shapes timing, not the math).
     r = run_py("train_tiny.py", [*args, "--step-sleep", 0], timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     check_new_starts()
-    during_save = phase_counts["write"] + phase_counts["commit"]
+    during_save = sum(phase_counts[p] for p in ("write", "commit", "async-write", "async-publish"))
     print(f"kill phases: {dict(phase_counts)}; during a save: {during_save}")
 
     # Invariant 4.
@@ -211,6 +243,7 @@ def test_sigkill_chaos(tmp_path, run_py, reference_weights):
     assert 1 <= len(committed) <= MAX_KEEP and committed[-1].step == MAX_STEPS
     assert [e.step for e in store.checkpoints()] == [e.step for e in committed], "no uncommitted folder left"
     assert not any((out / ".aegis" / "trash").iterdir())
+    assert not _staged(out), "no staging folder left"
     assert read_completion(out)["step"] == MAX_STEPS
     # Invariant 3: uncommitted folders went to quarantine; nothing committed ever did.
     records = store.quarantined()

@@ -29,7 +29,7 @@ def source_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("source") / "out"
     trainer = tinylib.make_trainer(
         out,
-        [AegisCheckpointCallback(save_interval_sec=1e6), StopAfterSave(STOP_AT)],
+        [AegisCheckpointCallback(async_save=False, save_interval_sec=1e6), StopAfterSave(STOP_AT)],
         save_strategy="steps",
         save_steps=5,
         max_steps=MAX_STEPS,
@@ -114,7 +114,9 @@ def test_resume_past_a_silently_damaged_checkpoint_is_exact(source_run, tmp_path
 
     resume = find_resume_checkpoint(out)
     assert resume == str(out / "checkpoint-10")
-    trainer = tinylib.make_trainer(out, [AegisCheckpointCallback(save_interval_sec=1e6)], max_steps=MAX_STEPS)
+    trainer = tinylib.make_trainer(
+        out, [AegisCheckpointCallback(async_save=False, save_interval_sec=1e6)], max_steps=MAX_STEPS
+    )
     trainer.train(resume_from_checkpoint=resume)
     assert (
         tinylib.weight_mismatches(tinylib.weights(trainer.model), reference_weights(max_steps=MAX_STEPS))

@@ -6,6 +6,8 @@ import pytest
 from tinylib import ClockTicker, EventRecorder
 
 from aegis_ckpt import AegisCheckpointCallback
+from aegis_ckpt.options import AsyncOptions
+from aegis_ckpt.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +33,10 @@ def _expected_events(max_steps: int, steps_per_epoch: int, grad_accum: int, save
     return events
 
 
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_event_sequence_with_aegis_equals_plain_trainer_plus_our_saves(
-    tmp_path, make_trainer, fake_clock, grad_accum
+    tmp_path, make_trainer, fake_clock, grad_accum, async_save
 ):
     max_steps = 12
     steps_per_epoch = 10 // grad_accum
@@ -44,8 +47,16 @@ def test_event_sequence_with_aegis_equals_plain_trainer_plus_our_saves(
     assert plain.events == _expected_events(max_steps, steps_per_epoch, grad_accum, set())
 
     ours = EventRecorder()
-    cb = AegisCheckpointCallback(save_interval_sec=3.5, clock=fake_clock)
+    # when_busy="wait": with a fake clock, save steps must not depend on how fast the background writer is.
+    cb = AegisCheckpointCallback(
+        save_interval_sec=3.5,
+        clock=fake_clock,
+        async_options=AsyncOptions(enabled=async_save, when_busy="wait"),
+    )
     make_trainer(tmp_path / "aegis", callbacks=[ClockTicker(fake_clock, 1.0), cb, ours], **args).train()
-    # Saves at 4, 8 (interval) and 12 (final); nothing else moves.
-    assert ours.events == _expected_events(max_steps, steps_per_epoch, grad_accum, {4, 8, 12})
+    # Saves at 4, 8 (interval) and 12 (final); nothing else moves. Asynchronous interval saves do not go through
+    # the Trainer at all: only the final save shows as an event.
+    trainer_saves = {12} if async_save else {4, 8, 12}
+    assert ours.events == _expected_events(max_steps, steps_per_epoch, grad_accum, trainer_saves)
+    assert sorted(e.step for e in CheckpointStore(tmp_path / "aegis").committed())[-3:] == [4, 8, 12]
     assert [e for e in ours.events if e[0] != "on_save"] == plain.events

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import tinylib
-from tinylib import ClockTicker, StopAfterSave
+from tinylib import ClockTicker, StopAtStep
 from transformers.trainer_utils import get_last_checkpoint
 
 from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
@@ -20,13 +20,11 @@ from aegis_ckpt.runstate import read_completion
 pytestmark = pytest.mark.slow
 
 
-def _interrupted_run(make_trainer, output_dir, clock, stop_at: int, **args):
+def _interrupted_run(make_trainer, output_dir, clock, stop_at: int, async_save: bool = True, **args):
     """Train with a 1 s-per-step fake clock and an interval that makes the save due exactly at ``stop_at``;
     stop right after that save is committed."""
-    cb = AegisCheckpointCallback(save_interval_sec=stop_at - 0.5, clock=clock)
-    trainer = make_trainer(
-        output_dir, callbacks=[ClockTicker(clock, 1.0), cb, StopAfterSave(stop_at)], **args
-    )
+    cb = AegisCheckpointCallback(save_interval_sec=stop_at - 0.5, clock=clock, async_save=async_save)
+    trainer = make_trainer(output_dir, callbacks=[ClockTicker(clock, 1.0), cb, StopAtStep(stop_at)], **args)
     trainer.train()
     assert trainer.state.global_step == stop_at
     assert read_manifest(output_dir / f"checkpoint-{stop_at}").reason == "interval"
@@ -43,11 +41,12 @@ def _interrupted_run(make_trainer, output_dir, clock, stop_at: int, **args):
     ],
     ids=["mid-epoch", "epoch-boundary", "grad-accum-mid-epoch", "grad-accum-epoch-boundary"],
 )
+@pytest.mark.parametrize("async_save", [True, False], ids=["async", "sync"])
 def test_resume_is_bit_identical(
-    tmp_path, make_trainer, fake_clock, reference_weights, stop_at, max_steps, grad_accum
+    tmp_path, make_trainer, fake_clock, reference_weights, stop_at, max_steps, grad_accum, async_save
 ):
     args = dict(max_steps=max_steps, gradient_accumulation_steps=grad_accum)
-    _interrupted_run(make_trainer, tmp_path, fake_clock, stop_at, **args)
+    _interrupted_run(make_trainer, tmp_path, fake_clock, stop_at, async_save, **args)
 
     resume = find_resume_checkpoint(tmp_path)
     assert resume == str(tmp_path / f"checkpoint-{stop_at}")
@@ -59,8 +58,11 @@ def test_resume_is_bit_identical(
     assert read_completion(tmp_path)["step"] == max_steps
 
 
-def test_plain_trainer_resumes_from_our_checkpoint(tmp_path, make_trainer, fake_clock, reference_weights):
-    _interrupted_run(make_trainer, tmp_path, fake_clock, 13, max_steps=20)
+@pytest.mark.parametrize("async_save", [True, False], ids=["async", "sync"])
+def test_plain_trainer_resumes_from_our_checkpoint(
+    tmp_path, make_trainer, fake_clock, reference_weights, async_save
+):
+    _interrupted_run(make_trainer, tmp_path, fake_clock, 13, async_save, max_steps=20)
 
     # The plain Trainer's own discovery finds our folder (standard layout, nothing else named checkpoint-*).
     resume = get_last_checkpoint(str(tmp_path))

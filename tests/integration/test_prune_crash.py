@@ -35,7 +35,7 @@ def test_kill_between_rename_into_trash_and_delete(
         real_fsync_dir(path)
 
     monkeypatch.setattr(commit, "fsync_dir", dying_fsync_dir)
-    cb = AegisCheckpointCallback(save_interval_sec=4.5, max_keep=1, clock=fake_clock)
+    cb = AegisCheckpointCallback(async_save=False, save_interval_sec=4.5, max_keep=1, clock=fake_clock)
     trainer = make_trainer(tmp_path, callbacks=[ClockTicker(fake_clock, 1.0), cb], max_steps=20)
     with pytest.raises(SimulatedKill):
         trainer.train()
@@ -49,7 +49,9 @@ def test_kill_between_rename_into_trash_and_delete(
 
     resume = find_resume_checkpoint(tmp_path)
     assert resume == str(tmp_path / "checkpoint-10")
-    trainer = make_trainer(tmp_path, callbacks=[AegisCheckpointCallback(save_interval_sec=1e6)], max_steps=20)
+    trainer = make_trainer(
+        tmp_path, callbacks=[AegisCheckpointCallback(async_save=False, save_interval_sec=1e6)], max_steps=20
+    )
     trainer.train(resume_from_checkpoint=resume)
     assert not any(trash.iterdir()), "the next run empties the trash"
     assert tinylib.weight_mismatches(tinylib.weights(trainer.model), reference_weights(max_steps=20)) == []

@@ -23,7 +23,7 @@ def _committed_steps(output_dir) -> list[int]:
 
 def test_keeps_exactly_max_keep_committed(tmp_path, make_trainer, fake_clock):
     after = SaveRecorder()
-    cb = AegisCheckpointCallback(save_interval_sec=2.5, max_keep=3, clock=fake_clock)
+    cb = AegisCheckpointCallback(async_save=False, save_interval_sec=2.5, max_keep=3, clock=fake_clock)
     trainer = make_trainer(tmp_path, callbacks=[ClockTicker(fake_clock, 1.0), cb, after], max_steps=20)
     trainer.train()
     assert after.steps == [3, 6, 9, 12, 15, 18, 20]
@@ -41,7 +41,7 @@ def test_save_total_limit_is_taken_over_with_a_warning(tmp_path, make_trainer, f
     recorder placed before our callback sees every earlier committed checkpoint still there right after the
     Trainer's save (i.e. the Trainer's rotation deleted nothing)."""
     before, after = SaveRecorder(), SaveRecorder()
-    cb = AegisCheckpointCallback(save_interval_sec=2.5, max_keep=3, clock=fake_clock)
+    cb = AegisCheckpointCallback(async_save=False, save_interval_sec=2.5, max_keep=3, clock=fake_clock)
     with caplog.at_level(logging.WARNING, logger="aegis_ckpt"):
         trainer = make_trainer(
             tmp_path,
@@ -66,7 +66,7 @@ def test_save_total_limit_is_taken_over_with_a_warning(tmp_path, make_trainer, f
 def test_save_total_limit_becomes_max_keep_when_max_keep_is_not_given(
     tmp_path, make_trainer, fake_clock, caplog
 ):
-    cb = AegisCheckpointCallback(save_interval_sec=2.5, clock=fake_clock)
+    cb = AegisCheckpointCallback(async_save=False, save_interval_sec=2.5, clock=fake_clock)
     with caplog.at_level(logging.WARNING, logger="aegis_ckpt"):
         trainer = make_trainer(
             tmp_path, callbacks=[ClockTicker(fake_clock, 1.0), cb], max_steps=12, save_total_limit=2
@@ -96,7 +96,7 @@ def test_failed_commit_keeps_older_checkpoints_and_training_goes_on(
 
     monkeypatch.setattr(commit, "fsync_file", flaky)
     after = SaveRecorder()
-    cb = AegisCheckpointCallback(save_interval_sec=2.5, max_keep=2, clock=fake_clock)
+    cb = AegisCheckpointCallback(async_save=False, save_interval_sec=2.5, max_keep=2, clock=fake_clock)
     trainer = make_trainer(
         tmp_path, callbacks=[ClockTicker(fake_clock, 1.0), ArmAtStep6(), cb, after], max_steps=12
     )
@@ -123,7 +123,7 @@ def test_explicit_resume_from_an_older_checkpoint_sets_newer_ones_aside(
 
     first = make_trainer(
         tmp_path,
-        callbacks=[AegisCheckpointCallback(save_interval_sec=1e6), StopAfterSave(15)],
+        callbacks=[AegisCheckpointCallback(async_save=False, save_interval_sec=1e6), StopAfterSave(15)],
         save_strategy="steps",
         save_steps=5,
     )
@@ -133,7 +133,7 @@ def test_explicit_resume_from_an_older_checkpoint_sets_newer_ones_aside(
     after = SaveRecorder()
     trainer = make_trainer(
         tmp_path,
-        callbacks=[AegisCheckpointCallback(save_interval_sec=1e6, max_keep=2), after],
+        callbacks=[AegisCheckpointCallback(async_save=False, save_interval_sec=1e6, max_keep=2), after],
         save_strategy="steps",
         save_steps=5,
     )

@@ -131,6 +131,19 @@ class StopAfterSave(TrainerCallback):
             control.should_training_stop = True
 
 
+class StopAtStep(TrainerCallback):
+    """Stop training at the end of ``step`` (place it after the aegis callback). A save our callback decided at
+    that step still happens: the Trainer's synchronous save runs before the loop checks the stop flag, and an
+    asynchronous one is published when training ends."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
 class SaveRecorder(TrainerCallback):
     """Records, at every ``on_save``, the step and the ``checkpoint-*`` folders present (committed or not).
 

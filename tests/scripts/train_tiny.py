@@ -50,6 +50,9 @@ def main() -> int:
     p.add_argument("--max-keep", type=int, default=2)
     p.add_argument("--step-sleep", type=float, default=0.0, help="seconds slept at every optimizer step")
     p.add_argument("--verify", default="full", choices=["full", "quick"])
+    p.add_argument(
+        "--sync", action="store_true", help="async_save=False: the Trainer writes every save itself"
+    )
     p.add_argument("--result", help="write the final weights (torch.save of the state dict) here")
     p.add_argument("--log", help="append JSON lines (start/done events) here")
     a = p.parse_args()
@@ -58,7 +61,9 @@ def main() -> int:
     resume = find_resume_checkpoint(a.output_dir, a.verify)
     callbacks = [
         tinylib.SleepPerStep(a.step_sleep),
-        AegisCheckpointCallback(save_interval_sec=a.save_interval, max_keep=a.max_keep),
+        AegisCheckpointCallback(
+            save_interval_sec=a.save_interval, max_keep=a.max_keep, async_save=not a.sync
+        ),
         LogTrainBegin(a.log, resume),
     ]
     trainer = tinylib.make_trainer(a.output_dir, callbacks, max_steps=a.max_steps)

@@ -1,0 +1,260 @@
+"""A consistent copy of a Trainer's checkpoint state in CPU memory, and writing it in the Trainer's own layout.
+
+``take_snapshot`` runs on the training thread at a step boundary and is the only part of an asynchronous save
+that blocks training: it copies the model and optimizer tensors into CPU buffers that are reused from one save
+to the next (pinned when the source is on a GPU, so no allocation churn), and small state (scheduler, scaler,
+RNG, ``trainer_state.json``) into plain objects. ``write_snapshot`` can then run on any thread and produces the
+same files as ``Trainer._save_checkpoint`` (model through ``save_pretrained``, ``optimizer.pt``,
+``scheduler.pt``, ``scaler.pt``, ``rng_state[_<rank>].pth``, ``trainer_state.json``, ``training_args.bin``,
+tokenizer files), so a plain Trainer resumes from it.
+
+``unsupported_reason`` names the setups whose state this cannot express (sharded or engine-owned state,
+adapters, quantized or offloaded weights); those keep the Trainer's synchronous save.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.pt"
+SCALER_NAME = "scaler.pt"
+TRAINER_STATE_NAME = "trainer_state.json"
+TRAINING_ARGS_NAME = "training_args.bin"
+
+
+def rng_file_name(world_size: int, process_index: int) -> str:
+    return f"rng_state_{process_index}.pth" if world_size > 1 else "rng_state.pth"
+
+
+def unsupported_reason(trainer) -> str | None:
+    """Why the Trainer's state cannot be snapshotted here (None when it can)."""
+    from transformers import PreTrainedModel
+
+    if trainer is None:
+        return "the Trainer is unknown (callback added with add_callback after the Trainer was built)"
+    for flag, name in (
+        ("is_deepspeed_enabled", "DeepSpeed owns the model and optimizer state"),
+        ("is_fsdp_enabled", "FSDP state is sharded across ranks"),
+        ("is_fsdp_xla_enabled", "FSDP on XLA"),
+    ):
+        if getattr(trainer, flag, False):
+            return name
+    try:
+        from transformers.utils import is_sagemaker_mp_enabled, is_torch_xla_available
+
+        if is_torch_xla_available():
+            return "XLA devices"
+        if is_sagemaker_mp_enabled():
+            return "SageMaker model parallelism"
+    except ImportError:
+        pass
+    if getattr(trainer, "is_distributed_loading_by_transformers", False):
+        return "the model was sharded at load time (tensor parallelism)"
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+    if not isinstance(model, PreTrainedModel):
+        return (
+            f"the model is a {type(model).__name__}, not a transformers PreTrainedModel (e.g. a PEFT wrapper)"
+        )
+    if getattr(model, "_hf_peft_config_loaded", False):
+        return "adapters are attached (the Trainer's save is small for them anyway)"
+    if getattr(model, "hf_quantizer", None) is not None:
+        return "the model is quantized"
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if "cpu" in device_map.values() or "disk" in device_map.values():
+        return "some weights are offloaded"
+    args = trainer.args
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
+    if args.world_size > 1 and local_world != args.world_size:
+        return "ranks run on several machines (per-rank files cannot meet in one staging folder)"
+    return None
+
+
+class SnapshotBuffers:
+    """CPU tensors kept from one save to the next, keyed by name: the steady state allocates nothing."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[Any, Any] = {}
+        self.copied_bytes = 0
+
+    def copy(self, key, tensor):
+        import torch
+
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != tensor.shape or buf.dtype != tensor.dtype:
+            pin = tensor.is_cuda and torch.cuda.is_available()
+            buf = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+            self._buffers[key] = buf
+        buf.copy_(tensor.detach(), non_blocking=tensor.is_cuda)
+        self.copied_bytes += buf.numel() * buf.element_size()
+        return buf
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+@dataclass
+class TrainerSnapshot:
+    """Everything a checkpoint folder holds, detached from the live training objects."""
+
+    step: int
+    rng_file: str
+    rng_state: dict
+    is_main: bool
+    model: Any = None
+    model_state: dict | None = None
+    optimizer_state: dict | None = None
+    scheduler_state: dict | None = None
+    scaler_state: dict | None = None
+    trainer_state_json: str = ""
+    args: Any = None
+    processing_class: Any = None
+    nbytes: int = 0
+
+
+def _copy_state_dict_preserving_ties(state_dict: dict, buffers: SnapshotBuffers, prefix: str) -> dict:
+    """Copy every tensor; names that share storage (tied weights) share one buffer, so ``save_pretrained`` still
+    recognises and drops the alias exactly as it does for the live model."""
+    import torch
+
+    out: dict = {}
+    by_storage: dict = {}
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            out[name] = copy.deepcopy(value)
+            continue
+        identity = (
+            value.device,
+            value.untyped_storage().data_ptr(),
+            value.storage_offset(),
+            tuple(value.shape),
+        )
+        if identity in by_storage:
+            out[name] = by_storage[identity]
+            continue
+        out[name] = by_storage[identity] = buffers.copy((prefix, name), value)
+    return out
+
+
+def _copy_optimizer_state(state_dict: dict, buffers: SnapshotBuffers) -> dict:
+    import torch
+
+    state = {}
+    for pid, per_param in state_dict.get("state", {}).items():
+        state[pid] = {
+            k: buffers.copy(("optim", pid, k), v) if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in per_param.items()
+        }
+    out = {k: copy.deepcopy(v) for k, v in state_dict.items() if k != "state"}
+    out["state"] = state
+    return out
+
+
+def _trainer_rng_state(args) -> dict:
+    """The dict ``Trainer._save_rng_state`` writes (CUDA: all devices when distributed, else the current one)."""
+    import numpy as np
+    import torch
+    from transformers.training_args import ParallelMode
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        if args.parallel_mode == ParallelMode.DISTRIBUTED:
+            state["cuda"] = torch.cuda.random.get_rng_state_all()
+        else:
+            state["cuda"] = torch.cuda.random.get_rng_state()
+    return state
+
+
+def _trainer_state_json(trainer) -> str:
+    """``trainer_state.json`` as ``Trainer._save_checkpoint`` writes it, with stateful callbacks updated."""
+    from transformers.trainer_callback import ExportableState
+
+    state = trainer.state
+    for cb in [
+        c for c in trainer.callback_handler.callbacks + [trainer.control] if isinstance(c, ExportableState)
+    ]:
+        name = cb.__class__.__name__
+        if isinstance(state.stateful_callbacks.get(name), list):
+            state.stateful_callbacks[name].append(cb.state())
+        else:
+            state.stateful_callbacks[name] = cb.state()
+    return json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True) + "\n"
+
+
+def take_snapshot(trainer, buffers: SnapshotBuffers) -> TrainerSnapshot:
+    """Copy the state of ``trainer`` at this step boundary (every rank calls this at the same step)."""
+    import torch
+
+    args = trainer.args
+    trainer.store_flos()  # collective under DDP: every rank is here at the same step
+    snap = TrainerSnapshot(
+        step=trainer.state.global_step,
+        rng_file=rng_file_name(args.world_size, args.process_index),
+        rng_state=_trainer_rng_state(args),
+        is_main=bool(args.should_save),
+    )
+    if not snap.is_main:
+        return snap
+    buffers.copied_bytes = 0
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+    snap.model = model
+    snap.model_state = _copy_state_dict_preserving_ties(model.state_dict(), buffers, "model")
+    if not args.save_only_model:
+        if trainer.optimizer is not None:
+            snap.optimizer_state = _copy_optimizer_state(trainer.optimizer.state_dict(), buffers)
+        if trainer.lr_scheduler is not None:
+            snap.scheduler_state = copy.deepcopy(trainer.lr_scheduler.state_dict())
+        scaler = getattr(trainer.accelerator, "scaler", None)
+        if scaler is not None:
+            snap.scaler_state = copy.deepcopy(scaler.state_dict())
+    if any(t.is_cuda for t in model.parameters()):
+        torch.cuda.synchronize()  # the non_blocking copies into pinned buffers must land before anyone reads them
+    snap.trainer_state_json = _trainer_state_json(trainer)
+    snap.args = args
+    processing = trainer.processing_class
+    if processing is None:
+        processing = getattr(trainer.data_collator, "tokenizer", None)
+    snap.processing_class = processing
+    snap.nbytes = buffers.copied_bytes
+    return snap
+
+
+def write_rng_file(snap: TrainerSnapshot, folder: Path) -> None:
+    import torch
+
+    torch.save(snap.rng_state, folder / snap.rng_file)
+
+
+def write_snapshot(snap: TrainerSnapshot, folder: str | os.PathLike) -> None:
+    """Write the main process's files of a snapshot into ``folder`` (Trainer layout). No fsync: the commit
+    protocol flushes every file afterwards."""
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    snap.model.save_pretrained(str(folder), state_dict=dict(snap.model_state), safe_serialization=True)
+    if snap.processing_class is not None:
+        snap.processing_class.save_pretrained(str(folder))
+    torch.save(snap.args, folder / TRAINING_ARGS_NAME)
+    if snap.optimizer_state is not None:
+        torch.save(snap.optimizer_state, folder / OPTIMIZER_NAME)
+    if snap.scheduler_state is not None:
+        torch.save(snap.scheduler_state, folder / SCHEDULER_NAME)
+    if snap.scaler_state is not None:
+        torch.save(snap.scaler_state, folder / SCALER_NAME)
+    write_rng_file(snap, folder)
+    (folder / TRAINER_STATE_NAME).write_text(snap.trainer_state_json, encoding="utf-8")

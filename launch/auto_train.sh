@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Unattended training launcher (Linux, macOS): start it by hand, from cron @reboot or from a systemd unit
+# (aegis-ckpt install-autostart CONFIG sets that up), walk away, come back to a finished model.
+#
+#   launch/auto_train.sh [CONFIG] [RETRIES] [LOG_DIR]
+#
+#   CONFIG    YAML config to train            env AEGIS_CONFIG       default configs/tiny.yaml
+#   RETRIES   restarts in a row w/o progress  env AEGIS_RETRIES      default 5
+#   LOG_DIR   folder for the log files        env AEGIS_LOG_DIR      default logs
+#             first restart delay (s)         env AEGIS_BACKOFF      default 30 (doubles, at most 600)
+#             no heartbeat for (s) = hung     env AEGIS_HANG_TIMEOUT default 1800
+#   Arguments are relative to the current folder; variables and defaults to the project folder.
+#
+# Thin on purpose: it finds Python (venv/ or .venv/ of the project, else python3 on PATH), writes everything to
+# LOG_DIR/auto_training_YYYYMMDD_HHMMSS.log and turns exit codes into log lines; the checks, restarts, signal
+# handling and sounds are Python (aegis-ckpt preflight / run / notify), shared with auto_train.bat.
+#
+# Exit codes: 0 finished or already finished, 2 bad input or preflight refused, 129/130/143 stopped on request
+# (run it again to continue), 1 (or another code) the supervisor gave up.
+
+set -u
+
+abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+
+config_arg="${1:-}"
+retries="${2:-${AEGIS_RETRIES:-5}}"
+log_arg="${3:-}"
+[ -n "$config_arg" ] && config_arg="$(abspath "$config_arg")"
+[ -n "$log_arg" ] && log_arg="$(abspath "$log_arg")"
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root" || exit 2
+config="${config_arg:-${AEGIS_CONFIG:-configs/tiny.yaml}}"
+log_dir="${log_arg:-${AEGIS_LOG_DIR:-logs}}"
+backoff="${AEGIS_BACKOFF:-30}"
+hang_timeout="${AEGIS_HANG_TIMEOUT:-1800}"
+
+if ! mkdir -p "$log_dir"; then
+  echo "ERROR: cannot create the log folder $log_dir" >&2
+  exit 2
+fi
+log="$(abspath "$log_dir")/auto_training_$(date +%Y%m%d_%H%M%S).log"
+[ -e "$log" ] && log="${log%.log}_$$.log"
+
+# The supervisor gets Ctrl+C and a terminal hangup itself (same process group) and passes each on once; this
+# shell ignores them so that it stays to log the outcome. Set before tee starts, so tee survives them too.
+trap '' INT HUP
+if [ -t 1 ]; then
+  exec > >(tee -a "$log") 2>&1
+else
+  exec >>"$log" 2>&1
+fi
+
+say() { printf '%s [auto_train] %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$*"; }
+
+say "project: $root"
+say "config: $config, retries: $retries, backoff: ${backoff} s, hang timeout: ${hang_timeout} s"
+say "log: $log"
+
+if [ -f venv/bin/activate ]; then
+  # shellcheck disable=SC1091
+  . venv/bin/activate
+  say "activated venv/"
+elif [ -f .venv/bin/activate ]; then
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+  say "activated .venv/"
+fi
+if command -v python3 >/dev/null 2>&1; then
+  py=python3
+elif command -v python >/dev/null 2>&1; then
+  py=python
+else
+  say "ERROR: no venv/ or .venv/ in $root and no python3 on PATH: create one with"
+  say "ERROR:   python3 -m venv .venv && .venv/bin/pip install -e ."
+  exit 2
+fi
+[ -z "${VIRTUAL_ENV:-}" ] && say "no venv/ or .venv/ in $root: using $(command -v "$py")"
+
+notify() {
+  "$py" -m aegis_ckpt notify "$1" --config "$config" --message "$2" || say "(notification failed: exit $?)"
+}
+
+say "preflight"
+"$py" -m aegis_ckpt preflight "$config"
+rc=$?
+if [ "$rc" -eq 3 ]; then
+  say "already finished: nothing to do (delete the run's .aegis/completed.json to train again)"
+  exit 0
+fi
+if [ "$rc" -ne 0 ]; then
+  say "ERROR: preflight refused to start (exit $rc): see the lines above"
+  notify failed "preflight refused to start (exit $rc)"
+  exit "$rc"
+fi
+
+say "training: aegis-ckpt run -- aegis-ckpt train $config"
+"$py" -m aegis_ckpt run --max-restarts "$retries" --backoff "$backoff" --backoff-max 600 \
+  --hang-timeout "$hang_timeout" -- "$py" -m aegis_ckpt train "$config" &
+supervisor=$!
+# systemd (KillMode=mixed) and kill send SIGTERM to this shell only: pass it to the supervisor, once.
+trap 'kill -TERM "$supervisor" 2>/dev/null' TERM
+while :; do
+  wait "$supervisor"
+  kill -0 "$supervisor" 2>/dev/null || break # else a trapped signal interrupted the wait
+done
+wait "$supervisor" # bash keeps the status of a reaped child: this is its real exit code
+rc=$?
+
+case "$rc" in
+  0)
+    say "FINISHED: training finished (exit 0)"
+    notify finished "training finished"
+    exit 0
+    ;;
+  129 | 130 | 143)
+    say "stopped on request (exit $rc): not restarted; run this again to continue from the newest checkpoint"
+    exit "$rc"
+    ;;
+  2)
+    say "ERROR: bad input (exit 2): fix the config or command, see the lines above; not retried"
+    notify failed "bad input (exit 2)"
+    exit 2
+    ;;
+  *)
+    say "ERROR: training failed and the supervisor gave up after $retries restart(s) in a row (exit $rc); the newest committed checkpoint is kept: run this again to continue"
+    notify failed "gave up (exit $rc)"
+    exit "$rc"
+    ;;
+esac
