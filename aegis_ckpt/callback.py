@@ -95,7 +95,8 @@ class AegisCheckpointCallback(TrainerCallback):
         async_save (`bool`, *optional*, defaults to `True`):
             Two-phase saves: training stalls only while the state is copied to CPU memory; the files are written,
             flushed and committed by a background thread. Setups it cannot express (DeepSpeed, FSDP, adapters,
-            quantized or offloaded models) keep the Trainer's synchronous save, as logged once.
+            quantized or offloaded models, a Trainer subclass that overrides a save method) keep the Trainer's
+            synchronous save, as logged once.
         options (`CheckpointOptions`, *optional*), emergency (`EmergencyOptions`, *optional*),
         async_options (`AsyncOptions`, *optional*):
             The same settings as objects; when given, the matching keyword arguments must be left unset.

@@ -62,9 +62,17 @@ def _argument_table(actions: list[argparse.Action]) -> list[str]:
         else:
             name = f"`{_metavar(a)}`"
         meaning = _cell(a.help or "")
+        if a.choices and not isinstance(a.choices, dict):
+            choices = ", ".join(f"`{c}`" for c in a.choices)
+            meaning = f"{meaning}; one of {choices}" if meaning else f"one of {choices}"
         if isinstance(a, argparse._AppendAction):
             meaning += " (repeatable)" if "repeatable" not in meaning else ""
-        elif a.option_strings and a.nargs != 0 and a.default not in (None, argparse.SUPPRESS):
+        elif (
+            a.option_strings
+            and a.nargs != 0
+            and a.default not in (None, argparse.SUPPRESS)
+            and "default" not in meaning
+        ):
             meaning += f" (default: `{a.default}`)"
         if isinstance(a, argparse._VersionAction):
             meaning = "print the version and exit"

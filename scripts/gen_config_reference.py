@@ -3,8 +3,9 @@
     python scripts/gen_config_reference.py           # rewrite the page
     python scripts/gen_config_reference.py --check   # exit 1 if the committed page is out of date (CI)
 
-Sources: ``CheckpointOptions`` and ``EmergencyOptions`` (``aegis_ckpt/options.py``), the YAML config dataclasses
-(``aegis_ckpt/config.py``), and the keyword arguments of ``AegisCheckpointCallback``. A field's docstring is the
+Sources: every option dataclass of ``aegis_ckpt/options.py`` (``CheckpointOptions``, ``EmergencyOptions``,
+``AsyncOptions``, ...), the YAML config dataclasses and section list of ``aegis_ckpt/config.py``, and the keyword
+arguments of ``AegisCheckpointCallback``. A field's docstring is the
 string literal right after it in the class body (the torchtitan convention), read with ``ast``: Python keeps no
 such docstrings at run time.
 """
@@ -15,6 +16,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import re
 import sys
 import typing
 from pathlib import Path
@@ -83,12 +85,38 @@ def class_doc(cls) -> str:
     return " ".join((ast.get_docstring(node) or "").split())
 
 
-def render() -> str:
-    from aegis_ckpt import config
-    from aegis_ckpt.callback import AegisCheckpointCallback
-    from aegis_ckpt.options import CheckpointOptions, EmergencyOptions
+# Callback keyword arguments whose name differs from the option field they set.
+KEYWORD_ALIASES = {("AsyncOptions", "enabled"): "async_save"}
 
-    callback_kwargs = set(inspect.signature(AegisCheckpointCallback.__init__).parameters)
+
+def option_classes(module) -> list[type]:
+    """The option dataclasses defined in ``module``, in source order."""
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__
+    ]
+    return sorted(classes, key=lambda c: inspect.getsourcelines(c)[1])
+
+
+def section_descriptions(config_module) -> dict[str, str]:
+    """``{section: one-line description}`` from the section list in the config module's docstring."""
+    out = {}
+    for line in (config_module.__doc__ or "").splitlines():
+        m = re.match(r"^ {4}(\w+):\s+(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).replace("``", "`")
+    return out
+
+
+def render() -> str:
+    from aegis_ckpt import config, options
+    from aegis_ckpt.callback import AegisCheckpointCallback
+
+    params = inspect.signature(AegisCheckpointCallback.__init__).parameters
+    hints = typing.get_type_hints(config.TrainConfig)
+    section_of = {hint: name for name, hint in hints.items() if name in config.SECTIONS}
+    sections = section_descriptions(config)
     out = [
         HEADER,
         "",
@@ -98,9 +126,9 @@ def render() -> str:
         "and the YAML config of `aegis-ckpt train` map onto the same classes, so a value is checked in one place. "
         "An invalid value raises `ConfigError` with the reason (see [troubleshooting](troubleshooting.md)).",
         "",
-        "## Checkpoint and emergency options",
+        "## Options of `AegisCheckpointCallback`",
         "",
-        "Pass them to `AegisCheckpointCallback` as keyword arguments (where the column says so), or as objects:",
+        "Pass them as keyword arguments (the column says which), or as objects:",
         "",
         "```python",
         "from aegis_ckpt import AegisCheckpointCallback",
@@ -113,19 +141,22 @@ def render() -> str:
         ")",
         "```",
         "",
-        "In a YAML config they are the `checkpoint:` and `emergency:` sections.",
+        "In a YAML config each class is one section.",
         "",
     ]
-    for cls, section in ((CheckpointOptions, "checkpoint"), (EmergencyOptions, "emergency")):
-        kw = {f.name: "yes" if f.name in callback_kwargs else "no" for f in dataclasses.fields(cls)}
-        out += [
-            f"### `{cls.__name__}` (YAML section `{section}:`)",
-            "",
-            class_doc(cls),
-            "",
-            *field_table(cls, ("callback keyword", kw)),
-            "",
-        ]
+    for cls in option_classes(options):
+        object_param = next((n for n, p in params.items() if cls.__name__ in str(p.annotation)), None)
+        keywords = {}
+        for f in dataclasses.fields(cls):
+            name = KEYWORD_ALIASES.get((cls.__name__, f.name), f.name)
+            keywords[f.name] = f"`{name}`" if name in params and name != object_param else "no"
+        title = f"### `{cls.__name__}`"
+        if cls in section_of:
+            title += f" (YAML section `{section_of[cls]}:`)"
+        out += [title, "", class_doc(cls), ""]
+        if object_param:
+            out += [f"As an object: `AegisCheckpointCallback({object_param}={cls.__name__}(...))`.", ""]
+        out += [*field_table(cls, ("callback keyword", keywords)), ""]
     out += [
         "The callback also takes `write_completion_marker` (default `True`: record `.aegis/completed.json` when "
         "training reaches its last step with a committed checkpoint), `policy` (a custom save policy) and "
@@ -139,28 +170,30 @@ def render() -> str:
         "relative to the config file. `--set section.key=value` overrides one value (parsed as YAML).",
         "",
     ]
-    hints = typing.get_type_hints(config.TrainConfig)
     for name in config.SECTIONS:
         hint = hints[name]
-        out.append(f"### `{name}:`")
-        out.append("")
+        out += [f"### `{name}:`", ""]
+        if name in sections:
+            out += [sections[name][:1].upper() + sections[name][1:] + ".", ""]
         if name == "training":
             out += [
-                "Passed to `transformers.TrainingArguments` as is: every key must be one of its fields "
-                "(unknown keys are refused). `output_dir` is required; `report_to` defaults to `none`.",
+                "Every key must be a field of `transformers.TrainingArguments` (unknown keys are refused); "
+                "`report_to` defaults to `none`.",
                 "",
             ]
+            continue
+        if hint in option_classes(options):
+            out += [f"The fields of `{hint.__name__}`, above.", ""]
             continue
         doc = class_doc(hint)
         out += [f"`{hint.__name__}`" + (f": {doc}" if doc else ""), "", *field_table(hint), ""]
         if name == "model":
-            lora = config.LoraConfig
             out += [
                 "#### `model.lora:`",
                 "",
                 "`LoraConfig`: set the mapping to wrap the model with PEFT LoRA adapters.",
                 "",
-                *field_table(lora),
+                *field_table(config.LoraConfig),
                 "",
             ]
     return "\n".join(out).rstrip() + "\n"

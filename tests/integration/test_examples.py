@@ -1,7 +1,6 @@
 """The scripts in ``examples/`` run as documented (issue 8), with small ``--max-steps``, and continue on a rerun.
 
-Each one is run as a user would run it, in a child process from the repository root; the custom-loop example
-needs issue 5's ``RollingCheckpointManager`` and is an expected failure until that lands.
+Each one is run as a user would run it, in a child process from the repository root.
 """
 
 from __future__ import annotations
@@ -18,13 +17,6 @@ from aegis_ckpt.store import CheckpointStore
 pytestmark = pytest.mark.slow
 
 EXAMPLES = REPO_ROOT / "examples"
-
-try:
-    from aegis_ckpt import RollingCheckpointManager  # noqa: F401
-
-    HAS_MANAGER = True
-except ImportError:
-    HAS_MANAGER = False
 
 
 def committed(out) -> list[int]:
@@ -58,12 +50,7 @@ def test_trl_sft_lora_example_saves_the_adapter(tmp_path, run_py):
     assert (out / "final_adapter" / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.xfail(
-    not HAS_MANAGER, reason="needs issue 5's RollingCheckpointManager", raises=ImportError, strict=False
-)
 def test_custom_loop_example_runs_and_continues(tmp_path, run_py):
-    from aegis_ckpt import RollingCheckpointManager  # noqa: F401  (ImportError until issue 5 lands)
-
     out = tmp_path / "loop"
     first = run_py(
         EXAMPLES / "custom_loop.py", ["--output-dir", out, "--max-steps", 20, "--save-interval", 0.2]
