@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 from . import distributed
 from .asyncsave import AsyncCheckpointWriter, SaveJob, estimate_snapshot_bytes
 from .commit import commit_checkpoint, fsync_file, is_committed, read_manifest
+from .compat import check_training_setup
 from .distributed import PeerLostError, StepAgreement, StepFlags
 from .emergency import StepPhase, TrainGuard
 from .errors import AegisError, CommitError, RunLockedError
@@ -94,7 +95,8 @@ class AegisCheckpointCallback(TrainerCallback):
         async_save (`bool`, *optional*, defaults to `True`):
             Two-phase saves: training stalls only while the state is copied to CPU memory; the files are written,
             flushed and committed by a background thread. Setups it cannot express (DeepSpeed, FSDP, adapters,
-            quantized or offloaded models) keep the Trainer's synchronous save, as logged once.
+            quantized or offloaded models, a Trainer subclass that overrides a save method) keep the Trainer's
+            synchronous save, as logged once.
         options (`CheckpointOptions`, *optional*), emergency (`EmergencyOptions`, *optional*),
         async_options (`AsyncOptions`, *optional*):
             The same settings as objects; when given, the matching keyword arguments must be left unset.
@@ -167,6 +169,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._save_requested_at: float | None = None
         self._save_reason = ""
         self._rotation_checked = False
+        self._setup_checked = False
         self._heartbeat_file = heartbeat_path_from_env()
         self._last_heartbeat: float | None = None
         self._recorder: RunRecorder | None = None  # run lease, audit log, save statistics
@@ -194,13 +197,22 @@ class AegisCheckpointCallback(TrainerCallback):
         )
         args.save_total_limit = None
 
+    def _check_setup(self, args) -> None:
+        """Refuse setups that cannot work (``compat``): at Trainer construction, or at train begin when the
+        callback was added later."""
+        if not self._setup_checked:
+            self._setup_checked = True
+            check_training_setup(args, self.options)
+
     def on_init_end(self, args, state, control, **kwargs):
+        self._check_setup(args)
         self._take_over_rotation(args)
         self._trainer = _find_trainer()
         if self._trainer is not None and self.emergency.save_on_exception:
             self._guard.install(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._check_setup(args)
         self._take_over_rotation(args)
         # Like the Trainer: replicas get log_level_replica; the main process changes only if log_level was set,
         # so an application that configured the aegis_ckpt logger keeps its level ("passive" default).

@@ -9,7 +9,8 @@ same files as ``Trainer._save_checkpoint`` (model through ``save_pretrained``, `
 tokenizer files), so a plain Trainer resumes from it.
 
 ``unsupported_reason`` names the setups whose state this cannot express (sharded or engine-owned state,
-adapters, quantized or offloaded weights); those keep the Trainer's synchronous save.
+adapters, quantized or offloaded weights, a Trainer subclass with its own save methods); those keep the
+Trainer's synchronous save.
 """
 
 from __future__ import annotations
@@ -37,12 +38,57 @@ def rng_file_name(world_size: int, process_index: int) -> str:
     return f"rng_state_{process_index}.pth" if world_size > 1 else "rng_state.pth"
 
 
+# Trainer methods that write into a checkpoint folder. A subclass that overrides one may add or change files
+# (TRL's GRPOTrainer writes entropy_ctrl_state.json after super()._save_checkpoint; users save EMA weights or
+# extra heads that way); an asynchronous save writes the folder itself and would silently leave them out.
+_SAVE_METHODS = (
+    "_save_checkpoint",
+    "save_model",
+    "_save",
+    "_save_optimizer_and_scheduler",
+    "_save_scaler",
+    "_save_rng_state",
+)
+# _save_checkpoint overrides that only write a model card into output_dir (outside the checkpoint folder) and
+# then call the Trainer's: checked in TRL 1.16.
+_MODEL_CARD_ONLY_OVERRIDES = {
+    ("trl.trainer.sft_trainer", "SFTTrainer"),
+    ("trl.trainer.dpo_trainer", "DPOTrainer"),
+    ("trl.trainer.reward_trainer", "RewardTrainer"),
+    ("trl.trainer.kto_trainer", "KTOTrainer"),
+    ("trl.trainer.rloo_trainer", "RLOOTrainer"),
+    ("trl.trainer.distillation_trainer", "DistillationTrainer"),
+}
+
+
+def overridden_save_method(trainer) -> str | None:
+    """``Class.method`` of the first save method a subclass of ``transformers.Trainer`` overrides, if any."""
+    from transformers import Trainer
+
+    for cls in type(trainer).__mro__:
+        if cls is Trainer:
+            break
+        for name in _SAVE_METHODS:
+            if name not in vars(cls):
+                continue
+            if (
+                name == "_save_checkpoint"
+                and (cls.__module__, cls.__qualname__) in _MODEL_CARD_ONLY_OVERRIDES
+            ):
+                continue
+            return f"{cls.__qualname__}.{name}"
+    return None
+
+
 def unsupported_reason(trainer) -> str | None:
     """Why the Trainer's state cannot be snapshotted here (None when it can)."""
     from transformers import PreTrainedModel
 
     if trainer is None:
         return "the Trainer is unknown (callback added with add_callback after the Trainer was built)"
+    override = overridden_save_method(trainer)
+    if override is not None:
+        return f"{override} is overridden, and may add files that only the Trainer's own save writes"
     for flag, name in (
         ("is_deepspeed_enabled", "DeepSpeed owns the model and optimizer state"),
         ("is_fsdp_enabled", "FSDP state is sharded across ranks"),

@@ -183,7 +183,8 @@ class AsyncOptions:
 
     enabled: bool = True
     """Save asynchronously where the setup allows it (plain, DDP; not DeepSpeed, FSDP, adapters, quantized or
-    offloaded models, which keep the Trainer's synchronous save, as logged once)."""
+    offloaded models, or a Trainer subclass that overrides a save method: those keep the Trainer's synchronous
+    save, as logged once)."""
 
     when_busy: str = "skip"
     """A save that comes due while the previous one is still being written: ``skip`` (training goes on; the
