@@ -146,10 +146,23 @@ class ProcessControl:
         proc.send_signal(signal.SIGTERM)
 
     def kill_tree(self, proc: subprocess.Popen) -> None:
+        # Its process group, and every descendant found before the kill: torchrun starts each worker in a
+        # session of its own, out of reach of the group, and a surviving worker would hold the run lease.
+        import psutil
+
+        try:
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             proc.kill()
+        for child in descendants:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
 
     @staticmethod
     def signal_name(signum: int) -> str:

@@ -89,3 +89,30 @@ def test_inject_options_need_inject(capsys):
 
     assert main(["run", "--save-interval", "5", "--", "true"]) == 2
     assert "add --inject" in capsys.readouterr().err
+
+
+def test_posix_kill_tree_reaches_descendants_in_their_own_session(tmp_path):
+    """torchrun starts each worker in a session of its own; killing the launcher's group alone leaves them."""
+    import sys
+    import time
+
+    import psutil
+
+    pid_file = tmp_path / "grandchild.pid"
+    launcher = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True)\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(120)\n"
+    )
+    proc = supervise.ProcessControl().spawn([sys.executable, "-c", launcher], env=None)
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()):
+        assert time.monotonic() < deadline, "the launcher did not start its worker"
+        time.sleep(0.05)
+    worker = psutil.Process(int(pid_file.read_text()))
+    assert worker.is_running()
+    supervise.ProcessControl().kill_tree(proc)
+    proc.wait(10)
+    worker.wait(10)  # raises psutil.TimeoutExpired if the worker survived
+    assert not psutil.pid_exists(worker.pid) or worker.status() == psutil.STATUS_ZOMBIE
