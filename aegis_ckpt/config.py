@@ -295,7 +295,12 @@ def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = 
     training["output_dir"] = _resolve(base, str(training["output_dir"]))
     training.setdefault("report_to", "none")
 
-    checkpoint = CheckpointOptions.from_mapping(_section(raw, "checkpoint"), where="checkpoint")
+    checkpoint_raw = _section(raw, "checkpoint")
+    for key in ("verify", "allow_unverified"):
+        if key in checkpoint_raw:
+            # CheckpointOptions carries these for the custom-loop managers; a config run resumes by resume:.
+            raise ConfigError(f"checkpoint.{key} belongs in the resume: section of a config (resume.{key})")
+    checkpoint = CheckpointOptions.from_mapping(checkpoint_raw, where="checkpoint")
     emergency = EmergencyOptions.from_mapping(_section(raw, "emergency"), where="emergency")
     async_save = AsyncOptions.from_mapping(_section(raw, "async_save"), where="async_save")
     resume = _build_dataclass(ResumeConfig, "resume", _section(raw, "resume"))

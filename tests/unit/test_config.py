@@ -83,7 +83,6 @@ def test_unknown_keys_are_named(raw, named):
         ({"save_interval_sec": 0}, "save_interval_sec must be a number > 0"),
         ({"save_interval_sec": -5}, "save_interval_sec must be a number > 0"),
         ({"save_interval_sec": "soon"}, "save_interval_sec must be a number > 0"),
-        ({"verify": "paranoid"}, "verify must be one of"),
     ],
 )
 def test_bad_checkpoint_values(checkpoint, message):
@@ -127,3 +126,10 @@ def test_environment_expansion(monkeypatch):
 def test_yaml11_exponent_strings_become_floats():
     cfg = parse_config(minimal(training={"output_dir": "o", "learning_rate": "5e-4"}))
     assert cfg.training["learning_rate"] == pytest.approx(5e-4)
+
+
+def test_resume_settings_in_the_checkpoint_section_are_pointed_to_resume():
+    with pytest.raises(ConfigError, match=r"checkpoint.verify belongs in the resume: section"):
+        parse_config(minimal(checkpoint={"verify": "quick"}))
+    with pytest.raises(ConfigError, match=r"resume.verify must be one of"):
+        parse_config(minimal(resume={"verify": "paranoid"}))
