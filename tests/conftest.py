@@ -27,6 +27,7 @@ if str(SCRIPTS_DIR) not in sys.path:
     sys.path.insert(0, str(SCRIPTS_DIR))
 
 import tinylib  # noqa: E402
+from testenv import subprocess_env  # noqa: E402
 
 
 def pytest_configure(config):
@@ -113,24 +114,6 @@ def fake_clock() -> FakeClock:
 # --------------------------------------------------------------------------------------------------------------
 # Subprocesses
 # --------------------------------------------------------------------------------------------------------------
-def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for child Pythons: import ``aegis_ckpt`` from the repo under test, and stay offline."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(SCRIPTS_DIR)])
-    env.update(
-        {
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(extra or {})
-    return env
-
-
 @dataclass
 class RunResult:
     returncode: int

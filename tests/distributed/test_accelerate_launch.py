@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import tinylib
-from conftest import SCRIPTS_DIR, subprocess_env
+from testenv import SCRIPTS_DIR, subprocess_env
 
 from aegis_ckpt.commit import read_manifest, verify_checkpoint
 from aegis_ckpt.store import CheckpointStore

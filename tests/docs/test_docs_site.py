@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, subprocess_env
+from testenv import REPO_ROOT, subprocess_env
 
 pytest.importorskip("mkdocs", reason="the docs build needs mkdocs (pip install -e '.[dev]')")
 

@@ -48,11 +48,10 @@ def _equal(a, b, where: str) -> None:
         assert a == b, where
 
 
-def test_async_checkpoint_matches_the_trainers_own(tmp_path, make_trainer):
-    from conftest import FakeClock
-
-    sync = _save_step_5(make_trainer, tmp_path / "sync", FakeClock, async_save=False)
-    asyn = _save_step_5(make_trainer, tmp_path / "async", FakeClock, async_save=True)
+def test_async_checkpoint_matches_the_trainers_own(tmp_path, make_trainer, fake_clock):
+    new_clock = type(fake_clock)  # a fresh clock per run (the fixture's class, not an import of conftest)
+    sync = _save_step_5(make_trainer, tmp_path / "sync", new_clock, async_save=False)
+    asyn = _save_step_5(make_trainer, tmp_path / "async", new_clock, async_save=True)
 
     files = sorted(p.name for p in sync.iterdir() if p.name != MANIFEST_NAME)
     assert files == sorted(p.name for p in asyn.iterdir() if p.name != MANIFEST_NAME)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT, subprocess_env
+from testenv import REPO_ROOT, subprocess_env
 
 from aegis_ckpt.commit import read_manifest
 from aegis_ckpt.store import CheckpointStore

@@ -29,7 +29,7 @@ from pathlib import Path
 import integlib
 import pytest
 import tinylib
-from conftest import SCRIPTS_DIR, subprocess_env
+from testenv import SCRIPTS_DIR, subprocess_env
 
 from aegis_ckpt.commit import MANIFEST_NAME, read_manifest, verify_checkpoint
 from aegis_ckpt.runstate import read_completion
