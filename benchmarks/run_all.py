@@ -27,12 +27,18 @@ import bench_stall  # noqa: E402
 from common import REPO, machine_description  # noqa: E402
 
 
+REUSE = False
+
+
 def _sh(args: list[str], script: Path) -> dict:
     import os
     import subprocess
 
     out = HERE / "results" / f"{script.stem}.json"
     out.parent.mkdir(exist_ok=True)
+    if REUSE and out.exists():
+        print(f"reusing {out}", flush=True)
+        return json.loads(out.read_text())
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     subprocess.run([sys.executable, str(script), *args, "--json", str(out)], check=True, env=env)
     return json.loads(out.read_text())
@@ -176,7 +182,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--reuse", action="store_true", help="use benchmarks/results/*.json of an earlier run where present"
+    )
     a = p.parse_args()
+    global REUSE
+    REUSE = a.reuse
     started = time.time()
     machine = machine_description()
     print(f"machine: {machine}", flush=True)
