@@ -26,7 +26,6 @@ import bench_resume  # noqa: E402
 import bench_stall  # noqa: E402
 from common import REPO, machine_description  # noqa: E402
 
-
 REUSE = False
 
 
