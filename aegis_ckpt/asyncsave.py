@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from .commit import Manifest, commit_checkpoint
-from .hfsnapshot import TrainerSnapshot, write_snapshot
+from .hfsnapshot import (
+    SnapshotBuffers,
+    TrainerSnapshot,
+    take_snapshot,
+    unsupported_reason,
+    write_rng_file,
+    write_snapshot,
+)
+from .options import AsyncOptions
 
 logger = logging.getLogger(__name__)
 
@@ -126,3 +134,102 @@ def estimate_snapshot_bytes(model, optimizer) -> int:
                 if isinstance(v, torch.Tensor):
                     total += v.numel() * v.element_size()
     return total
+
+
+class AsyncSaver:
+    """The training-thread side of asynchronous saves for the Trainer callback: whether they are possible in this
+    setup, the snapshot every rank takes at the agreed step, and the hand-over to the background writer. What a
+    finished save becomes (publish, log, audit, prune) stays with the callback."""
+
+    def __init__(self, options: AsyncOptions):
+        self.options = options
+        self.writer = AsyncCheckpointWriter()
+        self.buffers = SnapshotBuffers()
+        self.off_reason: str | None = None
+        self._deferred_since_step: int | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.off_reason is None
+
+    @property
+    def busy(self) -> bool:
+        return self.writer.busy
+
+    def choose_mode(self, trainer) -> None:
+        """Decide once per training run, and say so once."""
+        self._deferred_since_step = None
+        if not self.options.enabled:
+            self.off_reason = "async_save=False"
+            return
+        self.off_reason = unsupported_reason(trainer)
+        if self.off_reason:
+            logger.warning("Saving synchronously (the Trainer's own save): %s.", self.off_reason)
+        else:
+            logger.info("Asynchronous saves: training pauses only to copy the state to CPU memory")
+
+    def fits_in_ram(self, trainer, args) -> bool:
+        """Checked before the first snapshot only (later ones reuse its buffers); a refusal is final."""
+        if self.buffers.nbytes or not args.should_save or trainer is None or not self.enabled:
+            return True
+        import psutil
+
+        model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+        need = estimate_snapshot_bytes(model, trainer.optimizer)
+        memory = psutil.virtual_memory()
+        if memory.available - need >= self.options.min_free_ram_fraction * memory.total:
+            return True
+        self.off_reason = (
+            f"an asynchronous snapshot needs ~{need / 2**30:.1f} GiB of RAM and {memory.available / 2**30:.1f} GiB "
+            f"is available (keeping {self.options.min_free_ram_fraction:.0%} free)"
+        )
+        logger.warning("Saving synchronously from now on: %s.", self.off_reason)
+        return False
+
+    def defer(self, step: int, *, busy_on_some_rank: bool, wait_for_writer: Callable[[], None]) -> bool:
+        """A save is due: True if it must wait for a later step end because the writer is still busy
+        (``when_busy="skip"``); with ``"wait"``, block in ``wait_for_writer`` and return False."""
+        if busy_on_some_rank or self.writer.busy:
+            if self.options.when_busy == "skip":
+                if self._deferred_since_step is None:
+                    self._deferred_since_step = step
+                    logger.info("Save due at step %d deferred: the previous one is still being written", step)
+                return True  # the policy stays due: retried at the next step end
+            wait_for_writer()
+        if self._deferred_since_step is not None:
+            logger.info(
+                "Deferred save taken at step %d (%d steps late)", step, step - self._deferred_since_step
+            )
+            self._deferred_since_step = None
+        return False
+
+    def start(self, trainer, staging: Path, *, step: int, reason: str, meta: dict, sha256: bool) -> int:
+        """Snapshot on this thread (the only stall), then hand the write and commit to the background writer.
+        Every rank takes part: each writes its own RNG file into the shared staging folder (prepared by the
+        main process) on this thread, and the main process's writer commits once all of them are there.
+        Returns the bytes copied."""
+        from . import distributed
+        from .commit import fsync_file
+
+        started = time.perf_counter()
+        distributed.barrier()  # the main process has emptied and created the staging folder
+        snapshot = take_snapshot(trainer, self.buffers)
+        if not snapshot.is_main:
+            write_rng_file(snapshot, staging)
+            fsync_file(staging / snapshot.rng_file)
+        distributed.barrier()
+        snapshot_sec = time.perf_counter() - started
+        if snapshot.is_main:
+            self.writer.submit(
+                SaveJob(
+                    step=step,
+                    reason=reason,
+                    staging=staging,
+                    snapshot=snapshot,
+                    meta=meta,
+                    snapshot_sec=snapshot_sec,
+                    sha256=sha256,
+                )
+            )
+        logger.debug("step %d: snapshot of %.1f MB in %.3f s", step, snapshot.nbytes / 1e6, snapshot_sec)
+        return snapshot.nbytes

@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,19 +22,19 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from . import distributed
-from .asyncsave import AsyncCheckpointWriter, SaveJob, estimate_snapshot_bytes
-from .commit import commit_checkpoint, fsync_file, is_committed, read_manifest
+from .asyncsave import AsyncSaver
+from .commit import commit_checkpoint, is_committed
 from .compat import check_training_setup
 from .distributed import PeerLostError, StepAgreement, StepFlags
-from .emergency import StepPhase, TrainGuard
-from .errors import AegisError, CommitError, RunLockedError
+from .emergency import EmergencyStops, StepPhase, TrainGuard, find_trainer
+from .errors import CommitError, RunLockedError
 from .exitcodes import exit_code_for_signal
-from .hfsnapshot import SnapshotBuffers, take_snapshot, unsupported_reason, write_rng_file
 from .options import AsyncOptions, CheckpointOptions, EmergencyOptions
 from .policy import SavePolicy, make_policy
 from .recorder import RunRecorder
-from .rngstate import capture_rng_state, restore_rng_state
-from .runstate import heartbeat_path_from_env, mark_completed, write_heartbeat
+from .resume import check_resume_world_size
+from .rngstate import capture_rng_state
+from .runstate import SupervisorHeartbeat, mark_completed
 from .signals import SignalWatcher, signal_name
 from .store import CheckpointStore, checkpoint_dir_name
 
@@ -45,31 +44,7 @@ _PACKAGE_LOGGER = "aegis_ckpt"
 HEARTBEAT_EVERY_SEC = 5.0
 
 
-def _find_trainer():
-    """The ``Trainer`` calling this callback, found on the call stack (callbacks are not given it). Needed only
-    for exception-time saves, which must guard ``train()`` and call the Trainer's own writer."""
-    from transformers import Trainer
-
-    frame = sys._getframe(1)
-    for _ in range(12):
-        if frame is None:
-            break
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, Trainer):
-            return candidate
-        frame = frame.f_back
-    return None
-
-
-def _jit_sigterm_handler_installed() -> bool:
-    import signal
-
-    handler = signal.getsignal(signal.SIGTERM)
-    owner = getattr(handler, "__self__", None)
-    return type(owner).__module__.endswith("trainer_jit_checkpoint")
-
-
-class AegisCheckpointCallback(TrainerCallback):
+class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
     """Time-based rolling checkpoints with a crash-safe commit, emergency saves on signals and exceptions, for
     ``transformers.Trainer`` (single process, torchrun, accelerate).
 
@@ -170,13 +145,9 @@ class AegisCheckpointCallback(TrainerCallback):
         self._save_reason = ""
         self._rotation_checked = False
         self._setup_checked = False
-        self._heartbeat_file = heartbeat_path_from_env()
-        self._last_heartbeat: float | None = None
+        self._heartbeat = SupervisorHeartbeat(clock, every_sec=HEARTBEAT_EVERY_SEC)
         self._recorder: RunRecorder | None = None  # run lease, audit log, save statistics
-        self._writer = AsyncCheckpointWriter()
-        self._buffers = SnapshotBuffers()
-        self._async_off_reason: str | None = None
-        self._deferred_since_step: int | None = None
+        self._async = AsyncSaver(self.async_options)
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _take_over_rotation(self, args) -> None:
@@ -207,7 +178,7 @@ class AegisCheckpointCallback(TrainerCallback):
     def on_init_end(self, args, state, control, **kwargs):
         self._check_setup(args)
         self._take_over_rotation(args)
-        self._trainer = _find_trainer()
+        self._trainer = find_trainer()
         if self._trainer is not None and self.emergency.save_on_exception:
             self._guard.install(self._trainer)
 
@@ -223,7 +194,9 @@ class AegisCheckpointCallback(TrainerCallback):
                 "save_only_model=True: checkpoints hold no optimizer, scheduler or RNG state, so a resumed run "
                 "will not continue exactly where it stopped."
             )
-        self._check_world_size(args, state)
+        check_resume_world_size(
+            args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
+        )
         self.store = CheckpointStore(args.output_dir)
         self._begin_run_record(args, state)  # before anything on disk changes: may refuse a second process
         if args.should_save:
@@ -238,9 +211,9 @@ class AegisCheckpointCallback(TrainerCallback):
         self._train_begin_step = state.global_step
         self._phase = StepPhase.CONSISTENT
         self._install_emergency_handlers(args)
-        self._choose_save_mode()
+        self._async.choose_mode(self._trainer)
         self.policy.start(self.clock())
-        self._beat(state.global_step, "train_begin", force=True)
+        self._heartbeat.beat(state.global_step, "train_begin", force=True)
         logger.info(
             "Saving every %g s, keeping %d committed checkpoints in %s",
             self.policy.interval_sec,
@@ -282,42 +255,6 @@ class AegisCheckpointCallback(TrainerCallback):
             self._recorder.end(kind, step=step, detail=detail)
             self._recorder = None
 
-    def _choose_save_mode(self) -> None:
-        self._async_off_reason = None
-        self._deferred_since_step = None
-        if not self.async_options.enabled:
-            self._async_off_reason = "async_save=False"
-            return
-        self._async_off_reason = unsupported_reason(self._trainer)
-        if self._async_off_reason:
-            logger.warning("Saving synchronously (the Trainer's own save): %s.", self._async_off_reason)
-        else:
-            logger.info("Asynchronous saves: training pauses only to copy the state to CPU memory")
-
-    def _check_world_size(self, args, state) -> None:
-        """A resumed checkpoint saved by another number of processes would continue with other RNG streams and
-        data order: refuse, unless allowed."""
-        folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
-        if state.global_step == 0 or not is_committed(folder):
-            return
-        try:
-            saved = read_manifest(folder).meta.get("world_size")
-        except (OSError, ValueError, KeyError):
-            return
-        if saved is None or int(saved) == int(args.world_size):
-            return
-        message = (
-            f"{folder.name} was saved by {saved} process(es), this run has {args.world_size}: the Trainer would "
-            f"resume with different RNG streams and data order, not where training stopped."
-        )
-        if not self.emergency.allow_world_size_change:
-            raise AegisError(
-                message
-                + f" Relaunch with {saved} processes, or pass allow_world_size_change=True (emergency "
-                "options) to continue anyway."
-            )
-        logger.warning("%s Continuing because allow_world_size_change=True.", message)
-
     def _set_aside_future_checkpoints(self, start_step: int) -> None:
         """Folders with a step beyond where training starts belong to an abandoned timeline (e.g. a newer
         checkpoint was damaged and training resumed from an older one). The Trainer would overwrite them in
@@ -330,34 +267,10 @@ class AegisCheckpointCallback(TrainerCallback):
                     f"superseded: training (re)started at step {start_step}, before this checkpoint",
                 )
 
-    def _install_emergency_handlers(self, args) -> None:
-        if self.emergency.handle_signals:
-            replace = ()
-            if getattr(args, "enable_jit_checkpoint", False) and _jit_sigterm_handler_installed():
-                import signal
-
-                replace = (signal.SIGTERM,)
-                logger.warning(
-                    "enable_jit_checkpoint=True: aegis-ckpt handles SIGTERM itself (a committed checkpoint at "
-                    "the next step end); the Trainer's JIT handler is bypassed so the state is not saved twice."
-                )
-            self.watcher = SignalWatcher(grace_period_sec=self.emergency.grace_period_sec)
-            self.watcher.install(replace=replace)
-        if self._trainer is None and (self.emergency.save_on_exception or self.async_options.enabled):
-            logger.warning(
-                "No emergency checkpoint on exceptions and no asynchronous saves: pass the callback to "
-                "Trainer(callbacks=[...]) rather than add_callback(), so it can reach the Trainer."
-            )
-
     @property
     def _exception_saves_active(self) -> bool:
         # Multi-process: one rank's exception leaves the others inside collectives; no collective save possible.
         return self._trainer is not None and self.emergency.save_on_exception and not self._agreement.active
-
-    def _remove_emergency_handlers(self) -> None:
-        if self.watcher is not None:
-            self.watcher.uninstall()
-            self.watcher = None
 
     # ---- decide --------------------------------------------------------------------------------------------
     def on_step_begin(self, args, state, control, **kwargs):
@@ -376,8 +289,8 @@ class AegisCheckpointCallback(TrainerCallback):
         local = StepFlags(
             save_due=int(self.policy.is_due(self.clock())),
             signal=(self.watcher.triggered or 0) if self.watcher is not None else 0,
-            writer_busy=int(self._writer.busy),
-            sync_only=int(self._async_off_reason is None and not self._snapshot_fits_in_ram(args)),
+            writer_busy=int(self._async.busy),
+            sync_only=int(not self._async.fits_in_ram(self._trainer, args)),
         )
         final = state.global_step >= state.max_steps
         try:
@@ -413,9 +326,9 @@ class AegisCheckpointCallback(TrainerCallback):
             self._save_reason = "interval" if agreed.save_due else "trainer"
         if control.should_save:
             self._save_requested_at = self.clock()
-            self._beat(state.global_step, "saving", force=True)
+            self._heartbeat.beat(state.global_step, "saving", force=True)
         else:
-            self._beat(state.global_step, "train")
+            self._heartbeat.beat(state.global_step, "train")
         if self._recorder is not None:
             self._recorder.heartbeat(state.global_step)  # throttled inside (heartbeat_every_sec)
         return control
@@ -423,89 +336,38 @@ class AegisCheckpointCallback(TrainerCallback):
     # ---- asynchronous saves --------------------------------------------------------------------------------
     def _save_when_due(self, args, state, control, agreed: StepFlags) -> None:
         """The interval is due and the Trainer does not save this step on its own: save, async if possible."""
-        if self._async_off_reason is not None or agreed.sync_only:
+        if not self._async.enabled or agreed.sync_only:
             control.should_save = True
             self._save_reason = "interval"
             return
-        if agreed.writer_busy or self._writer.busy:
-            if self.async_options.when_busy == "skip":
-                if self._deferred_since_step is None:
-                    self._deferred_since_step = state.global_step
-                    logger.info(
-                        "Save due at step %d deferred: the previous one is still being written",
-                        state.global_step,
-                    )
-                return  # the policy stays due: retried at the next step end
-            self._collect_async(wait=True)
-        if self._deferred_since_step is not None:
-            logger.info(
-                "Deferred save taken at step %d (%d steps late)",
-                state.global_step,
-                state.global_step - self._deferred_since_step,
-            )
-            self._deferred_since_step = None
-        self._start_async_save(args, state, reason="interval")
-
-    def _snapshot_fits_in_ram(self, args) -> bool:
-        """Checked before the first snapshot only (later ones reuse its buffers)."""
-        if self._buffers.nbytes or not args.should_save or self._trainer is None:
-            return True
-        import psutil
-
-        trainer = self._trainer
-        model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
-        need = estimate_snapshot_bytes(model, trainer.optimizer)
-        memory = psutil.virtual_memory()
-        if memory.available - need >= self.async_options.min_free_ram_fraction * memory.total:
-            return True
-        self._async_off_reason = (
-            f"an asynchronous snapshot needs ~{need / 2**30:.1f} GiB of RAM and {memory.available / 2**30:.1f} GiB "
-            f"is available (keeping {self.async_options.min_free_ram_fraction:.0%} free)"
-        )
-        logger.warning("Saving synchronously from now on: %s.", self._async_off_reason)
-        return False
-
-    def _start_async_save(self, args, state, *, reason: str) -> None:
-        """Snapshot on this thread (the only stall), then hand the write and commit to the background writer.
-        Every rank takes part: each writes its own RNG file into the shared staging folder on this thread, and
-        the main process's writer commits once all of them are there."""
+        if self._async.defer(
+            state.global_step,
+            busy_on_some_rank=bool(agreed.writer_busy),
+            wait_for_writer=lambda: self._collect_async(wait=True),
+        ):
+            return
         store = self._require_store()
         started = self.clock()
-        t0 = time.perf_counter()
         staging = (
             store.fresh_staging(state.global_step)
             if args.should_save
             else store.staging_path(state.global_step)
         )
-        distributed.barrier()
-        snapshot = take_snapshot(self._trainer, self._buffers)
-        if not snapshot.is_main:
-            write_rng_file(snapshot, staging)
-            fsync_file(staging / snapshot.rng_file)
-        distributed.barrier()
-        snapshot_sec = time.perf_counter() - t0
-        if snapshot.is_main:
-            self._writer.submit(
-                SaveJob(
-                    step=state.global_step,
-                    reason=reason,
-                    staging=staging,
-                    snapshot=snapshot,
-                    meta=self._manifest_meta(state, args.world_size, asynchronous=True),
-                    snapshot_sec=snapshot_sec,
-                    sha256=self._recorder.sha256 if self._recorder is not None else False,
-                )
-            )
-        self.last_saved_step = state.global_step
-        self.policy.record_save(started=started, finished=self.clock(), size_bytes=snapshot.nbytes)
-        logger.debug(
-            "step %d: snapshot of %.1f MB in %.3f s", state.global_step, snapshot.nbytes / 1e6, snapshot_sec
+        nbytes = self._async.start(
+            self._trainer,
+            staging,
+            step=state.global_step,
+            reason="interval",
+            meta=self._manifest_meta(state, args.world_size, asynchronous=True),
+            sha256=self._recorder.sha256 if self._recorder is not None else False,
         )
+        self.last_saved_step = state.global_step
+        self.policy.record_save(started=started, finished=self.clock(), size_bytes=nbytes)
 
     def _collect_async(self, *, wait: bool) -> None:
         """Publish a background save that finished (optionally waiting for it): rename its committed staging
         folder to ``checkpoint-<step>``, then prune. Runs on the training thread only."""
-        job = self._writer.collect(wait=wait)
+        job = self._async.writer.collect(wait=wait)
         if job is None:
             return
         store = self._require_store()
@@ -573,7 +435,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self.last_saved_step = state.global_step
         self.last_commit_path = folder
         self._save_requested_at = None
-        self._beat(state.global_step, "train", force=True)
+        self._heartbeat.beat(state.global_step, "train", force=True)
         if self.stop_signal is not None:
             self._exit_after_emergency_save(state, folder, committed=size_bytes > 0 or not args.should_save)
         return control
@@ -638,124 +500,10 @@ class AegisCheckpointCallback(TrainerCallback):
             "async": asynchronous,
         }
 
-    # ---- emergency exits -----------------------------------------------------------------------------------
-    def _exit_after_emergency_save(self, state, folder: Path, *, committed: bool) -> None:
-        signum = int(self.stop_signal or 0)
-        code = exit_code_for_signal(signum)
-        since = self.watcher.triggered_at if self.watcher is not None else None
-        took = (
-            f"{time.monotonic() - since:.1f} s after the signal" if since is not None else "after the signal"
-        )
-        if committed:
-            logger.warning(
-                "Stopped by %s: emergency checkpoint %s committed at step %d (%s); exiting with code %d",
-                signal_name(signum),
-                folder,
-                state.global_step,
-                took,
-                code,
-            )
-        else:
-            logger.error(
-                "Stopped by %s: the emergency checkpoint at step %d could not be committed; exiting with code %d "
-                "(the last committed checkpoint stays the resume point)",
-                signal_name(signum),
-                state.global_step,
-                code,
-            )
-        if self._recorder is not None:
-            self._recorder.signal(signum, step=state.global_step)
-        self._end_run_record("signal", state.global_step, detail=signal_name(signum))
-        if self.watcher is not None:
-            self.watcher.mark_done()
-        self._agreement.close()
-        self._remove_emergency_handlers()
-        # SystemExit unwinds through trainer.train(): the user's code after it does not run as if training ended.
-        raise SystemExit(code)
-
-    def _exit_after_peer_loss(self, error: Exception, local: StepFlags):
-        code = exit_code_for_signal(local.signal) if local.signal else 1
-        logger.error(
-            "%s. No collective save is possible; exiting with code %d. The last committed checkpoint stays the "
-            "resume point.",
-            error,
-            code,
-        )
-        if self.watcher is not None:
-            self.watcher.mark_done()
-        self._remove_emergency_handlers()
-        self._end_run_record("exception", self.last_saved_step or 0, detail="a peer rank is gone")
-        raise SystemExit(code) from error
-
-    def _save_after_exception(self, exc: BaseException) -> None:
-        """Called by the train() guard once an exception escaped training; the exception is re-raised after."""
-        saved = False
-        try:
-            saved = self._emergency_save_for(exc)
-        finally:
-            step = self._trainer.state.global_step if self._trainer is not None else 0
-            if self._recorder is not None:
-                self._recorder.exception(exc, step=step, saved=saved)
-            self._end_run_record("exception", step, detail=type(exc).__name__)
-
-    def _emergency_save_for(self, exc: BaseException) -> bool:
-        """Save the last completed step if that is possible and safe; True when a checkpoint was committed."""
-        self._collect_async(wait=True)
-        if self.watcher is not None:
-            self.watcher.mark_done()
-        self._remove_emergency_handlers()
-        trainer = self._trainer
-        exc_type = type(exc)
-        if trainer is None or not getattr(trainer, "is_in_train", True):
-            return False
-        if self._agreement.active:
-            logger.error(
-                "%s escaped training on rank %d of a multi-process run: no emergency checkpoint (the other ranks "
-                "cannot join a save); the last committed checkpoint stays the resume point.",
-                exc_type.__name__,
-                distributed.rank(),
-            )
-            return False
-        state = trainer.state
-        step = state.global_step
-        if self._phase != StepPhase.CONSISTENT:
-            logger.error(
-                "%s during the optimizer update of step %d: the weights are half-updated, so no emergency "
-                "checkpoint is saved; the last committed checkpoint stays the resume point.",
-                exc_type.__name__,
-                step + 1,
-            )
-            return False
-        folder = Path(trainer.args.output_dir) / checkpoint_dir_name(step)
-        if self._train_begin_step is None or step <= self._train_begin_step:
-            logger.error(
-                "%s escaped training at step %d before a step completed in this run", exc_type.__name__, step
-            )
-            return False
-        if self.last_saved_step == step or is_committed(folder):
-            # E.g. an error while pruning after the commit: saving again would rewrite a committed folder.
-            logger.error(
-                "%s escaped training at step %d, which is already committed", exc_type.__name__, step
-            )
-            return False
-        logger.error(
-            "%s escaped training at step %d: saving an emergency checkpoint", exc_type.__name__, step
-        )
-        if self._step_rng is not None:
-            # Forward passes since the step end advanced the generators; save them as they were at that step.
-            restore_rng_state(self._step_rng)
-        self._save_reason = f"exception:{exc_type.__name__}"
-        t0 = time.perf_counter()
-        trainer._save_checkpoint(trainer.model, trial=None)
-        if self._commit_and_retain(state, folder, time.perf_counter() - t0, world_size=1):
-            self.last_saved_step = step
-            return True
-        return False
-
     # ---- end -----------------------------------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
         self._collect_async(wait=True)
-        self._beat(state.global_step, "train_end", force=True)
+        self._heartbeat.beat(state.global_step, "train_end", force=True)
         try:
             late = self._agreement.drain()
         except PeerLostError as e:
@@ -795,23 +543,6 @@ class AegisCheckpointCallback(TrainerCallback):
                 "AegisCheckpointCallback used before on_train_begin: is it registered with the Trainer?"
             )
         return self.store
-
-    def _beat(self, step: int, phase: str, *, force: bool = False) -> None:
-        """Tell a supervising ``aegis-ckpt run`` that training makes progress (no-op without one)."""
-        if self._heartbeat_file is None:
-            return
-        now = self.clock()
-        if (
-            not force
-            and self._last_heartbeat is not None
-            and now - self._last_heartbeat < HEARTBEAT_EVERY_SEC
-        ):
-            return
-        self._last_heartbeat = now
-        try:
-            write_heartbeat(self._heartbeat_file, step=step, phase=phase)
-        except OSError as e:
-            logger.debug("heartbeat not written: %s", e)
 
 
 def _build_options(cls, given_object, **flat):

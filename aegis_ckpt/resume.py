@@ -23,12 +23,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .commit import verify_checkpoint
-from .errors import ConfigError
+from .commit import is_committed, read_manifest, verify_checkpoint
+from .errors import AegisError, ConfigError
 from .options import VERIFY_MODES
 from .plaincheck import JIT_INCOMPLETE_MARKER, check_plain_checkpoint
 from .runstate import ensure_not_locked
-from .store import AEGIS_DIR, CheckpointStore
+from .store import AEGIS_DIR, CheckpointStore, checkpoint_dir_name
 
 logger = logging.getLogger(__name__)
 
@@ -193,3 +193,29 @@ def find_resume_checkpoint(
         dist.broadcast_object_list(box, src=0)
         chosen = box[0]
     return chosen
+
+
+def check_resume_world_size(
+    output_dir: str | os.PathLike, step: int, world_size: int, *, allow: bool
+) -> None:
+    """Refuse to continue from ``checkpoint-<step>`` with another number of processes than saved it: the Trainer
+    would resume with other RNG streams and data order, i.e. not where training stopped (``allow`` warns only)."""
+    folder = Path(output_dir) / checkpoint_dir_name(step)
+    if step == 0 or not is_committed(folder):
+        return
+    try:
+        saved = read_manifest(folder).meta.get("world_size")
+    except (OSError, ValueError, KeyError):
+        return
+    if saved is None or int(saved) == int(world_size):
+        return
+    message = (
+        f"{folder.name} was saved by {saved} process(es), this run has {world_size}: the Trainer would "
+        f"resume with different RNG streams and data order, not where training stopped."
+    )
+    if not allow:
+        raise AegisError(
+            message + f" Relaunch with {saved} processes, or pass allow_world_size_change=True (emergency "
+            "options) to continue anyway."
+        )
+    logger.warning("%s Continuing because allow_world_size_change=True.", message)

@@ -526,3 +526,26 @@ class RunLease:
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
+
+
+class SupervisorHeartbeat:
+    """Writes the supervisor's heartbeat file (``AEGIS_HEARTBEAT_FILE``) at most every ``every_sec`` seconds, or
+    at once when forced (train begin, around saves, train end). Without a supervisor it does nothing."""
+
+    def __init__(self, clock, every_sec: float = 5.0, path: Path | None = None):
+        self.path = path if path is not None else heartbeat_path_from_env()
+        self.clock = clock
+        self.every_sec = every_sec
+        self._last: float | None = None
+
+    def beat(self, step: int, phase: str, *, force: bool = False) -> None:
+        if self.path is None:
+            return
+        now = self.clock()
+        if not force and self._last is not None and now - self._last < self.every_sec:
+            return
+        self._last = now
+        try:
+            write_heartbeat(self.path, step=step, phase=phase)
+        except OSError as e:
+            logger.debug("heartbeat not written: %s", e)

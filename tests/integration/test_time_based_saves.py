@@ -177,11 +177,11 @@ def test_a_save_due_while_the_writer_is_busy_is_deferred_not_stacked(
                 release.set()
             if state.global_step >= 9:
                 time.sleep(0.05)
-                if not cb._writer.busy and not free_after_step:
+                if not cb._async.writer.busy and not free_after_step:
                     free_after_step.append(state.global_step)
 
     cb = AegisCheckpointCallback(save_interval_sec=2.5, max_keep=100, clock=fake_clock)
-    cb._writer = AsyncCheckpointWriter(write=slow_write)  # the seam: a writer on a slow disk
+    cb._async.writer = AsyncCheckpointWriter(write=slow_write)  # the seam: a writer on a slow disk
     trainer = make_trainer(
         tmp_path,
         callbacks=[ClockTicker(fake_clock, 1.0), SlowAfterRelease(), cb],
