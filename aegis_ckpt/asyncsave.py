@@ -20,6 +20,7 @@ leaves a staging folder, which the next resume scan publishes if it was committe
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -38,6 +39,13 @@ from .hfsnapshot import (
     write_snapshot,
 )
 from .options import AsyncOptions
+from .writerproc import (
+    WriteJob,
+    WriterProcess,
+    encode_job,
+    new_shared_memory_dir,
+    shared_memory_free_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +61,7 @@ class SaveJob:
     meta: dict[str, Any]
     snapshot_sec: float
     sha256: bool = False
+    payload: bytes | None = None  # the job for a writer process (encoded on the training thread)
     started_unix: float = field(default_factory=time.time)
     write_sec: float = 0.0
     manifest: Manifest | None = None
@@ -61,7 +70,7 @@ class SaveJob:
 
 
 class AsyncCheckpointWriter:
-    """Runs at most one ``SaveJob`` at a time on a background thread."""
+    """Runs at most one ``SaveJob`` at a time on a background thread that writes and commits in-process."""
 
     def __init__(self, write: Callable[[TrainerSnapshot, Path], None] = write_snapshot):
         self._write = write
@@ -85,20 +94,25 @@ class AsyncCheckpointWriter:
         )
         self._thread.start()
 
+    def _persist(self, job: SaveJob) -> Manifest:
+        if job.snapshot is not None and job.snapshot.is_main:
+            self._write(job.snapshot, job.staging)
+        return commit_checkpoint(job.staging, step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256)
+
     def _run(self, job: SaveJob) -> None:
         started = time.perf_counter()
         try:
-            if job.snapshot is not None and job.snapshot.is_main:
-                self._write(job.snapshot, job.staging)
-            job.manifest = commit_checkpoint(
-                job.staging, step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256
-            )
+            job.manifest = self._persist(job)
         except BaseException as e:  # noqa: BLE001 - reported on the training thread when collected
             job.error = e
         finally:
             job.snapshot = None  # drop references to the buffers' views and the model
+            job.payload = None
             job.write_sec = time.perf_counter() - started
             job.done.set()
+
+    def close(self) -> None:
+        """Nothing to release for a thread; the process writer stops its child here."""
 
     def collect(self, *, wait: bool = False, timeout: float | None = None) -> SaveJob | None:
         """Return the job if it finished (after waiting for it, if asked), and forget it; else None."""
@@ -114,6 +128,31 @@ class AsyncCheckpointWriter:
         self._job = None
         self._thread = None
         return job
+
+
+class ProcessCheckpointWriter(AsyncCheckpointWriter):
+    """Hands each job to a low-priority writer process (``writerproc``); the thread here only waits on a pipe,
+    so it costs training neither CPU nor the GIL."""
+
+    def __init__(self, niceness: int = 19):
+        super().__init__()
+        self.process = WriterProcess(niceness)
+
+    def _persist(self, job: SaveJob) -> Manifest:
+        if job.payload is None:
+            raise RuntimeError("a process-writer job needs its encoded payload")
+        manifest, _ = self.process.run(job.payload)
+        return manifest
+
+    def close(self) -> None:
+        self.collect(wait=True)
+        self.process.close()
+
+
+def _has_shared_memory() -> bool:
+    from .writerproc import shared_memory_root
+
+    return shared_memory_root() is not None
 
 
 def estimate_snapshot_bytes(model, optimizer) -> int:
@@ -143,9 +182,10 @@ class AsyncSaver:
 
     def __init__(self, options: AsyncOptions):
         self.options = options
-        self.writer = AsyncCheckpointWriter()
+        self.writer: AsyncCheckpointWriter = AsyncCheckpointWriter()
         self.buffers = SnapshotBuffers()
         self.off_reason: str | None = None
+        self.uses_process = False
         self._deferred_since_step: int | None = None
 
     @property
@@ -165,8 +205,57 @@ class AsyncSaver:
         self.off_reason = unsupported_reason(trainer)
         if self.off_reason:
             logger.warning("Saving synchronously (the Trainer's own save): %s.", self.off_reason)
-        else:
-            logger.info("Asynchronous saves: training pauses only to copy the state to CPU memory")
+            return
+        use_process, why = self._process_writer_wanted(trainer)
+        if use_process != self.uses_process or (use_process and self.buffers.shm_dir is None):
+            self.close()
+            if use_process:
+                self.buffers = SnapshotBuffers(new_shared_memory_dir())
+                self.writer = ProcessCheckpointWriter(self.options.writer_niceness)
+                atexit.register(self.close)
+            else:
+                self.buffers = SnapshotBuffers()
+                self.writer = AsyncCheckpointWriter()
+            self.uses_process = use_process
+        if use_process:
+            self.writer.process.start()  # imports torch at low priority while training starts
+        logger.info(
+            "Asynchronous saves: training pauses only to copy the state to CPU memory; %s writes in the "
+            "background (%s)",
+            f"a writer process (nice {self.options.writer_niceness})" if use_process else "a thread",
+            why,
+        )
+
+    def _process_writer_wanted(self, trainer) -> tuple[bool, str]:
+        kind = self.options.writer
+        if kind == "thread":
+            return False, "writer: thread"
+        if not _has_shared_memory():
+            if kind == "process":
+                logger.warning("writer: process needs /dev/shm; writing on a thread instead")
+            return False, "no /dev/shm"
+        if not trainer.args.should_save:
+            return False, "this rank writes no files"
+        model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+        on_gpu = any(p.device.type != "cpu" for p in model.parameters())
+        if kind == "auto" and on_gpu:
+            return False, "the model is on an accelerator: pinned buffers, training leaves the CPU mostly idle"
+        need = estimate_snapshot_bytes(model, trainer.optimizer)
+        free = shared_memory_free_bytes()
+        if need > free:
+            logger.warning(
+                "/dev/shm has %.1f GiB free and a snapshot needs ~%.1f GiB: writing on a thread instead",
+                free / 2**30,
+                need / 2**30,
+            )
+            return False, "/dev/shm too small"
+        return True, f"writer: {kind}"
+
+    def close(self) -> None:
+        """Wait for the save in flight, stop the writer process and free the shared memory."""
+        self.writer.close()
+        if self.buffers.shm_dir is not None:
+            self.buffers.clear()
 
     def fits_in_ram(self, trainer, args) -> bool:
         """Checked before the first snapshot only (later ones reuse its buffers); a refusal is final."""
@@ -220,6 +309,16 @@ class AsyncSaver:
         distributed.barrier()
         snapshot_sec = time.perf_counter() - started
         if snapshot.is_main:
+            payload = None
+            if self.uses_process:
+                # The small files are written here (milliseconds); the weights and the optimizer state go to the
+                # writer process as references into shared memory.
+                large: list = []
+                write_snapshot(snapshot, staging, defer_large=large)
+                payload = encode_job(
+                    WriteJob(str(staging), large, step, reason, meta, sha256), self.buffers
+                )
+                snapshot = None
             self.writer.submit(
                 SaveJob(
                     step=step,
@@ -227,9 +326,10 @@ class AsyncSaver:
                     staging=staging,
                     snapshot=snapshot,
                     meta=meta,
-                    snapshot_sec=snapshot_sec,
+                    snapshot_sec=time.perf_counter() - started,
                     sha256=sha256,
+                    payload=payload,
                 )
             )
-        logger.debug("step %d: snapshot of %.1f MB in %.3f s", step, snapshot.nbytes / 1e6, snapshot_sec)
-        return snapshot.nbytes
+        logger.debug("step %d: snapshot of %.1f MB in %.3f s", step, self.buffers.copied_bytes / 1e6, snapshot_sec)
+        return self.buffers.copied_bytes

@@ -503,6 +503,7 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
     # ---- end -----------------------------------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
         self._collect_async(wait=True)
+        self._async.close()
         self._heartbeat.beat(state.global_step, "train_end", force=True)
         try:
             late = self._agreement.drain()

@@ -231,7 +231,8 @@ def _resolve(base: Path, path: str | None) -> str | None:
     if path is None:
         return None
     p = Path(path).expanduser()
-    return str(p if p.is_absolute() else (base / p))
+    # normpath: "configs/../runs/tiny" is shown and logged as "runs/tiny"
+    return os.path.normpath(p if p.is_absolute() else (base / p))
 
 
 def _looks_local(value: str) -> bool:

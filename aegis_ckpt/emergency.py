@@ -117,7 +117,8 @@ class EmergencyStops:
 
     A mixin: the callback provides ``emergency`` (``EmergencyOptions``), ``watcher``, ``stop_signal``,
     ``_trainer``, ``_guard``, ``_agreement``, ``_phase``, ``_step_rng``, ``_train_begin_step``,
-    ``last_saved_step``, ``_save_reason`` and the methods ``_collect_async``, ``_commit_and_retain`` and
+    ``last_saved_step``, ``_save_reason``, ``_async`` (an ``AsyncSaver``) and the methods ``_collect_async``,
+    ``_commit_and_retain`` and
     ``_end_run_record`` / ``_recorder``.
     """
 
@@ -177,6 +178,7 @@ class EmergencyStops:
             self.watcher.mark_done()
         self._agreement.close()
         self._remove_emergency_handlers()
+        self._async.close()  # nothing is in flight any more: stop the writer process, free shared memory
         # SystemExit unwinds through trainer.train(): the user's code after it does not run as if training ended.
         raise SystemExit(code)
 
@@ -192,6 +194,7 @@ class EmergencyStops:
             self.watcher.mark_done()
         self._remove_emergency_handlers()
         self._end_run_record("exception", self.last_saved_step or 0, detail="a peer rank is gone")
+        self._async.close()  # a save in flight finishes in its staging folder; the next run publishes it
         raise SystemExit(code) from error
 
     def _save_after_exception(self, exc: BaseException) -> None:
@@ -204,6 +207,7 @@ class EmergencyStops:
             if self._recorder is not None:
                 self._recorder.exception(exc, step=step, saved=saved)
             self._end_run_record("exception", step, detail=type(exc).__name__)
+            self._async.close()
 
     def _emergency_save_for(self, exc: BaseException) -> bool:
         """Save the last completed step if that is possible and safe; True when a checkpoint was committed."""

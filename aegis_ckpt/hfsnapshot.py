@@ -15,12 +15,14 @@ Trainer's synchronous save.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import logging
 import os
 import random
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,30 +129,79 @@ def unsupported_reason(trainer) -> str | None:
 
 
 class SnapshotBuffers:
-    """CPU tensors kept from one save to the next, keyed by name: the steady state allocates nothing."""
+    """CPU tensors kept from one save to the next, keyed by name: the steady state allocates nothing.
 
-    def __init__(self) -> None:
+    With ``shm_dir`` the buffers are files in shared memory (``torch.from_file``), so a writer process maps the
+    same pages instead of receiving a copy (``shm_ref`` names the file behind a tensor)."""
+
+    def __init__(self, shm_dir: str | os.PathLike | None = None) -> None:
         self._buffers: dict[Any, Any] = {}
+        self._files: dict[Any, Path] = {}
+        self._by_storage: dict[int, ShmRef] = {}
+        self.shm_dir = Path(shm_dir) if shm_dir is not None else None
+        self._next_file = 0
         self.copied_bytes = 0
 
-    def copy(self, key, tensor):
+    def _allocate(self, key, tensor):
         import torch
 
+        if self.shm_dir is None:
+            pin = tensor.is_cuda and torch.cuda.is_available()
+            return torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+        old = self._files.pop(key, None)
+        if old is not None:
+            self._forget_storage(self._buffers[key])
+            old.unlink(missing_ok=True)
+        self.shm_dir.mkdir(parents=True, exist_ok=True)
+        path = self.shm_dir / f"b{self._next_file}"
+        self._next_file += 1
+        numel = max(tensor.numel(), 1)
+        flat = torch.from_file(str(path), shared=True, size=numel, dtype=tensor.dtype)
+        buf = flat[: tensor.numel()].view(tensor.shape)
+        self._files[key] = path
+        self._by_storage[buf.untyped_storage().data_ptr()] = ShmRef(str(path), str(tensor.dtype), numel)
+        return buf
+
+    def _forget_storage(self, buf) -> None:
+        self._by_storage.pop(buf.untyped_storage().data_ptr(), None)
+
+    def copy(self, key, tensor):
         buf = self._buffers.get(key)
         if buf is None or buf.shape != tensor.shape or buf.dtype != tensor.dtype:
-            pin = tensor.is_cuda and torch.cuda.is_available()
-            buf = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+            buf = self._allocate(key, tensor)
             self._buffers[key] = buf
         buf.copy_(tensor.detach(), non_blocking=tensor.is_cuda)
         self.copied_bytes += buf.numel() * buf.element_size()
         return buf
+
+    def shm_ref(self, tensor) -> ShmRef | None:
+        """The shared-memory file holding ``tensor``'s storage, if it is one of these buffers."""
+        return self._by_storage.get(tensor.untyped_storage().data_ptr())
 
     @property
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
     def clear(self) -> None:
+        """Drop the buffers (and their shared-memory files)."""
         self._buffers.clear()
+        self._by_storage.clear()
+        for path in self._files.values():
+            path.unlink(missing_ok=True)
+        self._files.clear()
+        if self.shm_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.shm_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ShmRef:
+    """A shared-memory file that holds one buffer's whole storage: ``numel`` elements of ``dtype``."""
+
+    path: str
+    dtype: str
+    numel: int
 
 
 @dataclass
@@ -292,22 +343,81 @@ def write_rng_file(snap: TrainerSnapshot, folder: Path) -> None:
     torch.save(snap.rng_state, folder / snap.rng_file)
 
 
-def write_snapshot(snap: TrainerSnapshot, folder: str | os.PathLike) -> None:
+def write_snapshot(
+    snap: TrainerSnapshot, folder: str | os.PathLike, *, defer_large: list | None = None
+) -> None:
     """Write the main process's files of a snapshot into ``folder`` (Trainer layout). No fsync: the commit
-    protocol flushes every file afterwards."""
+    protocol flushes every file afterwards.
+
+    With ``defer_large`` (a list), the two large kinds of file are not written but appended to it as
+    ``LargeFile`` entries, for a writer process: the weight shards (exactly as ``save_pretrained`` would pass
+    them to safetensors) and ``optimizer.pt``. Everything else is written here."""
     import torch
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    snap.model.save_pretrained(str(folder), state_dict=dict(snap.model_state), safe_serialization=True)
+    capture = _capture_safetensors_writes(defer_large) if defer_large is not None else contextlib.nullcontext()
+    with capture, _no_shard_progress_bar():
+        snap.model.save_pretrained(str(folder), state_dict=dict(snap.model_state), safe_serialization=True)
     if snap.processing_class is not None:
         snap.processing_class.save_pretrained(str(folder))
     torch.save(snap.args, folder / TRAINING_ARGS_NAME)
     if snap.optimizer_state is not None:
-        torch.save(snap.optimizer_state, folder / OPTIMIZER_NAME)
+        if defer_large is None:
+            torch.save(snap.optimizer_state, folder / OPTIMIZER_NAME)
+        else:
+            defer_large.append(LargeFile("torch", str(folder / OPTIMIZER_NAME), snap.optimizer_state))
     if snap.scheduler_state is not None:
         torch.save(snap.scheduler_state, folder / SCHEDULER_NAME)
     if snap.scaler_state is not None:
         torch.save(snap.scaler_state, folder / SCALER_NAME)
     write_rng_file(snap, folder)
     (folder / TRAINER_STATE_NAME).write_text(snap.trainer_state_json, encoding="utf-8")
+
+
+@dataclass
+class LargeFile:
+    """A file left for a writer process: ``kind`` is ``safetensors`` (``obj``: name -> tensor, with ``metadata``)
+    or ``torch`` (``obj`` goes through ``torch.save``)."""
+
+    kind: str
+    path: str
+    obj: Any
+    metadata: dict | None = None
+
+
+_capture_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_shard_progress_bar():
+    """``save_pretrained`` draws a "Writing model shards" bar; from a background save it would break into the
+    training progress bar on every checkpoint."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    if enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _capture_safetensors_writes(into: list):
+    """Let ``save_pretrained`` do all its own work (tied weights, weight-format conversion, sharding, config,
+    index) but record each shard instead of writing it."""
+    from transformers import modeling_utils
+
+    def record(tensors, filename, metadata=None):
+        into.append(LargeFile("safetensors", os.fspath(filename), dict(tensors), metadata))
+
+    with _capture_lock:
+        original = modeling_utils.safe_save_file
+        modeling_utils.safe_save_file = record
+        try:
+            yield
+        finally:
+            modeling_utils.safe_save_file = original

@@ -14,6 +14,7 @@ from .errors import ConfigError
 
 VERIFY_MODES = ("full", "quick")
 WHEN_BUSY_MODES = ("skip", "wait")
+WRITER_KINDS = ("auto", "process", "thread")
 
 
 def _check_positive(name: str, value: float | None, why: str) -> None:
@@ -193,9 +194,22 @@ class AsyncOptions:
     min_free_ram_fraction: float = 0.1
     """Fall back to a synchronous save when the snapshot would leave less than this fraction of RAM free."""
 
+    writer: str = "auto"
+    """Who writes in the background: ``process`` (a child process at low CPU priority that maps the snapshot
+    from shared memory: training keeps its cores and the GIL), ``thread`` (a thread in the training process), or
+    ``auto``: ``process`` for a model on the CPU where ``/dev/shm`` can hold the snapshot, else ``thread`` (a GPU
+    model keeps pinned buffers for fast copies, and training leaves its CPU cores mostly idle)."""
+
+    writer_niceness: int = 19
+    """``nice`` increment of the writer process (0-19): 19 lets it use only CPU time that training leaves idle."""
+
     def __post_init__(self) -> None:
         if self.when_busy not in WHEN_BUSY_MODES:
             raise ConfigError(f"when_busy must be one of {WHEN_BUSY_MODES} (got {self.when_busy!r}).")
+        if self.writer not in WRITER_KINDS:
+            raise ConfigError(f"writer must be one of {WRITER_KINDS} (got {self.writer!r}).")
+        if not isinstance(self.writer_niceness, int) or not 0 <= self.writer_niceness <= 19:
+            raise ConfigError(f"writer_niceness must be an integer from 0 to 19 (got {self.writer_niceness!r}).")
         if not 0 <= self.min_free_ram_fraction < 1:
             raise ConfigError(
                 f"min_free_ram_fraction must be in [0, 1) (got {self.min_free_ram_fraction!r}): it is the share of "

@@ -12,6 +12,9 @@ Modes:
   native_fsync  the same followed by fsync of every file (durable, what the Trainer alone cannot promise)
   ours_sync     AegisCheckpointCallback(async_save=False): the Trainer writes, we fsync + hash + manifest
   ours_async    AegisCheckpointCallback(): snapshot to CPU memory, write + fsync + commit in the background
+                (the default writer: a child process at nice 19 that maps the snapshot from shared memory)
+  ours_async_thread  the same with AsyncOptions(writer="thread"): the write runs on a thread of the training
+                process (shown to compare: on 2 cores it competes with training for the CPU and the GIL)
 
 Usage: python benchmarks/bench_stall.py [--sizes 10M 50M 125M] [--repeats 3] [--json out.json]
 """
@@ -33,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, SIZES, machine_description, median  # noqa: E402
 
-MODES = ("baseline", "native", "native_fsync", "ours_sync", "ours_async")
+MODES = ("baseline", "native", "native_fsync", "ours_sync", "ours_async", "ours_async_thread")
 STEPS_BETWEEN_SAVES = {"10M": 12, "50M": 8, "125M": 8}
 SAVES = 3
 
@@ -112,15 +115,17 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
         callbacks.append(NoEndSave())
         if mode == "native_fsync":
             callbacks.append(FsyncAfterSave())
-    elif mode in ("ours_sync", "ours_async"):
-        from aegis_ckpt import AegisCheckpointCallback
+    elif mode in ("ours_sync", "ours_async", "ours_async_thread"):
+        from aegis_ckpt import AegisCheckpointCallback, AsyncOptions
 
         callbacks.append(
             AegisCheckpointCallback(
                 save_interval_sec=every - 0.5,
                 max_keep=2,
                 save_on_train_end=False,
-                async_save=(mode == "ours_async"),
+                async_options=AsyncOptions(
+                    enabled=mode != "ours_sync", writer="thread" if mode == "ours_async_thread" else "auto"
+                ),
                 handle_signals=False,
                 clock=clock,
             )
@@ -233,8 +238,9 @@ def main() -> int:
 
 def format_table(summary: dict) -> str:
     lines = [
-        "| model | state | step | native | native+fsync | ours sync | ours async | async/native | async/(native+fsync) | sync/(native+fsync) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | state | step | native | native+fsync | ours sync | ours async | ours async, thread writer "
+        "| async/native | async/(native+fsync) | sync/(native+fsync) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for size, e in summary.items():
         if size.startswith("_"):
@@ -251,6 +257,7 @@ def format_table(summary: dict) -> str:
         lines.append(
             f"| {size} ({e['params_m']:.0f}M) | {e['state_gib']:.2f} GiB | {e['step_sec'] * 1000:.0f} ms "
             f"| {cell('native')} | {cell('native_fsync')} | {cell('ours_sync')} | {cell('ours_async')} "
+            f"| {cell('ours_async_thread')} "
             f"| {ratio('ours_async', 'native')} | {ratio('ours_async', 'native_fsync')} "
             f"| {ratio('ours_sync', 'native_fsync')} |"
         )

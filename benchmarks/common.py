@@ -89,24 +89,38 @@ def quiet() -> None:
 
 
 class PeakRSS:
-    """Samples this process's resident set size on a thread; ``peak`` is the highest value seen."""
+    """Samples the memory this process and its children hold, on a thread; ``peak`` is the highest total seen.
+
+    Total = this process's resident set (which includes the shared-memory snapshot buffers it filled) + the
+    unique set of each child (a writer process: its own heap and imports, not the pages it shares with us)."""
 
     def __init__(self, every_sec: float = 0.01):
         import psutil
 
         self._proc = psutil.Process()
         self.every_sec = every_sec
-        self.peak = self._proc.memory_info().rss
+        self.peak = self._total()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _total(self) -> int:
+        import psutil
+
+        total = self._proc.memory_info().rss
+        for child in self._proc.children(recursive=True):
+            try:
+                total += child.memory_full_info().uss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self.peak = max(self.peak, self._total())
             time.sleep(self.every_sec)
 
     def __enter__(self) -> PeakRSS:
-        self.baseline = self._proc.memory_info().rss
+        self.baseline = self._total()
         self.peak = self.baseline
         self._thread.start()
         return self
@@ -114,7 +128,7 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
+        self.peak = max(self.peak, self._total())
 
 
 def state_bytes(model, optimizer) -> int:

@@ -123,7 +123,7 @@ def test_accelerate_launch_two_cpu_processes_sigterm_power_cut_and_exact_resume(
     assert code != 0, output[-4000:]
     assert "AFTER TRAIN" not in output
     stopped = dict(
-        re.findall(r"\[rank(\d)\] aegis_ckpt.callback WARNING Stopped by SIGTERM: .* at step (\d+)", output)
+        re.findall(r"\[rank(\d)\] aegis_ckpt\.\w+ WARNING Stopped by SIGTERM: .* at step (\d+)", output)
     )
     assert set(stopped) == {"0", "1"} and stopped["0"] == stopped["1"], output[-4000:]
     assert output.count("exiting with code 143") == 2, output[-4000:]

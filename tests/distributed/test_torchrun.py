@@ -126,7 +126,7 @@ def test_sigterm_to_one_rank_saves_the_same_step_on_all_and_resumes_exactly(refe
     stopped = {
         int(rank): int(step)
         for rank, step in re.findall(
-            r"\[rank(\d)\] aegis_ckpt.callback WARNING Stopped by SIGTERM: .* at step (\d+)", output
+            r"\[rank(\d)\] aegis_ckpt\.\w+ WARNING Stopped by SIGTERM: .* at step (\d+)", output
         )
     }
     assert set(stopped) == {0, 1} and stopped[0] == stopped[1], output[-4000:]

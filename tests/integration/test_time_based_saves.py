@@ -63,7 +63,11 @@ def test_saves_follow_the_clock_not_the_step_count(
 def test_real_wall_clock_triggers_saves_with_save_strategy_no(tmp_path, make_trainer):
     """Each step sleeps >= 0.06 s and the interval is 0.3 s, so after any save (or train begin) a new save must
     come within 6 steps, however slow the machine is (a lower bound on elapsed time, not a speed assert)."""
-    cb = AegisCheckpointCallback(save_interval_sec=0.3, max_keep=100)
+    # "wait": a save due while the previous one is still being written waits for it instead of being deferred,
+    # so the gap bound holds whatever the writer's speed on a loaded machine.
+    cb = AegisCheckpointCallback(
+        save_interval_sec=0.3, max_keep=100, async_options=AsyncOptions(when_busy="wait")
+    )
     trainer = make_trainer(tmp_path, callbacks=[SleepPerStep(0.06), cb], save_strategy="no", max_steps=24)
     trainer.train()
     steps = [e.step for e in CheckpointStore(tmp_path).committed()]
