@@ -227,19 +227,14 @@ class AsyncSaver:
         )
 
     def _process_writer_wanted(self, trainer) -> tuple[bool, str]:
-        kind = self.options.writer
-        if kind == "thread":
+        if self.options.writer == "thread":
             return False, "writer: thread"
         if not _has_shared_memory():
-            if kind == "process":
-                logger.warning("writer: process needs /dev/shm; writing on a thread instead")
+            logger.warning("writer: process needs /dev/shm; writing on a thread instead")
             return False, "no /dev/shm"
         if not trainer.args.should_save:
             return False, "this rank writes no files"
         model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
-        on_gpu = any(p.device.type != "cpu" for p in model.parameters())
-        if kind == "auto" and on_gpu:
-            return False, "the model is on an accelerator: pinned buffers, training leaves the CPU mostly idle"
         need = estimate_snapshot_bytes(model, trainer.optimizer)
         free = shared_memory_free_bytes()
         if need > free:
@@ -249,7 +244,9 @@ class AsyncSaver:
                 need / 2**30,
             )
             return False, "/dev/shm too small"
-        return True, f"writer: {kind}"
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            logger.warning("writer: process uses unpinned shared memory: copies from the GPU are slower")
+        return True, "writer: process"
 
     def close(self) -> None:
         """Wait for the save in flight, stop the writer process and free the shared memory."""

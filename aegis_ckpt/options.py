@@ -14,7 +14,7 @@ from .errors import ConfigError
 
 VERIFY_MODES = ("full", "quick")
 WHEN_BUSY_MODES = ("skip", "wait")
-WRITER_KINDS = ("auto", "process", "thread")
+WRITER_KINDS = ("thread", "process")
 
 
 def _check_positive(name: str, value: float | None, why: str) -> None:
@@ -194,11 +194,11 @@ class AsyncOptions:
     min_free_ram_fraction: float = 0.1
     """Fall back to a synchronous save when the snapshot would leave less than this fraction of RAM free."""
 
-    writer: str = "auto"
-    """Who writes in the background: ``process`` (a child process at low CPU priority that maps the snapshot
-    from shared memory: training keeps its cores and the GIL), ``thread`` (a thread in the training process), or
-    ``auto``: ``process`` for a model on the CPU where ``/dev/shm`` can hold the snapshot, else ``thread`` (a GPU
-    model keeps pinned buffers for fast copies, and training leaves its CPU cores mostly idle)."""
+    writer: str = "thread"
+    """Who writes in the background: ``thread`` (a thread of the training process, with pinned buffers for a GPU
+    model) or ``process`` (a child process at low CPU priority that maps the snapshot from shared memory, so it
+    shares no GIL with training; Linux, CPU models). On the 2-core benchmark machine the thread stalled training
+    less (docs/benchmarks.md), so it is the default."""
 
     writer_niceness: int = 19
     """``nice`` increment of the writer process (0-19): 19 lets it use only CPU time that training leaves idle."""

@@ -11,10 +11,9 @@ Modes:
   native        the Trainer's own save_steps save (files in the page cache, not durable)
   native_fsync  the same followed by fsync of every file (durable, what the Trainer alone cannot promise)
   ours_sync     AegisCheckpointCallback(async_save=False): the Trainer writes, we fsync + hash + manifest
-  ours_async    AegisCheckpointCallback(): snapshot to CPU memory, write + fsync + commit in the background
-                (the default writer: a child process at nice 19 that maps the snapshot from shared memory)
-  ours_async_thread  the same with AsyncOptions(writer="thread"): the write runs on a thread of the training
-                process (shown to compare: on 2 cores it competes with training for the CPU and the GIL)
+  ours_async    AegisCheckpointCallback(): snapshot to CPU memory, write + fsync + commit on a background thread
+  ours_async_process  the same with AsyncOptions(writer="process"): a child process at nice 19 writes from
+                shared memory (no GIL shared with training)
 
 Usage: python benchmarks/bench_stall.py [--sizes 10M 50M 125M] [--repeats 3] [--json out.json]
 """
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, SIZES, machine_description, median  # noqa: E402
 
-MODES = ("baseline", "native", "native_fsync", "ours_sync", "ours_async", "ours_async_thread")
+MODES = ("baseline", "native", "native_fsync", "ours_sync", "ours_async", "ours_async_process")
 STEPS_BETWEEN_SAVES = {"10M": 12, "50M": 8, "125M": 8}
 SAVES = 3
 
@@ -115,7 +114,7 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
         callbacks.append(NoEndSave())
         if mode == "native_fsync":
             callbacks.append(FsyncAfterSave())
-    elif mode in ("ours_sync", "ours_async", "ours_async_thread"):
+    elif mode in ("ours_sync", "ours_async", "ours_async_process"):
         from aegis_ckpt import AegisCheckpointCallback, AsyncOptions
 
         callbacks.append(
@@ -124,7 +123,7 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
                 max_keep=2,
                 save_on_train_end=False,
                 async_options=AsyncOptions(
-                    enabled=mode != "ours_sync", writer="thread" if mode == "ours_async_thread" else "auto"
+                    enabled=mode != "ours_sync", writer="process" if mode == "ours_async_process" else "thread"
                 ),
                 handle_signals=False,
                 clock=clock,
@@ -238,7 +237,7 @@ def main() -> int:
 
 def format_table(summary: dict) -> str:
     lines = [
-        "| model | state | step | native | native+fsync | ours sync | ours async | ours async, thread writer "
+        "| model | state | step | native | native+fsync | ours sync | ours async | ours async, process writer "
         "| async/native | async/(native+fsync) | sync/(native+fsync) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -257,7 +256,7 @@ def format_table(summary: dict) -> str:
         lines.append(
             f"| {size} ({e['params_m']:.0f}M) | {e['state_gib']:.2f} GiB | {e['step_sec'] * 1000:.0f} ms "
             f"| {cell('native')} | {cell('native_fsync')} | {cell('ours_sync')} | {cell('ours_async')} "
-            f"| {cell('ours_async_thread')} "
+            f"| {cell('ours_async_process')} "
             f"| {ratio('ours_async', 'native')} | {ratio('ours_async', 'native_fsync')} "
             f"| {ratio('ours_sync', 'native_fsync')} |"
         )

@@ -21,7 +21,7 @@ from aegis_ckpt.commit import MANIFEST_NAME, read_manifest
 pytestmark = pytest.mark.slow
 
 
-def _save_step_5(make_trainer, out, clock_factory, async_save: bool, writer: str = "auto"):
+def _save_step_5(make_trainer, out, clock_factory, async_save: bool, writer: str = "thread"):
     clock = clock_factory()
     cb = AegisCheckpointCallback(
         save_interval_sec=4.5, clock=clock, async_options=AsyncOptions(enabled=async_save, writer=writer)
