@@ -169,9 +169,18 @@ step slowed down while a background writer runs. Median of interleaved repeats, 
   snapshot (a copy into CPU buffers that are reused from one save to the next) plus that competition (hashing,
   writing and `fsync` on the second core while training uses both). On a GPU machine training runs on the
   GPU and the competition mostly disappears; no GPU machine was lent to this task, so that case is not measured.
+- "ours async, process writer" is `AsyncOptions(writer="process")`: a child process at `nice` 19 writes from
+  shared memory, so it shares no GIL with training. Its figure includes the child's start (importing torch) and
+  the first touch of the shared-memory buffers, which a run pays once, spread here over only 3 saves; and saves
+  that came due while the low-priority writer was still busy waited for it. Where it is not below the thread's
+  figure, the thread stays the better default on this machine (docs/async-saves.md).
+- The background write's throughput is below the disk's when the writer competes with training for the CPU:
+  on this VM writing, hashing and flushing cost CPU time of their own (mostly system time), taken from the same
+  two cores.
 - "native" is the Trainer's own save without `fsync`: the data is only in the page cache when it returns, and a
   power cut loses it. "native+fsync" is the cheapest durable save the Trainer could make; "ours sync" adds
-  hashing and the manifest on top of that; "ours async" moves all of it off the training loop.
+  hashing (xxh3 for the manifest and, with the audit log's default `audit_sha256`, SHA-256 as well; the hashing
+  runs while the `fsync`s are in flight) and the manifest on top of that; "ours async" moves all of it off the training loop.
 - Negative or widely spread stalls mean the difference is within the noise of this shared machine for that size.
 - Full verification reads every byte once and hashes it with xxh3 (tens of GB/s); it is bound by the disk.
 """
