@@ -155,6 +155,9 @@ def _has_shared_memory() -> bool:
     return shared_memory_root() is not None
 
 
+RAM_CHECK_PERIOD_SEC = 2.0  # between saves, a stale answer is at most this old
+
+
 def estimate_snapshot_bytes(model, optimizer) -> int:
     """Bytes a snapshot copies: the model's state dict (tied weights once) and the optimizer's tensors."""
     import torch
@@ -187,6 +190,7 @@ class AsyncSaver:
         self.off_reason: str | None = None
         self.uses_process = False
         self._deferred_since_step: int | None = None
+        self._ram_checked_at: float | None = None
 
     @property
     def enabled(self) -> bool:
@@ -199,6 +203,7 @@ class AsyncSaver:
     def choose_mode(self, trainer) -> None:
         """Decide once per training run, and say so once."""
         self._deferred_since_step = None
+        self._ram_checked_at = None
         if not self.options.enabled:
             self.off_reason = "async_save=False"
             return
@@ -254,10 +259,19 @@ class AsyncSaver:
         if self.buffers.shm_dir is not None:
             self.buffers.clear()
 
-    def fits_in_ram(self, trainer, args) -> bool:
-        """Checked before the first snapshot only (later ones reuse its buffers); a refusal is final."""
-        if self.buffers.nbytes or not args.should_save or trainer is None or not self.enabled:
+    def fits_in_ram(self, trainer, args, *, now: float, urgent: bool) -> bool:
+        """Checked before the first snapshot only (later ones reuse its buffers); a refusal is final.
+
+        The check walks the state dicts and reads /proc/meminfo: about a millisecond, which is several percent
+        of a small model's step. So until the first snapshot it runs at most every ``RAM_CHECK_PERIOD_SEC``, and
+        always when ``urgent`` (this rank is about to save)."""
+        if self.buffers.nbytes or trainer is None or not self.enabled:
             return True
+        if not urgent and self._ram_checked_at is not None and now - self._ram_checked_at < RAM_CHECK_PERIOD_SEC:
+            return True
+        if not args.should_save:  # a property that reads the environment: not on every step
+            return True
+        self._ram_checked_at = now
         import psutil
 
         model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)

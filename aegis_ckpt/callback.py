@@ -286,13 +286,14 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
         if self._exception_saves_active:
             self._step_rng = capture_rng_state(include_numpy=False)
         self._collect_async(wait=False)
-        local = StepFlags(
-            save_due=int(self.policy.is_due(self.clock())),
-            signal=(self.watcher.triggered or 0) if self.watcher is not None else 0,
-            writer_busy=int(self._async.busy),
-            sync_only=int(not self._async.fits_in_ram(self._trainer, args)),
-        )
+        now = self.clock()
+        save_due = int(self.policy.is_due(now))
+        signal = (self.watcher.triggered or 0) if self.watcher is not None else 0
         final = state.global_step >= state.max_steps
+        fits = self._async.fits_in_ram(self._trainer, args, now=now, urgent=bool(save_due or signal or final))
+        local = StepFlags(
+            save_due=save_due, signal=signal, writer_busy=int(self._async.busy), sync_only=int(not fits)
+        )
         try:
             agreed = self._agreement.exchange(local, step=state.global_step, sync=final)
         except PeerLostError as e:

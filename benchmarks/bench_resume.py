@@ -19,6 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SIZES, RandomTokens, cold_read_bandwidth, evict_tree, median, quiet, training_args  # noqa: E402
 
 
+RESUME_STEP = 2  # the checkpoint that every resume run starts from
+
+
 def make_checkpoint(out: Path, size_name: str) -> Path:
     """Two real training steps of the model, saved and committed by our callback (the final save)."""
     from transformers import Trainer
@@ -29,12 +32,13 @@ def make_checkpoint(out: Path, size_name: str) -> Path:
     cb = AegisCheckpointCallback(save_interval_sec=1e9, handle_signals=False)
     trainer = Trainer(
         model=size.build(),
-        args=training_args(out, max_steps=2),
+        args=training_args(out, max_steps=RESUME_STEP),
         train_dataset=RandomTokens(size.vocab),
         callbacks=[cb],
     )
     trainer.train()
-    return out / "checkpoint-2"
+    _keep_only(out, f"checkpoint-{RESUME_STEP}")  # resume benchmarks start from the checkpoint alone
+    return out / f"checkpoint-{RESUME_STEP}"
 
 
 def bench_verify(folder: Path, repeats: int) -> dict:
@@ -87,25 +91,60 @@ def bench_quick_scan(tmp: Path, repeats: int = 50) -> dict:
     return {"scan_ms": median(scan) * 1000, "find_quick_ms": median(find) * 1000}
 
 
-def _resume_seconds(out: Path, size_name: str, resume_path: str | None, ours: bool, verify: str) -> float:
-    """Time from "decide where to resume" to a Trainer that restored everything (0 steps left to run)."""
+class _ReadyClock:
+    """Records when the Trainer is about to run its first step after resuming: the model, optimizer,
+    scheduler, trainer state and RNG states are all restored by then (the RNG states are loaded at the start of
+    the epoch loop, before ``on_step_begin``)."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if clock.ready_at is None:
+                    clock.ready_at = time.perf_counter()
+
+        self.ready_at: float | None = None
+        self.callback = _Callback()
+
+
+def _keep_only(out: Path, name: str) -> None:
+    """Put the folder back as it was before a resume run: the run goes on for one step and saves it, and our
+    callback leaves its run state; the next repeat must resume from the same checkpoint."""
+    for entry in out.iterdir():
+        if entry.name != name:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _resume_seconds(out: Path, size_name: str, ours: bool, verify: str) -> float:
+    """Time from "decide where to resume" to a Trainer that restored everything and is about to run the next
+    step. The run is one step longer than the checkpoint so that this moment exists."""
     from transformers import Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
     from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
 
     size = SIZES[size_name]
-    callbacks = [AegisCheckpointCallback(save_interval_sec=1e9, handle_signals=False)] if ours else []
+    clock = _ReadyClock()
+    callbacks = [clock.callback]
+    if ours:
+        callbacks.append(AegisCheckpointCallback(save_interval_sec=1e9, handle_signals=False))
     trainer = Trainer(
         model=size.build(),
-        args=training_args(out, max_steps=2),
+        args=training_args(out, max_steps=RESUME_STEP + 1),
         train_dataset=RandomTokens(size.vocab),
         callbacks=callbacks,
     )
     t = time.perf_counter()
     resume = find_resume_checkpoint(out, verify=verify) if ours else get_last_checkpoint(str(out))
+    assert resume is not None and resume.endswith(f"checkpoint-{RESUME_STEP}"), resume
     trainer.train(resume_from_checkpoint=resume)
-    return time.perf_counter() - t
+    assert clock.ready_at is not None, "the resumed run never reached a step"
+    seconds = clock.ready_at - t
+    _keep_only(out, f"checkpoint-{RESUME_STEP}")
+    return seconds
 
 
 def bench_resume(out: Path, size_name: str, repeats: int) -> dict:
@@ -120,7 +159,7 @@ def bench_resume(out: Path, size_name: str, repeats: int) -> dict:
             ):
                 if cache == "cold":
                     evict_tree(out)
-                bucket.append(_resume_seconds(out, size_name, None, ours, verify))
+                bucket.append(_resume_seconds(out, size_name, ours, verify))
         results[cache] = {
             "trainer_resume_sec": median(native),
             "ours_full_sec": median(full),
