@@ -97,7 +97,9 @@ class AsyncCheckpointWriter:
     def _persist(self, job: SaveJob) -> Manifest:
         if job.snapshot is not None and job.snapshot.is_main:
             self._write(job.snapshot, job.staging)
-        return commit_checkpoint(job.staging, step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256)
+        return commit_checkpoint(
+            job.staging, step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256
+        )
 
     def _run(self, job: SaveJob) -> None:
         started = time.perf_counter()
@@ -267,7 +269,11 @@ class AsyncSaver:
         always when ``urgent`` (this rank is about to save)."""
         if self.buffers.nbytes or trainer is None or not self.enabled:
             return True
-        if not urgent and self._ram_checked_at is not None and now - self._ram_checked_at < RAM_CHECK_PERIOD_SEC:
+        if (
+            not urgent
+            and self._ram_checked_at is not None
+            and now - self._ram_checked_at < RAM_CHECK_PERIOD_SEC
+        ):
             return True
         if not args.should_save:  # a property that reads the environment: not on every step
             return True
@@ -326,9 +332,7 @@ class AsyncSaver:
                 # writer process as references into shared memory.
                 large: list = []
                 write_snapshot(snapshot, staging, defer_large=large)
-                payload = encode_job(
-                    WriteJob(str(staging), large, step, reason, meta, sha256), self.buffers
-                )
+                payload = encode_job(WriteJob(str(staging), large, step, reason, meta, sha256), self.buffers)
                 snapshot = None
             self.writer.submit(
                 SaveJob(
@@ -342,5 +346,7 @@ class AsyncSaver:
                     payload=payload,
                 )
             )
-        logger.debug("step %d: snapshot of %.1f MB in %.3f s", step, self.buffers.copied_bytes / 1e6, snapshot_sec)
+        logger.debug(
+            "step %d: snapshot of %.1f MB in %.3f s", step, self.buffers.copied_bytes / 1e6, snapshot_sec
+        )
         return self.buffers.copied_bytes

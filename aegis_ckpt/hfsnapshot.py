@@ -356,7 +356,9 @@ def write_snapshot(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    capture = _capture_safetensors_writes(defer_large) if defer_large is not None else contextlib.nullcontext()
+    capture = (
+        _capture_safetensors_writes(defer_large) if defer_large is not None else contextlib.nullcontext()
+    )
     with capture, _no_shard_progress_bar():
         snap.model.save_pretrained(str(folder), state_dict=dict(snap.model_state), safe_serialization=True)
     if snap.processing_class is not None:

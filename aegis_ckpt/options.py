@@ -209,7 +209,9 @@ class AsyncOptions:
         if self.writer not in WRITER_KINDS:
             raise ConfigError(f"writer must be one of {WRITER_KINDS} (got {self.writer!r}).")
         if not isinstance(self.writer_niceness, int) or not 0 <= self.writer_niceness <= 19:
-            raise ConfigError(f"writer_niceness must be an integer from 0 to 19 (got {self.writer_niceness!r}).")
+            raise ConfigError(
+                f"writer_niceness must be an integer from 0 to 19 (got {self.writer_niceness!r})."
+            )
         if not 0 <= self.min_free_ram_fraction < 1:
             raise ConfigError(
                 f"min_free_ram_fraction must be in [0, 1) (got {self.min_free_ram_fraction!r}): it is the share of "

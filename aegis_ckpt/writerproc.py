@@ -104,7 +104,15 @@ class _RefPickler(pickle.Pickler):
         if isinstance(obj, torch.Tensor) and obj.device.type == "cpu":
             ref = self._buffers.shm_ref(obj)
             if ref is not None:
-                return ("shm", ref.path, ref.dtype, ref.numel, obj.storage_offset(), tuple(obj.shape), obj.stride())
+                return (
+                    "shm",
+                    ref.path,
+                    ref.dtype,
+                    ref.numel,
+                    obj.storage_offset(),
+                    tuple(obj.shape),
+                    obj.stride(),
+                )
         return None
 
 
@@ -151,7 +159,9 @@ def run_job(job: WriteJob):
         else:
             raise ValueError(f"unknown file kind {item.kind!r}")
     job.files = []  # unmap before hashing
-    return commit_checkpoint(Path(job.staging), step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256)
+    return commit_checkpoint(
+        Path(job.staging), step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256
+    )
 
 
 # ---- the child ---------------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Per-step overhead of AegisCheckpointCallback when no save is due, single process and 2 ranks on gloo.
 
-A tiny GPT-2 (steps of a few tens of milliseconds, where a per-step cost shows most) trains the same number of
+Two measures. Directly: the time the training thread spends inside the callback's event methods per step (they
+are wrapped with a timer), against the step time. As a check that nothing outside those methods costs time: a
+tiny GPT-2 (steps of a few tens of milliseconds, where a per-step cost shows most) trains the same number of
 steps with and without the callback (its interval far away, so it only checks the clock, agrees across ranks and
 snapshots the step-end RNG for exception saves). Runs alternate with/without and repeat; the overhead is the
 median of the paired differences of the mean step time. Under torchrun the agreement is the pipelined
@@ -46,7 +48,9 @@ def child(with_callback: bool, steps: int, out_dir: str) -> dict:
     if with_callback:
         from aegis_ckpt import AegisCheckpointCallback
 
-        callbacks.insert(0, AegisCheckpointCallback(save_interval_sec=1e9, save_on_train_end=False))
+        ours = AegisCheckpointCallback(save_interval_sec=1e9, save_on_train_end=False)
+        hook_calls = _time_hooks(ours, TrainerCallback)
+        callbacks.insert(0, ours)
     distributed = {"ddp_backend": "gloo"} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
     args = training_args(out_dir, max_steps=steps, per_device_train_batch_size=8, **distributed)
     trainer = Trainer(
@@ -54,7 +58,33 @@ def child(with_callback: bool, steps: int, out_dir: str) -> dict:
     )
     trainer.train()
     warm = times.t[steps // 10 :]  # the first steps include warm-up
-    return {"step_sec": (warm[-1] - warm[0]) / (len(warm) - 1), "rank": args.process_index}
+    result = {"step_sec": (warm[-1] - warm[0]) / (len(warm) - 1), "rank": args.process_index}
+    if with_callback:
+        inside = sum(d for at, d in hook_calls if warm[0] < at <= warm[-1])
+        result["hook_sec_per_step"] = inside / (len(warm) - 1)
+    return result
+
+
+def _time_hooks(callback, base) -> list[tuple[float, float]]:
+    """Wrap every event method of ``callback`` (on this instance) to record (end time, seconds inside): the
+    callback's own cost on the training thread, measured directly instead of as a small difference of two noisy
+    runs."""
+    calls: list[tuple[float, float]] = []
+    for name in dir(base):
+        if not name.startswith("on_"):
+            continue
+        method = getattr(callback, name)
+
+        def timed(*a, _method=method, **k):
+            t = time.perf_counter()
+            try:
+                return _method(*a, **k)
+            finally:
+                end = time.perf_counter()
+                calls.append((end, end - t))
+
+        setattr(callback, name, timed)
+    return calls
 
 
 def run(with_callback: bool, steps: int, nproc: int) -> float:
@@ -80,19 +110,22 @@ def run(with_callback: bool, steps: int, nproc: int) -> float:
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-3000:])
         results = [json.loads(p.read_text()) for p in Path(tmp).glob("result-rank*.json")]
-        return max(r["step_sec"] for r in results)  # the job goes at the pace of its slowest rank
+        # The job goes at the pace of its slowest rank.
+        return max(r["step_sec"] for r in results), max(r.get("hook_sec_per_step", 0.0) for r in results)
 
 
 def measure(nproc: int, steps: int, repeats: int) -> dict:
-    diffs, base, ours = [], [], []
+    diffs, base, ours, inside = [], [], [], []
     for i in range(repeats):
         order = (False, True) if i % 2 == 0 else (True, False)
         got = {flag: run(flag, steps, nproc) for flag in order}
-        base.append(got[False])
-        ours.append(got[True])
-        diffs.append((got[True] - got[False]) / got[False])
-        print(f"  {nproc} process(es), repeat {i + 1}: without {got[False] * 1000:.2f} ms/step, "
-              f"with {got[True] * 1000:.2f} ms/step", flush=True)  # fmt: skip
+        base.append(got[False][0])
+        ours.append(got[True][0])
+        inside.append(got[True][1] / got[True][0])
+        diffs.append((got[True][0] - got[False][0]) / got[False][0])
+        print(f"  {nproc} process(es), repeat {i + 1}: without {got[False][0] * 1000:.2f} ms/step, "
+              f"with {got[True][0] * 1000:.2f} ms/step, {got[True][1] * 1e6:.0f} us/step inside the callback",
+              flush=True)  # fmt: skip
     return {
         "processes": nproc,
         "step_ms_without": median(base) * 1000,
@@ -100,17 +133,23 @@ def measure(nproc: int, steps: int, repeats: int) -> dict:
         "overhead": median(diffs),
         "overhead_min": min(diffs),
         "overhead_max": max(diffs),
+        "inside_share": median(inside),
+        "inside_us": median(ours) * median(inside) * 1e6,
     }
 
 
 def format_table(results: list[dict]) -> str:
     lines = [
-        "| processes | step without callback | step with callback | overhead (median of paired runs) | spread |",
-        "| --- | --- | --- | --- | --- |",
+        "| processes | step without callback | step with callback | time inside the callback per step | "
+        "wall-clock difference (median of paired runs) | spread of the difference |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
+        inside = (
+            f"{r['inside_us']:.0f} us ({r['inside_share']:.2%} of a step)" if "inside_share" in r else "not measured"
+        )
         lines.append(
-            f"| {r['processes']} | {r['step_ms_without']:.2f} ms | {r['step_ms_with']:.2f} ms | "
+            f"| {r['processes']} | {r['step_ms_without']:.2f} ms | {r['step_ms_with']:.2f} ms | {inside} | "
             f"{r['overhead']:+.2%} | {r['overhead_min']:+.2%} .. {r['overhead_max']:+.2%} |"
         )
     return "\n".join(lines)

@@ -18,7 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import SIZES, RandomTokens, cold_read_bandwidth, evict_tree, median, quiet, training_args  # noqa: E402
 
-
 RESUME_STEP = 2  # the checkpoint that every resume run starts from
 
 

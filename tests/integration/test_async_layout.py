@@ -94,11 +94,15 @@ def test_async_refused_when_ram_cannot_hold_the_snapshot(tmp_path, make_trainer,
     cb = AegisCheckpointCallback(
         save_interval_sec=4.5, clock=fake_clock, async_options=AsyncOptions(min_free_ram_fraction=0.99)
     )
-    trainer = make_trainer(tmp_path, callbacks=[ClockTicker(fake_clock, 1.0), cb, StopAtStep(5)], max_steps=20)
+    trainer = make_trainer(
+        tmp_path, callbacks=[ClockTicker(fake_clock, 1.0), cb, StopAtStep(5)], max_steps=20
+    )
     with caplog.at_level("WARNING", logger="aegis_ckpt"):
         trainer.train()
     assert read_manifest(tmp_path / "checkpoint-5").meta["async"] is False
-    refusals = [r.getMessage() for r in caplog.records if "Saving synchronously from now on" in r.getMessage()]
+    refusals = [
+        r.getMessage() for r in caplog.records if "Saving synchronously from now on" in r.getMessage()
+    ]
     assert len(refusals) == 1 and "GiB of RAM" in refusals[0], refusals
 
 
@@ -112,7 +116,9 @@ def test_ram_check_runs_when_a_save_is_near_not_every_step(tmp_path, make_traine
     monkeypatch.setattr(asyncsave, "estimate_snapshot_bytes", lambda *a: checks.append(1) or real(*a))
     cb = AegisCheckpointCallback(save_interval_sec=10.5, clock=fake_clock)
     # 0.25 s of clock per step: 10 steps between checks; the save comes due at step 42.
-    trainer = make_trainer(tmp_path, callbacks=[ClockTicker(fake_clock, 0.25), cb, StopAtStep(42)], max_steps=100)
+    trainer = make_trainer(
+        tmp_path, callbacks=[ClockTicker(fake_clock, 0.25), cb, StopAtStep(42)], max_steps=100
+    )
     trainer.train()
     assert read_manifest(tmp_path / "checkpoint-42").meta["async"] is True
     assert 5 <= len(checks) <= 8, len(checks)  # about one per 8 steps and one for the save; not 42

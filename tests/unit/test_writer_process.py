@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -48,8 +47,13 @@ def writer():
 
 
 def _job(buffers, staging: Path, step: int = 7) -> tuple[WriteJob, dict]:
-    weights = {"w": buffers.copy(("m", "w"), torch.randn(64, 32)), "b": buffers.copy(("m", "b"), torch.arange(5.0))}
-    optim = {"state": {0: {"exp_avg": buffers.copy(("o", 0), torch.randn(64, 32)), "step": torch.tensor(3.0)}}}
+    weights = {
+        "w": buffers.copy(("m", "w"), torch.randn(64, 32)),
+        "b": buffers.copy(("m", "b"), torch.arange(5.0)),
+    }
+    optim = {
+        "state": {0: {"exp_avg": buffers.copy(("o", 0), torch.randn(64, 32)), "step": torch.tensor(3.0)}}
+    }
     staging.mkdir(parents=True)
     (staging / "config.json").write_text("{}")
     files = [
@@ -71,7 +75,9 @@ def test_the_child_writes_what_the_buffers_hold_and_commits(tmp_path, buffers, w
     assert manifest.step == 7 and seconds >= 0
     assert verify_checkpoint(tmp_path / "staging", full=True).ok
     loaded = load_file(tmp_path / "staging" / "model.safetensors")
-    assert torch.equal(loaded["w"], expected["weights"]["w"]) and torch.equal(loaded["b"], expected["weights"]["b"])
+    assert torch.equal(loaded["w"], expected["weights"]["w"]) and torch.equal(
+        loaded["b"], expected["weights"]["b"]
+    )
     optim = torch.load(tmp_path / "staging" / "optimizer.pt")
     assert torch.equal(optim["state"][0]["exp_avg"], expected["optim"]["state"][0]["exp_avg"])
     assert psutil.Process(writer.pid).nice() == 19
@@ -93,7 +99,9 @@ class _DieWhileWriting:
         return (os.abort, ())
 
 
-def test_a_child_that_dies_during_a_job_fails_that_job_and_is_restarted_for_the_next(tmp_path, buffers, writer):
+def test_a_child_that_dies_during_a_job_fails_that_job_and_is_restarted_for_the_next(
+    tmp_path, buffers, writer
+):
     first, _ = _job(buffers, tmp_path / "a", step=1)
     writer.run(encode_job(first, buffers))
     pid = writer.pid
