@@ -7,6 +7,7 @@ two strides."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -37,7 +38,7 @@ def test_ranks_agree_at_the_same_spaced_steps_and_see_a_signal_together(tmp_path
     expected_stride = math.ceil(AGREE_EVERY_SEC / STEP_SEC)
     assert calls[-1]["stride"] == expected_stride
     agreement_calls = [c["call"] for c in calls if c["agreement"]]
-    gaps = {b - a for a, b in zip(agreement_calls[5:-1], agreement_calls[6:-1])}
+    gaps = {b - a for a, b in itertools.pairwise(agreement_calls[5:-1])}
     assert gaps == {expected_stride}, agreement_calls
     assert len(agreement_calls) < CALLS / expected_stride + 6  # not one collective per step
 
