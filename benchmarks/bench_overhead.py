@@ -146,7 +146,9 @@ def format_table(results: list[dict]) -> str:
     ]
     for r in results:
         inside = (
-            f"{r['inside_us']:.0f} us ({r['inside_share']:.2%} of a step)" if "inside_share" in r else "not measured"
+            f"{r['inside_us']:.0f} us ({r['inside_share']:.2%} of a step)"
+            if "inside_share" in r
+            else "not measured"
         )
         lines.append(
             f"| {r['processes']} | {r['step_ms_without']:.2f} ms | {r['step_ms_with']:.2f} ms | {inside} | "

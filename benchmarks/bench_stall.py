@@ -123,7 +123,8 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
                 max_keep=2,
                 save_on_train_end=False,
                 async_options=AsyncOptions(
-                    enabled=mode != "ours_sync", writer="process" if mode == "ours_async_process" else "thread"
+                    enabled=mode != "ours_sync",
+                    writer="process" if mode == "ours_async_process" else "thread",
                 ),
                 handle_signals=False,
                 clock=clock,

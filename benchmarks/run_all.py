@@ -153,9 +153,7 @@ def targets(stall: dict, overhead: list, resume: dict, lost: list) -> list[tuple
     return rows  # fmt: skip
 
 
-def render(
-    machine: str, command: str, stall: dict, overhead: list, resume: dict, lost: list
-) -> str:
+def render(machine: str, command: str, stall: dict, overhead: list, resume: dict, lost: list) -> str:
     rows = targets(stall, overhead, resume, lost)
     target_lines = ["| target | measured | met |", "| --- | --- | --- |"]
     for name, measured, met in rows:
