@@ -1,8 +1,9 @@
 """Run every benchmark, print the tables, and (with --write-docs) write docs/benchmarks.md from this run.
 
-    .venv/bin/python benchmarks/run_all.py                 # about 25 minutes on 2 vCPUs
+    .venv/bin/python benchmarks/run_all.py                 # about 40 minutes on 2 vCPUs
     .venv/bin/python benchmarks/run_all.py --write-docs    # the same, then docs/benchmarks.md from the numbers
     .venv/bin/python benchmarks/run_all.py --quick         # 10M model only, fewer repeats (a smoke run)
+    .venv/bin/python benchmarks/run_all.py --reuse ...     # keep benchmarks/results/*.json that exist
 
 Run it on an otherwise idle machine: every figure is a difference or ratio of runs taken side by side, but two
 busy cores make any other process part of the measurement.
