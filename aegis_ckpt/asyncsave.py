@@ -275,9 +275,9 @@ class AsyncSaver:
             and now - self._ram_checked_at < RAM_CHECK_PERIOD_SEC
         ):
             return True
+        self._ram_checked_at = now  # also on ranks that write nothing: the rate limit applies to them too
         if not args.should_save:  # a property that reads the environment: not on every step
             return True
-        self._ram_checked_at = now
         import psutil
 
         model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
