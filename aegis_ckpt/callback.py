@@ -135,7 +135,8 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
         self.last_commit_path: Path | None = None
         self.stop_signal: int | None = None
         self.watcher: SignalWatcher | None = None
-        self._agreement = StepAgreement()
+        # One clock for the save interval and the agreement stride.
+        self._agreement = StepAgreement(clock=self.clock)
         self._guard = TrainGuard(self._save_after_exception)
         self._trainer = None
         self._phase = StepPhase.CONSISTENT
