@@ -4,9 +4,11 @@
 
     training thread (step end)          background thread                 training thread (a later step end)
     ---------------------------         -----------------------------     ----------------------------------
-    take_snapshot()  <- only stall  ->  write_snapshot(.aegis/staging/     publish(): rename the committed
-    submit(job)                         step-N), commit_checkpoint()       staging folder to checkpoint-N,
-                                        (fsync + manifest inside staging)  fsync, prune
+    take_snapshot()  <- only stall  ->  write_snapshot_files(.aegis/      publish(): rename the committed
+    submit(job)                         staging/step-N) (directwrite:      staging folder to checkpoint-N,
+                                        O_DIRECT, hashed in flight),       fsync, prune
+                                        commit_checkpoint(known=digests)
+                                        (fsync + manifest inside staging)
 
 The staging folder is complete and committed (it carries its manifest) before the rename makes it visible as
 ``checkpoint-N`` in one atomic step, so the commit protocol's guarantee holds unchanged. Publishing happens on the
@@ -37,6 +39,7 @@ from .hfsnapshot import (
     unsupported_reason,
     write_rng_file,
     write_snapshot,
+    write_snapshot_files,
 )
 from .options import AsyncOptions
 from .writerproc import (
@@ -72,8 +75,12 @@ class SaveJob:
 class AsyncCheckpointWriter:
     """Runs at most one ``SaveJob`` at a time on a background thread that writes and commits in-process."""
 
-    def __init__(self, write: Callable[[TrainerSnapshot, Path], None] = write_snapshot):
-        self._write = write
+    def __init__(self, write: Callable[..., dict | None] | None = None):
+        """``write(snapshot, folder, sha256=...)`` writes the main process's files and may return digests of
+        files it hashed while writing (relative name -> ``FileDigest``); by default ``write_snapshot_files``
+        with one reused ``AlignedBuffer``."""
+        self._write = write if write is not None else self._write_direct
+        self._buffer = None  # directwrite.AlignedBuffer, made on the first save and kept
         self._job: SaveJob | None = None
         self._thread: threading.Thread | None = None
 
@@ -94,11 +101,19 @@ class AsyncCheckpointWriter:
         )
         self._thread.start()
 
+    def _write_direct(self, snapshot: TrainerSnapshot, folder: Path, *, sha256: bool) -> dict:
+        from .directwrite import AlignedBuffer
+
+        if self._buffer is None:
+            self._buffer = AlignedBuffer()
+        return write_snapshot_files(snapshot, folder, sha256=sha256, buffer=self._buffer)
+
     def _persist(self, job: SaveJob) -> Manifest:
+        known = None
         if job.snapshot is not None and job.snapshot.is_main:
-            self._write(job.snapshot, job.staging)
+            known = self._write(job.snapshot, job.staging, sha256=job.sha256)
         return commit_checkpoint(
-            job.staging, step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256
+            job.staging, step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256, known=known
         )
 
     def _run(self, job: SaveJob) -> None:

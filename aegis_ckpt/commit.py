@@ -222,8 +222,14 @@ def commit_checkpoint(
     reason: str = "",
     meta: dict[str, Any] | None = None,
     sha256: bool = False,
+    known: dict[str, FileDigest] | None = None,
 ) -> Manifest:
     """Make every file in ``folder`` durable, then write the manifest that marks the folder committed.
+
+    ``known`` maps relative names to digests that the writer computed from memory while writing (see
+    ``directwrite``): such a file is not read back, only its size on disk is checked against the digest (a
+    mismatch is a ``CommitError``); it is flushed like every other file. The digests must carry a sha256 when
+    ``sha256`` is asked for; those that do not are read back.
 
     Raises:
         CommitError: the folder is missing or empty, or a file could not be read or flushed. The folder is then
@@ -250,7 +256,17 @@ def commit_checkpoint(
             flushes = [pool.submit(fsync_file, folder / name) for name in names]
             try:
                 for name in names:
-                    files[name] = hash_file(folder / name, sha256=sha256, buffer=buffer)
+                    digest = (known or {}).get(name)
+                    if digest is not None and (digest.sha256 is not None or not sha256):
+                        on_disk = os.stat(folder / name).st_size
+                        if on_disk != digest.size:
+                            raise CommitError(
+                                f"cannot commit {folder}: {name} has {on_disk} bytes on disk, "
+                                f"{digest.size} were written"
+                            )
+                        files[name] = digest if sha256 else FileDigest(digest.size, digest.xxh3_128)
+                    else:
+                        files[name] = hash_file(folder / name, sha256=sha256, buffer=buffer)
             except BaseException:
                 for flush in flushes:
                     flush.cancel()

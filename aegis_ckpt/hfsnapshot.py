@@ -377,6 +377,28 @@ def write_snapshot(
     (folder / TRAINER_STATE_NAME).write_text(snap.trainer_state_json, encoding="utf-8")
 
 
+def write_snapshot_files(
+    snap: TrainerSnapshot, folder: str | os.PathLike, *, sha256: bool = False, buffer=None
+):
+    """``write_snapshot`` for a background writer: the small files as usual, the weight shards and
+    ``optimizer.pt`` through ``directwrite`` (one copy, no page cache, hashed from memory). Returns the digests
+    of those large files by name relative to ``folder``, for ``commit_checkpoint(known=...)``."""
+    from .directwrite import AlignedBuffer, write_large_files
+
+    folder = Path(folder)
+    large: list[LargeFile] = []
+    write_snapshot(snap, folder, defer_large=large)
+    own_buffer = buffer is None
+    buffer = AlignedBuffer() if own_buffer else buffer
+    try:
+        digests = write_large_files(large, buffer, sha256=sha256)
+    finally:
+        if own_buffer:
+            buffer.close()
+    root = os.path.abspath(folder)
+    return {Path(os.path.relpath(path, root)).as_posix(): d for path, d in digests.items()}
+
+
 @dataclass
 class LargeFile:
     """A file left for a writer process: ``kind`` is ``safetensors`` (``obj``: name -> tensor, with ``metadata``)
@@ -413,11 +435,18 @@ def _capture_safetensors_writes(into: list):
     index) but record each shard instead of writing it."""
     from transformers import modeling_utils
 
-    def record(tensors, filename, metadata=None):
-        into.append(LargeFile("safetensors", os.fspath(filename), dict(tensors), metadata))
+    capturing_thread = threading.get_ident()
 
     with _capture_lock:
         original = modeling_utils.safe_save_file
+
+        def record(tensors, filename, metadata=None):
+            # The patch is module-wide: a save_pretrained on another thread (the Trainer's own save while a
+            # background save runs) must still write its weights.
+            if threading.get_ident() != capturing_thread:
+                return original(tensors, filename, metadata=metadata)
+            into.append(LargeFile("safetensors", os.fspath(filename), dict(tensors), metadata))
+
         modeling_utils.safe_save_file = record
         try:
             yield

@@ -145,23 +145,24 @@ def decode_job(payload: bytes) -> WriteJob:
 
 
 def run_job(job: WriteJob):
-    """Write the large files, then commit the staging folder; returns the manifest."""
-    import torch
-    from safetensors.torch import save_file
-
+    """Write the large files (``directwrite``: no page cache, hashed from memory), then commit the staging
+    folder; returns the manifest."""
     from .commit import commit_checkpoint
+    from .directwrite import AlignedBuffer, write_large_files
 
-    for item in job.files:
-        if item.kind == "safetensors":
-            save_file(item.obj, item.path, metadata=item.metadata)
-        elif item.kind == "torch":
-            torch.save(item.obj, item.path)
-        else:
-            raise ValueError(f"unknown file kind {item.kind!r}")
-    job.files = []  # unmap before hashing
+    global _buffer
+    if _buffer is None:
+        _buffer = AlignedBuffer()
+    digests = write_large_files(job.files, _buffer, sha256=job.sha256)
+    job.files = []  # unmap before the commit
+    staging = os.path.abspath(job.staging)
+    known = {Path(os.path.relpath(path, staging)).as_posix(): d for path, d in digests.items()}
     return commit_checkpoint(
-        Path(job.staging), step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256
+        Path(job.staging), step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256, known=known
     )
+
+
+_buffer = None  # the child's reused directwrite.AlignedBuffer
 
 
 # ---- the child ---------------------------------------------------------------------------------------------------

@@ -208,6 +208,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--modes", nargs="+", default=list(MODES), choices=list(MODES), help="a subset, for a quick look"
+    )
     p.add_argument("--json", help="write raw runs and the summary here")
     p.add_argument("--child", nargs=3, metavar=("SIZE", "MODE", "DIR"), help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -224,10 +227,27 @@ def main() -> int:
     runs = []
     for size in a.sizes:
         for repeat in range(a.repeats):
-            for mode in MODES:
+            for mode in [m for m in MODES if m in a.modes or m == "baseline"]:
                 r = run_child(size, mode)
                 runs.append(r)
                 print(f"  {size:>4} {mode:<12} repeat {repeat + 1}: {r['seconds']:.2f} s", flush=True)
+    if set(a.modes) | {"baseline"} != set(MODES):
+        print("(a subset of the modes: no table)")
+        for size in a.sizes:
+            base = [r["seconds"] for r in runs if r["size"] == size and r["mode"] == "baseline"]
+            for mode in a.modes:
+                if mode == "baseline":
+                    continue
+                stalls = [
+                    (r["seconds"] - b) / SAVES
+                    for r, b in zip(
+                        [r for r in runs if r["size"] == size and r["mode"] == mode], base, strict=True
+                    )
+                ]
+                print(
+                    f"  {size:>4} {mode:<20} stall per save: {median(stalls):.2f} s ({min(stalls):.2f}..{max(stalls):.2f})"
+                )
+        return 0
     summary = summarize(runs)
     summary["_disk_write_fsync_mb_per_sec"] = disk_bw / 1e6
     print(format_table(summary))

@@ -166,7 +166,7 @@ def test_a_save_due_while_the_writer_is_busy_is_deferred_not_stacked(
     writes: list[tuple[int, float, float]] = []
     free_after_step: list[int] = []
 
-    def slow_write(snapshot, folder):
+    def slow_write(snapshot, folder, *, sha256):
         started = time.monotonic()
         if snapshot.step == 3:
             release.wait(30)  # a slow disk for the first save only

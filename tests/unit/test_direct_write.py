@@ -1,0 +1,225 @@
+"""``directwrite``: the large files of an asynchronous save, written once through an aligned buffer (O_DIRECT
+where the file system takes it) and hashed from memory. The files must be exactly what ``safetensors.save_file``
+and ``torch.save`` produce for loaders, and the digests exactly what reading the file back gives."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from aegis_ckpt import commit, directwrite
+from aegis_ckpt.commit import FileDigest, commit_checkpoint, hash_file, read_manifest, verify_checkpoint
+from aegis_ckpt.directwrite import (
+    AlignedBuffer,
+    DirectFile,
+    write_large_files,
+    write_safetensors,
+    write_torch,
+)
+from aegis_ckpt.errors import CommitError
+from aegis_ckpt.hfsnapshot import LargeFile
+
+
+@pytest.fixture
+def buffer():
+    # Small on purpose: files span many buffer fills, and most end in a partial, padded block.
+    buf = AlignedBuffer(64 * 1024)
+    yield buf
+    buf.close()
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "wte.weight": torch.randn(301, 77, generator=g),
+        "h.0.ln.bias": torch.randn(77, generator=g),
+        "h.0.attn.bias": torch.ones(1, 1, 5, 5, dtype=torch.bool),
+        "h.1.mlp.weight": torch.randn(77, 13, generator=g).to(torch.bfloat16),
+        "h.1.mlp.half": torch.randn(9, generator=g).to(torch.float16),
+        "position_ids": torch.arange(128),
+        "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 4),
+    }
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
+def test_safetensors_file_is_byte_identical_to_safetensors_own_writer(tmp_path, buffer, direct):
+    tensors = {k: v for k, v in _tensors().items() if v.dtype != torch.float16}  # one dtype per element size
+    ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
+
+    digest = write_safetensors(ours, tensors, {"format": "pt"}, buffer, sha256=True, direct=direct)
+    save_file(tensors, theirs, metadata={"format": "pt"})
+
+    assert ours.read_bytes() == theirs.read_bytes()
+    assert digest == hash_file(ours, sha256=True)
+
+
+def test_safetensors_with_every_dtype_loads_back_equal(tmp_path, buffer):
+    tensors = _tensors()
+    tensors["noncontiguous"] = torch.randn(6, 5).t()
+    path = tmp_path / "model.safetensors"
+
+    digest = write_safetensors(path, tensors, {"format": "pt", "note": "x"}, buffer)
+
+    back = load_file(path)
+    assert set(back) == set(tensors)
+    for name, t in tensors.items():
+        assert back[name].dtype == t.dtype and torch.equal(back[name], t), name
+    with safe_open(path, "pt") as f:
+        assert f.metadata() == {"format": "pt", "note": "x"}
+    assert digest == hash_file(path)
+    assert digest.sha256 is None
+
+
+def test_unknown_dtype_is_left_to_safetensors(tmp_path, buffer):
+    tensors = {"c": torch.randn(3, dtype=torch.complex64)}
+    assert write_safetensors(tmp_path / "c.safetensors", tensors, None, buffer) is None
+    assert not (tmp_path / "c.safetensors").exists()
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
+def test_torch_file_loads_back_and_digest_matches_a_read_back(tmp_path, buffer, direct):
+    state = {
+        "state": {i: {"exp_avg": torch.randn(50, 31), "step": torch.tensor(float(i))} for i in range(4)},
+        "param_groups": [{"lr": 1e-3, "params": [0, 1, 2, 3]}],
+    }
+    path = tmp_path / "optimizer.pt"
+
+    digest = write_torch(path, state, buffer, sha256=True, direct=direct)
+
+    back = torch.load(path, weights_only=True)
+    assert back["param_groups"] == state["param_groups"]
+    for i in range(4):
+        assert torch.equal(back["state"][i]["exp_avg"], state["state"][i]["exp_avg"])
+    assert digest == hash_file(path, sha256=True)
+    assert digest.size == os.path.getsize(path)
+
+
+def test_torch_file_falls_back_to_torch_save_when_the_private_serializer_differs(
+    tmp_path, buffer, monkeypatch
+):
+    monkeypatch.setattr(directwrite, "_crc_free_save_works", None)
+
+    def broken(obj, f):
+        raise TypeError("_save() takes 4 positional arguments")
+
+    monkeypatch.setattr(directwrite, "_torch_save_without_crc", broken)
+    digest = write_torch(tmp_path / "x.pt", {"t": torch.arange(10)}, buffer)
+
+    assert torch.equal(torch.load(tmp_path / "x.pt")["t"], torch.arange(10))
+    assert digest == hash_file(tmp_path / "x.pt")
+    assert directwrite._crc_free_save_works is False
+
+
+@pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="O_DIRECT is Linux-only")
+def test_a_file_system_that_refuses_o_direct_writes_goes_through_the_page_cache(
+    tmp_path, buffer, monkeypatch
+):
+    real_write = os.write
+    refused = []
+
+    def write(fd, data):
+        import fcntl
+
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(len(data))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(directwrite.os, "write", write)
+    payload = os.urandom(200_000)
+    out = DirectFile(tmp_path / "f.bin", buffer, direct=True)
+    if not out.direct:
+        out.abort()
+        pytest.skip("this file system refuses O_DIRECT already at open")
+    out.write(payload)
+    digest = out.close()
+
+    assert refused and not out.direct
+    assert (tmp_path / "f.bin").read_bytes() == payload
+    assert digest == hash_file(tmp_path / "f.bin")
+
+
+def test_large_files_digests_let_the_commit_skip_the_read_back(tmp_path, buffer, monkeypatch):
+    folder = tmp_path / "checkpoint-5"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    files = [
+        LargeFile("safetensors", str(folder / "model.safetensors"), _tensors(), {"format": "pt"}),
+        LargeFile("torch", str(folder / "optimizer.pt"), {"t": torch.randn(100)}),
+    ]
+    digests = write_large_files(files, buffer, sha256=True)
+    known = {os.path.relpath(p, folder): d for p, d in digests.items()}
+    assert set(known) == {"model.safetensors", "optimizer.pt"}
+
+    read_back = []
+    real_hash_file = commit.hash_file
+
+    def spy(path, **kw):
+        read_back.append(os.path.basename(path))
+        return real_hash_file(path, **kw)
+
+    monkeypatch.setattr(commit, "hash_file", spy)
+    manifest = commit_checkpoint(folder, step=5, sha256=True, known=known)
+
+    assert read_back == ["config.json"]
+    assert manifest.files["model.safetensors"] == known["model.safetensors"]
+    assert read_manifest(folder).files["optimizer.pt"].sha256 == known["optimizer.pt"].sha256
+    assert verify_checkpoint(folder, full=True).ok
+
+
+def test_commit_refuses_a_file_whose_size_on_disk_differs_from_what_was_written(tmp_path):
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"x" * 10)
+    wrong = FileDigest(size=11, xxh3_128="0" * 32)
+
+    with pytest.raises(CommitError, match="a.bin has 10 bytes on disk, 11 were written"):
+        commit_checkpoint(folder, step=1, known={"a.bin": wrong})
+    assert not commit.is_committed(folder)
+
+
+def test_known_digest_without_sha256_is_read_back_when_sha256_is_asked(tmp_path):
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"abc")
+    known = {"a.bin": hash_file(folder / "a.bin")}
+
+    manifest = commit_checkpoint(folder, step=1, sha256=True, known=known)
+
+    assert manifest.files["a.bin"].sha256 == hash_file(folder / "a.bin", sha256=True).sha256
+
+
+def test_capture_of_weight_files_only_affects_the_capturing_thread(tmp_path):
+    """A background save records its weight shards instead of writing them; a ``save_pretrained`` on another
+    thread at the same moment (the Trainer's own save) must still write its weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from aegis_ckpt.hfsnapshot import _capture_safetensors_writes
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+    captured: list = []
+    inside, release = threading.Event(), threading.Event()
+
+    def background():
+        with _capture_safetensors_writes(captured):
+            inside.set()
+            release.wait(30)
+            model.save_pretrained(tmp_path / "captured")
+
+    t = threading.Thread(target=background)
+    t.start()
+    assert inside.wait(30)
+    model.save_pretrained(tmp_path / "other_thread")  # while the capture is active
+    release.set()
+    t.join(30)
+
+    assert (tmp_path / "other_thread" / "model.safetensors").is_file()
+    assert not (tmp_path / "captured" / "model.safetensors").exists()
+    assert [os.path.basename(f.path) for f in captured] == ["model.safetensors"]
