@@ -6,6 +6,12 @@ the blocking part of a save AND every step slowed down while a background writer
 process (so memory and page-cache effects do not leak between runs); runs of the same size are interleaved and
 repeated, and the median is reported with the spread.
 
+Besides that total, each run records when every step began, so the extra time can be split by save: the first
+save (which also allocates the snapshot buffers and pays the one-time costs), the saves in the middle of the run
+(the steady state of a long run, whose hundreds of saves all look like these), and the last one (whose background
+write ends while training waits at the end). Each split is the same run's time minus the paired baseline's over
+the same steps.
+
 Modes:
   baseline      no saves
   native        the Trainer's own save_steps save (files in the page cache, not durable)
@@ -37,7 +43,7 @@ from common import REPO, SIZES, machine_description, median  # noqa: E402
 
 MODES = ("baseline", "native", "native_fsync", "ours_sync", "ours_async", "ours_async_process")
 STEPS_BETWEEN_SAVES = {"10M": 12, "50M": 8, "125M": 8}
-SAVES = 3
+SAVES = 4
 
 
 # ---- one run (child process) -----------------------------------------------------------------------------------
@@ -65,6 +71,12 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
 
         def on_step_begin(self, args, state, control, **kwargs):
             clock.now += 1.0
+
+    step_begins: list[float] = []
+
+    class StepTimes(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            step_begins.append(time.perf_counter())
 
     class NoEndSave(TrainerCallback):
         """The Trainer also saves at the last step with save_strategy=steps; keep exactly SAVES saves."""
@@ -108,7 +120,7 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
     logging.getLogger("aegis_ckpt").setLevel(logging.INFO)
 
     args = {"max_steps": max_steps}
-    callbacks: list = [TickPerStep()]
+    callbacks: list = [StepTimes(), TickPerStep()]
     if mode in ("native", "native_fsync"):
         args.update(save_strategy="steps", save_steps=every)
         callbacks.append(NoEndSave())
@@ -140,7 +152,8 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
     with PeakRSS() as rss:
         started = time.perf_counter()
         trainer.train()
-        seconds = time.perf_counter() - started
+        ended = time.perf_counter()
+        seconds = ended - started
     saved = sorted(int(p.name.split("-")[1]) for p in Path(out_dir).glob("checkpoint-*"))
     return {
         "size": size_name,
@@ -154,6 +167,9 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
         "state_bytes": state_bytes(model, trainer.optimizer),
         "params": sum(p.numel() for p in model.parameters()),
         "commits": commits,
+        "step_begins": [t - started for t in step_begins],
+        "end": ended - started,
+        "save_steps": [every * (i + 1) for i in range(SAVES)] if mode != "baseline" else [],
     }
 
 
@@ -167,6 +183,23 @@ def run_child(size: str, mode: str) -> dict:
         if proc.returncode != 0:
             raise RuntimeError(f"{size}/{mode} failed:\n{proc.stderr[-3000:]}")
         return json.loads(next(line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")))
+
+
+def segment_seconds(run: dict, save_steps: list[int]) -> list[float]:
+    """Wall time of the run cut at the saves: [start .. the step of save 1), [save 1 .. save 2), ...,
+    [last save .. end of train()]. The step of save i includes its own step end, where the snapshot is taken."""
+    begins = run["step_begins"]  # begins[s - 1] is when step s began
+    cuts = [0.0] + [begins[s - 1] for s in save_steps] + [run["end"]]
+    return [b - a for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
+def split_stall(run: dict, base: dict) -> dict:
+    """The extra time of ``run`` over ``base`` per segment: first save (with the time before it), middle saves,
+    last save (with the wait at the end). Sums to the total difference."""
+    steps = run["save_steps"]
+    ours, theirs = segment_seconds(run, steps), segment_seconds(base, steps)
+    extra = [a - b for a, b in zip(ours, theirs, strict=True)]
+    return {"first": extra[0] + extra[1], "middle": extra[2:-1], "last": extra[-1]}
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -184,7 +217,14 @@ def summarize(runs: list[dict]) -> dict:
             # Pair each run with the baseline of the same repeat (interleaved in time), then take the median.
             stalls = [(by_mode[mode][i]["seconds"] - base[i]["seconds"]) / SAVES for i in range(repeats)]
             extra_rss = [by_mode[mode][i]["peak_rss"] - base[i]["peak_rss"] for i in range(repeats)]
+            splits = [split_stall(by_mode[mode][i], base[i]) for i in range(repeats)]
+            middle = [x for sp in splits for x in sp["middle"]]
             entry["modes"][mode] = {
+                "first_save_sec": median([sp["first"] for sp in splits]),
+                "middle_save_sec": median(middle) if middle else float("nan"),
+                "middle_min": min(middle) if middle else float("nan"),
+                "middle_max": max(middle) if middle else float("nan"),
+                "last_save_sec": median([sp["last"] for sp in splits]),
                 "stall_sec": median(stalls),
                 "stall_min": min(stalls),
                 "stall_max": max(stalls),
@@ -218,12 +258,19 @@ def main() -> int:
         print("RESULT " + json.dumps(child(*a.child)))
         return 0
 
-    from common import write_fsync_bandwidth
+    from common import direct_write_fsync_bandwidth, write_fsync_bandwidth
 
     with tempfile.TemporaryDirectory(prefix="aegis-bw-", dir=os.environ.get("AEGIS_BENCH_DIR")) as tmp:
-        disk_bw = write_fsync_bandwidth(Path(tmp))
+        buffered_bw = write_fsync_bandwidth(Path(tmp))
+        direct_bw = direct_write_fsync_bandwidth(Path(tmp))
+    # The reference for the persist throughput is the better of the two ways to write (the writer uses O_DIRECT).
+    disk_bw = max(buffered_bw, direct_bw or 0.0)
     print(f"machine: {machine_description()}", flush=True)
-    print(f"sequential write+fsync: {disk_bw / 1e6:.0f} MB/s", flush=True)
+    print(
+        f"sequential write+fsync: {buffered_bw / 1e6:.0f} MB/s through the page cache, "
+        + (f"{direct_bw / 1e6:.0f} MB/s with O_DIRECT" if direct_bw else "O_DIRECT not available"),
+        flush=True,
+    )
     runs = []
     for size in a.sizes:
         for repeat in range(a.repeats):
@@ -250,6 +297,8 @@ def main() -> int:
         return 0
     summary = summarize(runs)
     summary["_disk_write_fsync_mb_per_sec"] = disk_bw / 1e6
+    summary["_disk_buffered_mb_per_sec"] = buffered_bw / 1e6
+    summary["_disk_direct_mb_per_sec"] = (direct_bw or 0.0) / 1e6
     print(format_table(summary))
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
@@ -283,7 +332,30 @@ def format_table(summary: dict) -> str:
         )
     lines.append("")
     lines.append(
-        "| model | async snapshot (blocking) | background write+commit | persist throughput | disk write+fsync | extra peak RSS (async) / state |"
+        "Split by save (median over repeats; the middle saves are the steady state of a long run; the first one "
+        "also allocates the snapshot buffers; the last one includes the wait for its background write at the end):"
+    )
+    lines.append("")
+    lines.append(
+        "| model | mode | first save | each middle save | last save (with the end wait) | middle: async/native |"
+    )
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for size, e in summary.items():
+        if size.startswith("_"):
+            continue
+        m = e["modes"]
+        for mode in MODES[1:]:
+            s = m[mode]
+            ratio = ""
+            if mode == "ours_async" and m["native"]["middle_save_sec"] > 0:
+                ratio = f"{s['middle_save_sec'] / m['native']['middle_save_sec']:.2f}"
+            lines.append(
+                f"| {size} | {mode} | {s['first_save_sec']:.2f} s | {s['middle_save_sec']:.2f} s "
+                f"({s['middle_min']:.2f}..{s['middle_max']:.2f}) | {s['last_save_sec']:.2f} s | {ratio} |"
+            )
+    lines.append("")
+    lines.append(
+        "| model | async snapshot (blocking) | background write+commit | persist throughput | disk write+fsync (best of page cache, O_DIRECT) | extra peak RSS (async) / state |"
     )
     lines.append("| --- | --- | --- | --- | --- | --- |")
     disk = summary.get("_disk_write_fsync_mb_per_sec", float("nan"))

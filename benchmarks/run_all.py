@@ -78,6 +78,15 @@ def targets(stall: dict, overhead: list, resume: dict, lost: list) -> list[tuple
         rows.append(
             (f"{size}: async stall <= 0.2 x native", f"{a:.2f} s vs {native:.2f} s", a <= 0.2 * native)
         )
+        mid_a, mid_n = m["ours_async"].get("middle_save_sec"), m["native"].get("middle_save_sec")
+        if mid_a is not None and mid_n:
+            rows.append(
+                (
+                    f"{size}: the same for the middle saves only (steady state; not the issue's definition)",
+                    f"{mid_a:.2f} s vs {mid_n:.2f} s ({mid_a / mid_n:.2f} x)",
+                    mid_a <= 0.2 * mid_n,
+                )
+            )
         rows.append(
             (
                 f"{size}: async stall <= 0.1 x native+fsync",
@@ -171,7 +180,7 @@ numbers mean, and what limits them, is explained after the tables.
 
 ## Stall per checkpoint
 
-Stall = (wall time of a run with 3 saves - the same run without saves) / 3: the blocking part of a save plus every
+Stall = (wall time of a run with {bench_stall.SAVES} saves - the same run without saves) / {bench_stall.SAVES}: the blocking part of a save plus every
 step slowed down while a background writer runs. Median of interleaved repeats, (min..max) in brackets.
 
 {bench_stall.format_table(stall["summary"])}
