@@ -203,18 +203,31 @@ step slowed down while a background writer runs. Median of interleaved repeats, 
 
 ## Reading these numbers
 
-- The machine has 2 cores. A background writer competes with training for them: the "ours async" stall is the
-  snapshot (a copy into CPU buffers that are reused from one save to the next) plus that competition (hashing,
-  writing and `fsync` on the second core while training uses both). On a GPU machine training runs on the
-  GPU and the competition mostly disappears; no GPU machine was lent to this task, so that case is not measured.
+- The machine has 2 cores and training keeps both busy. A background writer competes with training for them:
+  the "ours async" stall is the snapshot (a copy into CPU buffers that are reused from one save to the next)
+  plus that competition. The writer's own CPU work is small (one copy into an aligned buffer, `O_DIRECT`
+  writes, xxh3 from memory: about 0.1 s per 0.6 GB, see docs/async-saves.md), except the SHA-256 that the
+  audit log records by default (`audit_sha256`), about 0.35 s per 0.6 GB. Every CPU-second taken from the two
+  training threads slows their parallel operations by about as much again (each waits for the slower thread),
+  so on this machine the async stall cannot fall to the cost of the memory copy. On a GPU machine training
+  runs on the GPU and the competition mostly disappears; no GPU machine was lent to this task, so that case
+  is not measured.
+- The first save of a run also allocates and first touches the snapshot buffers (one copy of the state), so it
+  can cost more than the saves after it; the split table shows the first, middle (steady state) and last saves
+  separately.
+- "native" writes through the page cache. On this VM getting page-cache pages can be the expensive part of a
+  write (measured once: 1.45 s of system time for 600 MB written to a new file, 0.12 s for the next 600 MB; the
+  page-cache write+fsync bandwidth above is a fraction of the `O_DIRECT` one). The async writer avoids it with
+  `O_DIRECT`, which is why it can cost the loop less than the Trainer's own save although it also hashes and
+  flushes.
 - "ours async, process writer" is `AsyncOptions(writer="process")`: a child process at `nice` 19 writes from
   shared memory, so it shares no GIL with training. Its figure includes the child's start (importing torch) and
-  the first touch of the shared-memory buffers, which a run pays once, spread here over only 3 saves; and saves
+  the first touch of the shared-memory buffers, which a run pays once (see the first-save column); and saves
   that came due while the low-priority writer was still busy waited for it. Where it is not below the thread's
   figure, the thread stays the better default on this machine (docs/async-saves.md).
-- The background write's throughput is below the disk's when the writer competes with training for the CPU:
-  on this VM writing, hashing and flushing cost CPU time of their own (mostly system time), taken from the same
-  two cores.
+- The disk reference for the background write's throughput is the better of sequential write+fsync through the
+  page cache and with `O_DIRECT`. The writer gets below it when it competes with training for the CPU: its
+  SHA-256 alone runs at about 1.7 GB/s on one idle core, and it gets only what training leaves of two.
 - "native" is the Trainer's own save without `fsync`: the data is only in the page cache when it returns, and a
   power cut loses it. "native+fsync" is the cheapest durable save the Trainer could make; "ours sync" adds
   hashing (xxh3 for the manifest and, with the audit log's default `audit_sha256`, SHA-256 as well; the hashing
