@@ -247,7 +247,11 @@ def commit_checkpoint(
         names = list_checkpoint_files(folder)
         if not names:
             raise CommitError(f"cannot commit {folder}: the folder holds no files")
-        buffer = bytearray(_READ_CHUNK_BYTES)
+        # The read buffer only has to hold what gets read back: with ``known`` digests for the large files
+        # that is a few small files, and a 16 MiB buffer would be most of an asynchronous save's fixed memory.
+        read_back = [n for n in names if n not in (known or {})]
+        largest = max((os.stat(folder / n).st_size for n in read_back), default=1)
+        buffer = bytearray(max(64 * 1024, min(_READ_CHUNK_BYTES, largest)))
         files: dict[str, FileDigest] = {}
         # Flushing waits on the disk and hashing on the CPU (it reads the pages back from the cache): run the
         # fsyncs on threads (they release the GIL) while this thread hashes, so a commit costs about the longer of

@@ -46,7 +46,7 @@ from .commit import FileDigest
 logger = logging.getLogger(__name__)
 
 ALIGNMENT = 4096  # covers 512-byte and 4 KiB logical blocks
-CHUNK_BYTES = 8 * 1024 * 1024  # the reused buffer; big sequential writes, a small fixed memory cost
+CHUNK_BYTES = 4 * 1024 * 1024  # the reused buffer; big sequential writes, a small fixed memory cost
 _HAS_O_DIRECT = hasattr(os, "O_DIRECT")
 
 
