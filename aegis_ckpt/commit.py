@@ -247,9 +247,11 @@ def commit_checkpoint(
         names = list_checkpoint_files(folder)
         if not names:
             raise CommitError(f"cannot commit {folder}: the folder holds no files")
+        # Digests from the writer are taken as they are unless a sha256 is asked for and they lack it.
+        trusted = {n: d for n, d in (known or {}).items() if d.sha256 is not None or not sha256}
         # The read buffer only has to hold what gets read back: with ``known`` digests for the large files
         # that is a few small files, and a 16 MiB buffer would be most of an asynchronous save's fixed memory.
-        read_back = [n for n in names if n not in (known or {})]
+        read_back = [n for n in names if n not in trusted]
         largest = max((os.stat(folder / n).st_size for n in read_back), default=1)
         buffer = bytearray(max(64 * 1024, min(_READ_CHUNK_BYTES, largest)))
         files: dict[str, FileDigest] = {}
@@ -260,8 +262,8 @@ def commit_checkpoint(
             flushes = [pool.submit(fsync_file, folder / name) for name in names]
             try:
                 for name in names:
-                    digest = (known or {}).get(name)
-                    if digest is not None and (digest.sha256 is not None or not sha256):
+                    digest = trusted.get(name)
+                    if digest is not None:
                         on_disk = os.stat(folder / name).st_size
                         if on_disk != digest.size:
                             raise CommitError(

@@ -28,6 +28,7 @@ flushes every file before it writes the manifest.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -170,6 +171,7 @@ class DirectFile:
 
 
 # ---- safetensors -----------------------------------------------------------------------------------------------
+@functools.cache
 def _safetensors_dtype_names() -> dict:
     import torch
 
@@ -194,6 +196,7 @@ def _safetensors_dtype_names() -> dict:
 
 
 def _byte_view(tensor) -> memoryview:
+    """The tensor's bytes in row-major order (``reshape`` copies a non-contiguous tensor, views the others)."""
     import torch
 
     flat = tensor.detach().reshape(-1)
@@ -258,8 +261,7 @@ def write_safetensors(
     try:
         out.write(header)
         for name in order:
-            t = tensors[name]
-            out.write(_byte_view(t if t.is_contiguous() else t.contiguous()))
+            out.write(_byte_view(tensors[name]))
     except BaseException:
         out.abort()
         raise
@@ -324,10 +326,17 @@ def write_torch(
 
 # ---- a batch of large files ------------------------------------------------------------------------------------
 def write_large_files(
-    files: list, buffer: AlignedBuffer, *, sha256: bool = False, direct: bool = True
+    files: list,
+    buffer: AlignedBuffer,
+    *,
+    folder: str | os.PathLike,
+    sha256: bool = False,
+    direct: bool = True,
 ) -> dict[str, FileDigest]:
-    """Write ``hfsnapshot.LargeFile`` entries. Returns the digests of the files written here, by absolute path;
-    a file handed to ``safetensors.save_file`` (unknown dtype) is not in it and gets hashed by the commit."""
+    """Write ``hfsnapshot.LargeFile`` entries (paths inside ``folder``). Returns the digests of the files written
+    here by name relative to ``folder``, as ``commit_checkpoint(known=...)`` takes them; a file handed to
+    ``safetensors.save_file`` (unknown dtype) is not in it and gets hashed by the commit."""
+    root = os.path.abspath(folder)
     digests: dict[str, FileDigest] = {}
     for item in files:
         if item.kind == "safetensors":
@@ -343,5 +352,5 @@ def write_large_files(
             digest = write_torch(item.path, item.obj, buffer, sha256=sha256, direct=direct)
         else:
             raise ValueError(f"unknown file kind {item.kind!r}")
-        digests[os.path.abspath(item.path)] = digest
+        digests[Path(os.path.relpath(os.path.abspath(item.path), root)).as_posix()] = digest
     return digests

@@ -377,31 +377,21 @@ def write_snapshot(
     (folder / TRAINER_STATE_NAME).write_text(snap.trainer_state_json, encoding="utf-8")
 
 
-def write_snapshot_files(
-    snap: TrainerSnapshot, folder: str | os.PathLike, *, sha256: bool = False, buffer=None
-):
+def write_snapshot_files(snap: TrainerSnapshot, folder: str | os.PathLike, *, buffer, sha256: bool = False):
     """``write_snapshot`` for a background writer: the small files as usual, the weight shards and
-    ``optimizer.pt`` through ``directwrite`` (one copy, no page cache, hashed from memory). Returns the digests
-    of those large files by name relative to ``folder``, for ``commit_checkpoint(known=...)``."""
-    from .directwrite import AlignedBuffer, write_large_files
+    ``optimizer.pt`` through ``directwrite`` with ``buffer`` (a reused ``AlignedBuffer``: one copy, no page
+    cache, hashed from memory). Returns the digests of those large files by name relative to ``folder``, for
+    ``commit_checkpoint(known=...)``."""
+    from .directwrite import write_large_files
 
-    folder = Path(folder)
     large: list[LargeFile] = []
     write_snapshot(snap, folder, defer_large=large)
-    own_buffer = buffer is None
-    buffer = AlignedBuffer() if own_buffer else buffer
-    try:
-        digests = write_large_files(large, buffer, sha256=sha256)
-    finally:
-        if own_buffer:
-            buffer.close()
-    root = os.path.abspath(folder)
-    return {Path(os.path.relpath(path, root)).as_posix(): d for path, d in digests.items()}
+    return write_large_files(large, buffer, folder=folder, sha256=sha256)
 
 
 @dataclass
 class LargeFile:
-    """A file left for a writer process: ``kind`` is ``safetensors`` (``obj``: name -> tensor, with ``metadata``)
+    """A large file left for ``directwrite`` (on the writer thread, or in a writer process): ``kind`` is ``safetensors`` (``obj``: name -> tensor, with ``metadata``)
     or ``torch`` (``obj`` goes through ``torch.save``)."""
 
     kind: str

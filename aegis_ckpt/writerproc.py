@@ -153,10 +153,8 @@ def run_job(job: WriteJob):
     global _buffer
     if _buffer is None:
         _buffer = AlignedBuffer()
-    digests = write_large_files(job.files, _buffer, sha256=job.sha256)
+    known = write_large_files(job.files, _buffer, folder=job.staging, sha256=job.sha256)
     job.files = []  # unmap before the commit
-    staging = os.path.abspath(job.staging)
-    known = {Path(os.path.relpath(path, staging)).as_posix(): d for path, d in digests.items()}
     return commit_checkpoint(
         Path(job.staging), step=job.step, reason=job.reason, meta=job.meta, sha256=job.sha256, known=known
     )
