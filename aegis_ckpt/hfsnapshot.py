@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import json
 import logging
+import mmap
 import os
 import random
 import threading
@@ -128,6 +129,19 @@ def unsupported_reason(trainer) -> str | None:
     return None
 
 
+PAGE_ALIGNED_MIN_BYTES = 64 * 1024
+
+
+def _page_aligned_empty(shape, dtype, nbytes: int):
+    """A CPU tensor whose storage starts on a page and holds exactly ``nbytes``: the direct writer can then
+    hand it to the disk without copying it (``directwrite.DirectFile``). torch's own allocator aligns large
+    blocks to 64 bytes only. The anonymous map is freed with the last tensor that uses it."""
+    import torch
+
+    area = mmap.mmap(-1, -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE)
+    return torch.frombuffer(area, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
+
+
 class SnapshotBuffers:
     """CPU tensors kept from one save to the next, keyed by name: the steady state allocates nothing.
 
@@ -147,7 +161,10 @@ class SnapshotBuffers:
 
         if self.shm_dir is None:
             pin = tensor.is_cuda and torch.cuda.is_available()
-            return torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+            nbytes = tensor.numel() * tensor.element_size()
+            if pin or nbytes < PAGE_ALIGNED_MIN_BYTES:
+                return torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+            return _page_aligned_empty(tensor.shape, tensor.dtype, nbytes)
         old = self._files.pop(key, None)
         if old is not None:
             self._forget_storage(self._buffers[key])

@@ -222,3 +222,75 @@ def test_capture_of_weight_files_only_affects_the_capturing_thread(tmp_path):
     assert (tmp_path / "other_thread" / "model.safetensors").is_file()
     assert not (tmp_path / "captured" / "model.safetensors").exists()
     assert [os.path.basename(f.path) for f in captured] == ["model.safetensors"]
+
+
+# ---- writes straight from the snapshot's memory ------------------------------------------------------------------
+needs_o_direct = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="O_DIRECT is Linux-only")
+
+
+@needs_o_direct
+def test_a_source_in_phase_with_the_file_is_written_in_place_and_the_file_is_exact(tmp_path, buffer):
+    from aegis_ckpt.hfsnapshot import _page_aligned_empty
+
+    g = torch.Generator().manual_seed(1)
+    memory = _page_aligned_empty((1 << 20,), torch.uint8, 1 << 20)
+    memory.copy_(torch.randint(0, 256, (1 << 20,), dtype=torch.uint8, generator=g))
+    prefix = bytes(range(250)) * 4  # 1000 bytes: the next page boundary of the file is 3096 bytes away
+    in_phase = memory[1000 : 1000 + 300_000]  # its memory is 3096 bytes before a page boundary too
+    out_of_phase = memory[1 : 1 + 200_000]
+    parts = [prefix, in_phase.numpy(), b"tail", out_of_phase.numpy(), b"end"]
+
+    f = DirectFile(tmp_path / "f.bin", buffer, sha256=True)
+    assert f.direct, "the test file system must take O_DIRECT, or this test proves nothing"
+    for part in parts:
+        f.write(part)
+    digest = f.close()
+
+    expected = b"".join(bytes(memoryview(p)) for p in parts)
+    assert (tmp_path / "f.bin").read_bytes() == expected
+    assert digest == hash_file(tmp_path / "f.bin", sha256=True)
+    assert f.in_place_bytes == (300_000 - 3096) // 4096 * 4096  # the out-of-phase part was copied
+
+
+@needs_o_direct
+def test_optimizer_state_in_page_aligned_snapshot_buffers_is_written_in_place(tmp_path, buffer, monkeypatch):
+    from aegis_ckpt.hfsnapshot import SnapshotBuffers
+
+    g = torch.Generator().manual_seed(2)
+    buffers = SnapshotBuffers()
+    state = {
+        i: {
+            "exp_avg": buffers.copy(("m", i), torch.randn(97, 1031, generator=g)),
+            "exp_avg_sq": buffers.copy(("v", i), torch.rand(97, 1031, generator=g)),
+            "step": buffers.copy(("s", i), torch.tensor(7.0)),
+        }
+        for i in range(3)
+    }
+    obj = {"state": state, "param_groups": [{"lr": 1e-3, "params": [0, 1, 2]}]}
+    written: list[DirectFile] = []
+    real_close = DirectFile.close
+    monkeypatch.setattr(DirectFile, "close", lambda self: (written.append(self), real_close(self))[1])
+
+    digest = write_torch(tmp_path / "optimizer.pt", obj, buffer, sha256=True)
+
+    back = torch.load(tmp_path / "optimizer.pt", weights_only=True)
+    for i in range(3):
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(back["state"][i][key], state[i][key])
+    assert digest == hash_file(tmp_path / "optimizer.pt", sha256=True)
+    big = sum(t.numel() * 4 for i in range(3) for t in (state[i]["exp_avg"], state[i]["exp_avg_sq"]))
+    if directwrite._crc_free_save_available():  # records start on a page only with torch's own writer
+        assert written[0].in_place_bytes > 0.95 * big
+
+
+def test_large_snapshot_buffers_start_on_a_page_and_hold_exactly_the_tensor(tmp_path):
+    from aegis_ckpt.hfsnapshot import PAGE_ALIGNED_MIN_BYTES, SnapshotBuffers
+
+    buffers = SnapshotBuffers()
+    large = buffers.copy("large", torch.arange(PAGE_ALIGNED_MIN_BYTES // 4 + 3, dtype=torch.float32).view(-1, 1))
+    small = buffers.copy("small", torch.ones(3))
+    assert large.data_ptr() % 4096 == 0
+    assert large.untyped_storage().nbytes() == large.numel() * 4  # torch.save writes the whole storage
+    assert torch.equal(large.flatten(), torch.arange(large.numel(), dtype=torch.float32))
+    assert buffers.copy("large", large * 2).data_ptr() == large.data_ptr()  # reused, not reallocated
+    assert torch.equal(small, torch.ones(3))
