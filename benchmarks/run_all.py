@@ -87,6 +87,15 @@ def targets(stall: dict, overhead: list, resume: dict, lost: list) -> list[tuple
                     mid_a <= 0.2 * mid_n,
                 )
             )
+        if "ours_async_no_sha" in m:
+            b = m["ours_async_no_sha"]["stall_sec"]
+            rows.append(
+                (
+                    f"{size}: the same without the audit sha256 (audit_sha256=False; not the default)",
+                    f"{b:.2f} s vs {native:.2f} s ({b / native:.2f} x)",
+                    b <= 0.2 * native,
+                )
+            )
         rows.append(
             (
                 f"{size}: async stall <= 0.1 x native+fsync",

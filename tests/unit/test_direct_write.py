@@ -287,7 +287,9 @@ def test_large_snapshot_buffers_start_on_a_page_and_hold_exactly_the_tensor(tmp_
     from aegis_ckpt.hfsnapshot import PAGE_ALIGNED_MIN_BYTES, SnapshotBuffers
 
     buffers = SnapshotBuffers()
-    large = buffers.copy("large", torch.arange(PAGE_ALIGNED_MIN_BYTES // 4 + 3, dtype=torch.float32).view(-1, 1))
+    large = buffers.copy(
+        "large", torch.arange(PAGE_ALIGNED_MIN_BYTES // 4 + 3, dtype=torch.float32).view(-1, 1)
+    )
     small = buffers.copy("small", torch.ones(3))
     assert large.data_ptr() % 4096 == 0
     assert large.untyped_storage().nbytes() == large.numel() * 4  # torch.save writes the whole storage
