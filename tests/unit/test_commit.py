@@ -210,3 +210,34 @@ def test_sha256_is_recorded_on_request(tmp_path, plain_checkpoint):
     data = (folder / "config.json").read_bytes()
     assert manifest.files["config.json"].sha256 == hashlib.sha256(data).hexdigest()
     assert read_manifest(folder).files["config.json"].sha256 == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("size", [0, 1, 100_000, 3 * 65536, 3 * 65536 + 7])
+def test_read_ahead_hash_equals_the_plain_hash(tmp_path, size):
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes((i * 131 + 7) % 251 for i in range(size)))
+    # Small chunks and a shallow queue: the reader must wait for free buffers and the file spans many chunks.
+    digest = commit.hash_file_read_ahead(path, chunk_bytes=65536, depth=2)
+    assert digest == commit.hash_file(path)
+    assert digest.size == size
+
+
+def test_read_ahead_hash_raises_the_readers_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        commit.hash_file_read_ahead(tmp_path / "missing.bin")
+
+
+def test_full_verify_with_read_ahead_finds_a_flipped_byte(tmp_path, plain_checkpoint, monkeypatch):
+    monkeypatch.setattr(commit, "READ_AHEAD_MIN_BYTES", 0)  # every file through the reader thread
+    used = []
+    real = commit.hash_file_read_ahead
+    monkeypatch.setattr(commit, "hash_file_read_ahead", lambda path, **kw: (used.append(path), real(path))[1])
+    folder = plain_checkpoint(tmp_path, 6)
+    commit_checkpoint(folder, step=6)
+    assert verify_checkpoint(folder, full=True).ok
+    assert used
+
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    assert any("model.safetensors checksum mismatch" in p for p in verify_checkpoint(folder, full=True).problems)
