@@ -240,4 +240,6 @@ def test_full_verify_with_read_ahead_finds_a_flipped_byte(tmp_path, plain_checkp
     data = bytearray((folder / "model.safetensors").read_bytes())
     data[-1] ^= 0x01
     (folder / "model.safetensors").write_bytes(bytes(data))
-    assert any("model.safetensors checksum mismatch" in p for p in verify_checkpoint(folder, full=True).problems)
+    assert any(
+        "model.safetensors checksum mismatch" in p for p in verify_checkpoint(folder, full=True).problems
+    )
