@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .errors import AegisError, CommitError, ConfigError, PreflightError, RunLockedError, VerificationError
+from .errors import AegisError, CommitError, ConfigError, PreflightError, RunLockedError
 from .options import AsyncOptions, CheckpointOptions, EmergencyOptions
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ __all__ = [
     "PreflightError",
     "RollingCheckpointManager",
     "RunLockedError",
-    "VerificationError",
     "find_resume_checkpoint",
     "__version__",
 ]

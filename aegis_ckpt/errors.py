@@ -19,10 +19,6 @@ class CommitError(AegisError):
     """A checkpoint could not be committed; the previous committed checkpoints are untouched."""
 
 
-class VerificationError(AegisError):
-    """A checkpoint does not match its manifest (missing file, wrong size or checksum)."""
-
-
 class PreflightError(AegisError):
     """A check before training found a condition under which training would fail or lose work."""
 
