@@ -223,13 +223,14 @@ step slowed down while a background writer runs. Median of interleaved repeats, 
 
 - The machine has 2 cores and training keeps both busy. A background writer competes with training for them:
   the "ours async" stall is the snapshot (a copy into CPU buffers that are reused from one save to the next)
-  plus that competition. The writer's own CPU work is small (one copy into an aligned buffer, `O_DIRECT`
-  writes, xxh3 from memory: about 0.1 s per 0.6 GB, see docs/async-saves.md), except the SHA-256 that the
-  audit log records by default (`audit_sha256`), about 0.35 s per 0.6 GB. Every CPU-second taken from the two
-  training threads slows their parallel operations by about as much again (each waits for the slower thread),
-  so on this machine the async stall cannot fall to the cost of the memory copy. On a GPU machine training
-  runs on the GPU and the competition mostly disappears; no GPU machine was lent to this task, so that case
-  is not measured.
+  plus that competition. The writer's own CPU work is small (the large optimizer tensors go to the disk with
+  `O_DIRECT` straight from the snapshot, the rest through one copy into an aligned buffer, xxh3 from memory:
+  about 0.09 s of CPU per 0.6 GB, see docs/async-saves.md), except the SHA-256 that the audit log records by
+  default (`audit_sha256`), about 0.35 s per 0.6 GB. A CPU-second the writer takes costs training about a
+  second of wall time here (measured: SHA-256 of 0.6 GB on a second thread, 0.35 s of CPU, made the training
+  steps 0.29 s slower). The "no audit sha256" column is the same save with `audit_sha256=False`: what the save
+  mechanism costs without the audit's hash. On a GPU machine training runs on the GPU, the CPU mostly waits
+  and the hash is close to free; no GPU machine was lent to this task, so that case is not measured.
 - The first save of a run also allocates and first touches the snapshot buffers (one copy of the state), so it
   can cost more than the saves after it; the split table shows the first, middle (steady state) and last saves
   separately.
@@ -245,7 +246,8 @@ step slowed down while a background writer runs. Median of interleaved repeats, 
   figure, the thread stays the better default on this machine (docs/async-saves.md).
 - The disk reference for the background write's throughput is the better of sequential write+fsync through the
   page cache and with `O_DIRECT`. The writer gets below it when it competes with training for the CPU: its
-  SHA-256 alone runs at about 1.7 GB/s on one idle core, and it gets only what training leaves of two.
+  SHA-256 alone runs at about 1.7 GB/s on one idle core, and it gets only what training leaves of two. The
+  persist time also includes the commit (fsync of every file, the manifest, the directory flushes).
 - "native" is the Trainer's own save without `fsync`: the data is only in the page cache when it returns, and a
   power cut loses it. "native+fsync" is the cheapest durable save the Trainer could make; "ours sync" adds
   hashing (xxh3 for the manifest and, with the audit log's default `audit_sha256`, SHA-256 as well; the hashing
