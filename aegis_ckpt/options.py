@@ -83,8 +83,9 @@ class CheckpointOptions:
 
     audit_sha256: bool = True
     """Record the sha256 of every committed file in ``.aegis/audit.jsonl``. It is computed in the same read as
-    the integrity checksum, but costs about 0.5 s per GB with SHA CPU extensions (about 2.5 s/GB without):
-    switch it off for checkpoints of tens of GB."""
+    the integrity checksum, but costs about 0.5 s of CPU per GB with SHA CPU extensions (about 2.5 s/GB
+    without): switch it off for checkpoints of tens of GB, or when training on the CPU keeps every core busy
+    (there it is most of what an asynchronous save costs the training loop; docs/audit-log.md)."""
 
     heartbeat_every_sec: float = 30.0
     """How often the run lease (``.aegis/run.json``) records progress. After a power loss, the time between the
