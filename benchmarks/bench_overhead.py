@@ -8,7 +8,10 @@ snapshots the step-end RNG for exception saves). Runs alternate with/without and
 median of the paired differences of the mean step time. Under torchrun the agreement is the pipelined
 asynchronous all-reduce on a side gloo group (see aegis_ckpt/distributed.py).
 
-Usage: python benchmarks/bench_overhead.py [--steps 300] [--repeats 5] [--json out.json]
+A third measure repeats the with/without comparison as alternating runs inside one process (per rank), which
+removes the noise that comes with separate processes (memory layout, placement on the cores).
+
+Usage: python benchmarks/bench_overhead.py [--steps 300] [--repeats 5] [--pairs 6] [--json out.json]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +67,21 @@ def child(with_callback: bool, steps: int, out_dir: str) -> dict:
         inside = sum(d for at, d in hook_calls if warm[0] < at <= warm[-1])
         result["hook_sec_per_step"] = inside / (len(warm) - 1)
     return result
+
+
+def child_alternating(pairs: int, steps: int, out_dir: str) -> dict:
+    """Runs with and without the callback alternating in ONE process (every rank under torchrun does the same
+    sequence): the process, its memory layout and its place on the cores are the same for both, which removes
+    most of the run-to-run noise that separate processes carry."""
+    with_runs, without_runs = [], []
+    rank = 0
+    for i in range(pairs):
+        for flag in (False, True) if i % 2 == 0 else (True, False):
+            run_dir = Path(out_dir) / f"run-{i}-{int(flag)}"
+            r = child(flag, steps, str(run_dir))
+            rank = r["rank"]
+            (with_runs if flag else without_runs).append(r["step_sec"])
+    return {"rank": rank, "with": with_runs, "without": without_runs}
 
 
 def _time_hooks(callback, base) -> list[tuple[float, float]]:
@@ -149,11 +168,46 @@ def measure(nproc: int, steps: int, repeats: int) -> dict:
     }
 
 
+def measure_in_one_process(nproc: int, steps: int, pairs: int) -> dict:
+    """``pairs`` alternating with/without runs inside one process (per rank); the job's step time of a run is
+    its slowest rank's."""
+    with tempfile.TemporaryDirectory(prefix="aegis-ovh-") as tmp:
+        env = dict(
+            os.environ,
+            PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            OMP_NUM_THREADS="1",
+        )
+        script = [__file__, "--alternate", str(pairs), str(steps), tmp]
+        cmd = [sys.executable, *script]
+        if nproc > 1:
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={nproc}",
+                *script,
+            ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"exit {proc.returncode}: ...{proc.stderr[-1500:]}")
+        ranks = [json.loads(p.read_text()) for p in Path(tmp).glob("alternating-rank*.json")]
+    with_ = [max(r["with"][i] for r in ranks) for i in range(pairs)]
+    without = [max(r["without"][i] for r in ranks) for i in range(pairs)]
+    diffs = [(a - b) / b for a, b in zip(with_, without, strict=True)]
+    mean = sum(diffs) / len(diffs)
+    stderr = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    print(f"  {nproc} process(es), {pairs} alternating pairs in one process: median {median(diffs):+.2%}, "
+          f"mean {mean:+.2%} +- {stderr:.2%}", flush=True)  # fmt: skip
+    return {"pairs": pairs, "median": median(diffs), "mean": mean, "stderr": stderr, "diffs": diffs}
+
+
 def format_table(results: list[dict]) -> str:
     lines = [
         "| processes | step without callback | step with callback | time inside the callback per step | "
-        "wall-clock difference (median of paired runs) | spread of the difference |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "wall-clock difference, separate processes (median of paired runs) | spread of the difference "
+        "| wall-clock difference, alternating runs in one process (median; mean +- standard error) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         inside = (
@@ -161,9 +215,15 @@ def format_table(results: list[dict]) -> str:
             if "inside_share" in r
             else "not measured"
         )
+        one = r.get("in_one_process")
+        alternating = (
+            f"{one['median']:+.2%} ({one['mean']:+.2%} +- {one['stderr']:.2%}, {one['pairs']} pairs)"
+            if one
+            else "n/a"
+        )
         lines.append(
             f"| {r['processes']} | {r['step_ms_without']:.2f} ms | {r['step_ms_with']:.2f} ms | {inside} | "
-            f"{r['overhead']:+.2%} | {r['overhead_min']:+.2%} .. {r['overhead_max']:+.2%} |"
+            f"{r['overhead']:+.2%} | {r['overhead_min']:+.2%} .. {r['overhead_max']:+.2%} | {alternating} |"
         )
     return "\n".join(lines)
 
@@ -173,14 +233,24 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json")
+    p.add_argument("--pairs", type=int, default=6, help="alternating pairs in one process")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--alternate", nargs=3, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.alternate:
+        result = child_alternating(int(a.alternate[0]), int(a.alternate[1]), a.alternate[2])
+        (Path(a.alternate[2]) / f"alternating-rank{result['rank']}.json").write_text(json.dumps(result))
+        return 0
     if a.child:
         result = child(a.child[0] == "1", int(a.child[1]), a.child[2])
         # One file per rank: two ranks printing at once would interleave their lines.
         (Path(a.child[2]) / f"result-rank{result['rank']}.json").write_text(json.dumps(result))
         return 0
-    results = [measure(n, a.steps, a.repeats) for n in (1, 2)]
+    results = []
+    for n in (1, 2):
+        r = measure(n, a.steps, a.repeats)
+        r["in_one_process"] = measure_in_one_process(n, a.steps, a.pairs)
+        results.append(r)
     print(format_table(results))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
