@@ -132,14 +132,32 @@ def unsupported_reason(trainer) -> str | None:
 PAGE_ALIGNED_MIN_BYTES = 64 * 1024
 
 
-def _page_aligned_empty(shape, dtype, nbytes: int):
-    """A CPU tensor whose storage starts on a page and holds exactly ``nbytes``: the direct writer can then
-    hand it to the disk without copying it (``directwrite.DirectFile``). torch's own allocator aligns large
-    blocks to 64 bytes only. The anonymous map is freed with the last tensor that uses it."""
-    import torch
+class PageArena:
+    """Page-aligned CPU tensors carved out of a few large anonymous maps.
 
-    area = mmap.mmap(-1, -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE)
-    return torch.frombuffer(area, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
+    Why: the direct writer hands a tensor to the disk without copying it only when its storage starts on a page
+    (``directwrite.DirectFile``); torch's allocator aligns large blocks to 64 bytes. One map per tensor would do,
+    but a large mixture-of-experts model has tens of thousands of tensors with its optimizer state, and a process
+    may hold only ~65k maps (``vm.max_map_count``), which every other allocation shares. Each tensor's storage is
+    exactly its bytes (``torch.save`` writes whole storages); a map is freed with the last tensor that uses it,
+    and the unused end of the newest map is never touched, so it costs address space, not memory."""
+
+    CHUNK_BYTES = 256 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._map: mmap.mmap | None = None
+        self._used = 0
+
+    def empty(self, shape, dtype, nbytes: int):
+        import torch
+
+        size = -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
+        if self._map is None or self._used + size > len(self._map):
+            self._map = mmap.mmap(-1, max(self.CHUNK_BYTES, size))
+            self._used = 0
+        flat = torch.frombuffer(self._map, dtype=torch.uint8, count=nbytes, offset=self._used)
+        self._used += size
+        return flat.view(dtype).view(shape)
 
 
 class SnapshotBuffers:
@@ -150,6 +168,7 @@ class SnapshotBuffers:
 
     def __init__(self, shm_dir: str | os.PathLike | None = None) -> None:
         self._buffers: dict[Any, Any] = {}
+        self._arena = PageArena()
         self._files: dict[Any, Path] = {}
         self._by_storage: dict[int, ShmRef] = {}
         self.shm_dir = Path(shm_dir) if shm_dir is not None else None
@@ -164,7 +183,7 @@ class SnapshotBuffers:
             nbytes = tensor.numel() * tensor.element_size()
             if pin or nbytes < PAGE_ALIGNED_MIN_BYTES:
                 return torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
-            return _page_aligned_empty(tensor.shape, tensor.dtype, nbytes)
+            return self._arena.empty(tensor.shape, tensor.dtype, nbytes)
         old = self._files.pop(key, None)
         if old is not None:
             self._forget_storage(self._buffers[key])
@@ -202,6 +221,7 @@ class SnapshotBuffers:
     def clear(self) -> None:
         """Drop the buffers (and their shared-memory files)."""
         self._buffers.clear()
+        self._arena = PageArena()  # its maps go with the last tensor that uses them
         self._by_storage.clear()
         for path in self._files.values():
             path.unlink(missing_ok=True)

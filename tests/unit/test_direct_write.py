@@ -230,10 +230,10 @@ needs_o_direct = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="O_DIREC
 
 @needs_o_direct
 def test_a_source_in_phase_with_the_file_is_written_in_place_and_the_file_is_exact(tmp_path, buffer):
-    from aegis_ckpt.hfsnapshot import _page_aligned_empty
+    from aegis_ckpt.hfsnapshot import PageArena
 
     g = torch.Generator().manual_seed(1)
-    memory = _page_aligned_empty((1 << 20,), torch.uint8, 1 << 20)
+    memory = PageArena().empty((1 << 20,), torch.uint8, 1 << 20)
     memory.copy_(torch.randint(0, 256, (1 << 20,), dtype=torch.uint8, generator=g))
     prefix = bytes(range(250)) * 4  # 1000 bytes: the next page boundary of the file is 3096 bytes away
     in_phase = memory[1000 : 1000 + 300_000]  # its memory is 3096 bytes before a page boundary too
@@ -296,3 +296,22 @@ def test_large_snapshot_buffers_start_on_a_page_and_hold_exactly_the_tensor(tmp_
     assert torch.equal(large.flatten(), torch.arange(large.numel(), dtype=torch.float32))
     assert buffers.copy("large", large * 2).data_ptr() == large.data_ptr()  # reused, not reallocated
     assert torch.equal(small, torch.ones(3))
+
+
+def test_page_arena_packs_many_tensors_into_few_maps_and_each_storage_is_exact():
+    from aegis_ckpt.hfsnapshot import PageArena
+
+    arena = PageArena()
+    arena.CHUNK_BYTES = 1 << 20  # small chunks, so that the last tensor needs a map of its own
+    tensors = [arena.empty((n,), torch.float32, n * 4) for n in (70_000, 1000, 100_000, 30_000)]
+    for t, n in zip(tensors, (70_000, 1000, 100_000, 30_000), strict=True):
+        assert t.data_ptr() % 4096 == 0
+        assert t.untyped_storage().nbytes() == n * 4
+        t.fill_(float(n))
+    # The four fit in the first map, each a page-rounded size after the one before.
+    assert tensors[1].data_ptr() - tensors[0].data_ptr() == -(-70_000 * 4 // 4096) * 4096
+    assert tensors[3].data_ptr() - tensors[2].data_ptr() == -(-100_000 * 4 // 4096) * 4096
+    for t, n in zip(tensors, (70_000, 1000, 100_000, 30_000), strict=True):
+        assert torch.all(t == float(n))  # no overlap between neighbours
+    big = arena.empty((2 << 20,), torch.uint8, 2 << 20)  # larger than a chunk: a map of its own size
+    assert big.numel() == 2 << 20 and big.data_ptr() % 4096 == 0
