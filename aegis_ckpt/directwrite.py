@@ -7,9 +7,10 @@ then reading every file back to hash it costs, per byte: a copy into a ``bytes``
 checksum. Here each byte is copied at most once, into a reused, page-aligned buffer (the large tensors of
 ``optimizer.pt`` are not copied at all: their records start on a page like the snapshot's buffers, see
 ``DirectFile._write_in_place``), and handed to the disk with ``O_DIRECT`` (no page-cache pages to allocate, fill
-and later evict: on the 2-vCPU VM of docs/benchmarks.md a 600 MB buffered write took 1.45 s of system time when the pages had to come fresh from the host, 0.12 s right
-after the same process had freed as many; 600 MB with ``O_DIRECT`` took about 0.1 s of CPU), and it is hashed
-from memory on the way out, so the commit does not read it back.
+and later evict: on the 2-vCPU VM of docs/benchmarks.md a 600 MB buffered write took 1.45 s of system time when
+the pages had to come fresh from the host, 0.12 s right after the same process had freed as many; 600 MB with
+``O_DIRECT`` took about 0.1 s of CPU), and it is hashed from memory on the way out, so the commit does not read
+it back.
 
 The files are the standard ones, byte for byte what a loader expects:
 

@@ -117,28 +117,34 @@ def run(with_callback: bool, steps: int, nproc: int) -> tuple[float, float]:
         return _run_once(with_callback, steps, nproc)
 
 
+def _launch(script_args: list[str], nproc: int) -> None:
+    """Run this script with ``script_args`` in one process, or under torchrun with ``nproc`` ranks; one intra-op
+    thread per process, so that 2 ranks fill the 2 cores without oversubscribing them."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        OMP_NUM_THREADS="1",
+    )
+    script = [__file__, *script_args]
+    if nproc > 1:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            *script,
+        ]
+    else:
+        cmd = [sys.executable, *script]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"exit {proc.returncode}: ...{proc.stderr[-1500:]}")
+
+
 def _run_once(with_callback: bool, steps: int, nproc: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="aegis-ovh-") as tmp:
-        env = dict(
-            os.environ,
-            PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            OMP_NUM_THREADS="1",
-        )
-        script = [__file__, "--child", "1" if with_callback else "0", str(steps), tmp]
-        if nproc > 1:
-            cmd = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={nproc}",
-                *script,
-            ]
-        else:
-            cmd = [sys.executable, *script]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"exit {proc.returncode}: ...{proc.stderr[-1500:]}")
+        _launch(["--child", "1" if with_callback else "0", str(steps), tmp], nproc)
         results = [json.loads(p.read_text()) for p in Path(tmp).glob("result-rank*.json")]
         # The job goes at the pace of its slowest rank.
         return max(r["step_sec"] for r in results), max(r.get("hook_sec_per_step", 0.0) for r in results)
@@ -172,25 +178,7 @@ def measure_in_one_process(nproc: int, steps: int, pairs: int) -> dict:
     """``pairs`` alternating with/without runs inside one process (per rank); the job's step time of a run is
     its slowest rank's."""
     with tempfile.TemporaryDirectory(prefix="aegis-ovh-") as tmp:
-        env = dict(
-            os.environ,
-            PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-            OMP_NUM_THREADS="1",
-        )
-        script = [__file__, "--alternate", str(pairs), str(steps), tmp]
-        cmd = [sys.executable, *script]
-        if nproc > 1:
-            cmd = [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                f"--nproc_per_node={nproc}",
-                *script,
-            ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise RuntimeError(f"exit {proc.returncode}: ...{proc.stderr[-1500:]}")
+        _launch(["--alternate", str(pairs), str(steps), tmp], nproc)
         ranks = [json.loads(p.read_text()) for p in Path(tmp).glob("alternating-rank*.json")]
     with_ = [max(r["with"][i] for r in ranks) for i in range(pairs)]
     without = [max(r["without"][i] for r in ranks) for i in range(pairs)]

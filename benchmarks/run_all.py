@@ -110,24 +110,13 @@ def targets(stall: dict, overhead: list, resume: dict, lost: list) -> list[tuple
                 s <= 1.1 * durable,
             )
         )
-        if "async" in e and disk:
-            t = e["async"]["persist_mb_per_sec"]
-            rows.append(
-                (
-                    f"{size}: background persist >= 80% of disk write+fsync",
-                    f"{t:.0f} vs {disk:.0f} MB/s",
-                    t >= 0.8 * disk,
-                )
-            )
-        if "async_no_sha" in e and disk:
-            t = e["async_no_sha"]["persist_mb_per_sec"]
-            rows.append(
-                (
-                    f"{size}: the same without the audit sha256 (not the default)",
-                    f"{t:.0f} vs {disk:.0f} MB/s",
-                    t >= 0.8 * disk,
-                )
-            )
+        for key, name in (
+            ("async", "background persist >= 80% of disk write+fsync"),
+            ("async_no_sha", "the same without the audit sha256 (not the default)"),
+        ):
+            if key in e and disk:
+                t = e[key]["persist_mb_per_sec"]
+                rows.append((f"{size}: {name}", f"{t:.0f} vs {disk:.0f} MB/s", t >= 0.8 * disk))
         rss = m["ours_async"]["extra_peak_rss_gib"] / e["state_gib"]
         rows.append((f"{size}: async peak extra RSS <= 1.1 x state", f"{rss:.2f} x", rss <= 1.1))
     for r in overhead:
