@@ -11,22 +11,29 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import _moved
 from .errors import AegisError, CommitError, ConfigError, PreflightError, RunLockedError
 from .options import AsyncOptions, CheckpointOptions, EmergencyOptions
 
 if TYPE_CHECKING:
-    from .callback import AegisCheckpointCallback
-    from .manager import EmergencyCheckpointManager, EnhancedAutoCheckpointManager, RollingCheckpointManager
+    from .loop.manager import (
+        EmergencyCheckpointManager,
+        EnhancedAutoCheckpointManager,
+        RollingCheckpointManager,
+    )
     from .resume import find_resume_checkpoint
+    from .trainer.callback import AegisCheckpointCallback
 
 __version__ = "0.1.0"
 
+_moved.install()
+
 _LAZY = {
-    "AegisCheckpointCallback": ".callback",
+    "AegisCheckpointCallback": ".trainer.callback",
     "find_resume_checkpoint": ".resume",
-    "RollingCheckpointManager": ".manager",
-    "EmergencyCheckpointManager": ".manager",
-    "EnhancedAutoCheckpointManager": ".manager",
+    "RollingCheckpointManager": ".loop.manager",
+    "EmergencyCheckpointManager": ".loop.manager",
+    "EnhancedAutoCheckpointManager": ".loop.manager",
 }
 
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .commit import is_committed, read_manifest, verify_checkpoint
 from .errors import AegisError, ConfigError
 from .options import VERIFY_MODES
-from .plaincheck import JIT_INCOMPLETE_MARKER, check_plain_checkpoint
-from .runstate import ensure_not_locked
-from .store import AEGIS_DIR, CheckpointStore, checkpoint_dir_name
+from .runstate.lease import ensure_not_locked
+from .storage.commit import is_committed, read_manifest, verify_checkpoint
+from .storage.plaincheck import JIT_INCOMPLETE_MARKER, check_plain_checkpoint
+from .storage.store import AEGIS_DIR, CheckpointStore, checkpoint_dir_name
 
 logger = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ def child(out_dir: str, interval: float, log_path: str, async_save: bool) -> Non
 
 
 def one_kill(interval: float, rng: random.Random, async_save: bool) -> dict:
-    from aegis_ckpt.store import CheckpointStore
+    from aegis_ckpt.storage.store import CheckpointStore
 
     with tempfile.TemporaryDirectory(prefix="aegis-lost-") as tmp:
         log = Path(tmp) / "steps.jsonl"

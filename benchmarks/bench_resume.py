@@ -41,7 +41,7 @@ def make_checkpoint(out: Path, size_name: str) -> Path:
 
 
 def bench_verify(folder: Path, repeats: int) -> dict:
-    from aegis_ckpt.commit import read_manifest, verify_checkpoint
+    from aegis_ckpt.storage.commit import read_manifest, verify_checkpoint
 
     total = read_manifest(folder).total_bytes
     cold_read, cold_verify, warm_verify = [], [], []
@@ -66,9 +66,9 @@ def bench_verify(folder: Path, repeats: int) -> dict:
 def bench_quick_scan(tmp: Path, repeats: int = 50) -> dict:
     """20 committed checkpoints of a tiny model: how long the resume decision takes with quick verification."""
     from aegis_ckpt import find_resume_checkpoint
-    from aegis_ckpt.commit import commit_checkpoint
     from aegis_ckpt.resume import scan_checkpoints
-    from aegis_ckpt.store import CheckpointStore
+    from aegis_ckpt.storage.commit import commit_checkpoint
+    from aegis_ckpt.storage.store import CheckpointStore
 
     out = tmp / "scan"
     src = make_checkpoint(tmp / "scan-src", "10M")

@@ -132,7 +132,7 @@ class PeakRSS:
 
 
 def state_bytes(model, optimizer) -> int:
-    from aegis_ckpt.asyncsave import estimate_snapshot_bytes
+    from aegis_ckpt.trainer.asyncsave.saver import estimate_snapshot_bytes
 
     return estimate_snapshot_bytes(model, optimizer)
 

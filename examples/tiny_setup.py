@@ -18,7 +18,7 @@ def load_texts(n: int = 400) -> list[str]:
 
 
 def build_tokenizer(texts: list[str], vocab_size: int = 512):
-    from aegis_ckpt.builders import train_bpe_tokenizer
+    from aegis_ckpt.train.builders import train_bpe_tokenizer
 
     return train_bpe_tokenizer(texts, vocab_size)  # deterministic: the same tokenizer after every restart
 

@@ -110,8 +110,9 @@ def section_descriptions(config_module) -> dict[str, str]:
 
 
 def render() -> str:
-    from aegis_ckpt import config, options
-    from aegis_ckpt.callback import AegisCheckpointCallback
+    from aegis_ckpt import options
+    from aegis_ckpt.train import config
+    from aegis_ckpt.trainer.callback import AegisCheckpointCallback
 
     params = inspect.signature(AegisCheckpointCallback.__init__).parameters
     hints = typing.get_type_hints(config.TrainConfig)

@@ -220,8 +220,8 @@ def plain_checkpoint() -> Callable[..., Path]:
 def committed_checkpoint(plain_checkpoint) -> Callable[..., Path]:
     """``committed_checkpoint(output_dir, step)`` -> a plain checkpoint folder committed with a manifest, in a
     directory marked as managed by aegis-ckpt."""
-    from aegis_ckpt.commit import commit_checkpoint
-    from aegis_ckpt.store import CheckpointStore
+    from aegis_ckpt.storage.commit import commit_checkpoint
+    from aegis_ckpt.storage.store import CheckpointStore
 
     def make(output_dir: str | os.PathLike, step: int) -> Path:
         CheckpointStore(output_dir).mark_managed()

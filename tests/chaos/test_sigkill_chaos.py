@@ -39,9 +39,9 @@ from pathlib import Path
 import pytest
 import tinylib
 
-from aegis_ckpt.commit import MANIFEST_NAME, verify_checkpoint
-from aegis_ckpt.runstate import read_completion
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.runstate.lease import read_completion
+from aegis_ckpt.storage.commit import MANIFEST_NAME, verify_checkpoint
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -27,8 +27,8 @@ import pytest
 import tinylib
 from testenv import SCRIPTS_DIR, subprocess_env
 
-from aegis_ckpt.commit import read_manifest, verify_checkpoint
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.storage.commit import read_manifest, verify_checkpoint
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -104,7 +104,7 @@ def test_accelerate_launch_two_cpu_processes_sigterm_power_cut_and_exact_resume(
     assert code == 0, output[-4000:]
     # Interval saves are asynchronous (no on_save event): count the commits in rank 0's log. Each manifest
     # covering both ranks' RNG files shows that both ranks saved the same step.
-    commits = re.findall(r"\[rank0\] aegis_ckpt.callback INFO Committed \S+ \(step (\d+)", output)
+    commits = re.findall(r"\[rank0\] aegis_ckpt.trainer.callback INFO Committed \S+ \(step (\d+)", output)
     assert len(commits) >= 3 and int(commits[-1]) == MAX_STEPS, output[-4000:]
     assert events(ref_root / "status", 1, "start"), "only one process ran"
     committed = CheckpointStore(ref_root / "out").committed()

@@ -21,8 +21,8 @@ import pytest
 import tinylib
 from testenv import SCRIPTS_DIR, subprocess_env
 
-from aegis_ckpt.commit import read_manifest, verify_checkpoint
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.storage.commit import read_manifest, verify_checkpoint
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -100,7 +100,8 @@ def test_ranks_save_the_same_steps_and_one_manifest_covers_all_rank_files(refere
     ``rng_state_<rank>.pth`` into the shared staging folder; rank 0's writer commits one manifest over all."""
     output = reference["output"]
     committed_steps = [
-        int(s) for s in re.findall(r"\[rank0\] aegis_ckpt.callback INFO Committed \S+ \(step (\d+)", output)
+        int(s)
+        for s in re.findall(r"\[rank0\] aegis_ckpt.trainer.callback INFO Committed \S+ \(step (\d+)", output)
     ]
     assert len(committed_steps) >= 3 and committed_steps[-1] == MAX_STEPS, output[-4000:]
     assert "async: snapshot" in output

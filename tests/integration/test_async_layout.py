@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tinylib import ClockTicker, StopAtStep
 
 from aegis_ckpt import AegisCheckpointCallback, AsyncOptions
-from aegis_ckpt.commit import MANIFEST_NAME, read_manifest
+from aegis_ckpt.storage.commit import MANIFEST_NAME, read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -109,7 +109,7 @@ def test_async_refused_when_ram_cannot_hold_the_snapshot(tmp_path, make_trainer,
 def test_ram_check_runs_when_a_save_is_near_not_every_step(tmp_path, make_trainer, fake_clock, monkeypatch):
     """The check costs about a millisecond: between saves it runs at most every RAM_CHECK_PERIOD_SEC of the
     run's clock, and always at the step end where a save comes due."""
-    from aegis_ckpt import asyncsave
+    from aegis_ckpt.trainer.asyncsave import saver as asyncsave
 
     checks: list[int] = []
     real = asyncsave.estimate_snapshot_bytes

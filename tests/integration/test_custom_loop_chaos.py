@@ -23,8 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aegis_ckpt.audit import read_audit
 from aegis_ckpt.cli import main as cli_main
+from aegis_ckpt.storage.audit import read_audit
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 

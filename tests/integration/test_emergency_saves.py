@@ -20,8 +20,8 @@ import pytest
 import tinylib
 from testenv import SCRIPTS_DIR, subprocess_env
 
-from aegis_ckpt.commit import read_manifest, verify_checkpoint
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.storage.commit import read_manifest, verify_checkpoint
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 

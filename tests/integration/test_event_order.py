@@ -7,7 +7,7 @@ from tinylib import ClockTicker, EventRecorder
 
 from aegis_ckpt import AegisCheckpointCallback
 from aegis_ckpt.options import AsyncOptions
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 

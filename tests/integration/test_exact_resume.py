@@ -14,8 +14,8 @@ from tinylib import ClockTicker, StopAtStep
 from transformers.trainer_utils import get_last_checkpoint
 
 from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
-from aegis_ckpt.commit import read_manifest
-from aegis_ckpt.runstate import read_completion
+from aegis_ckpt.runstate.lease import read_completion
+from aegis_ckpt.storage.commit import read_manifest
 
 pytestmark = pytest.mark.slow
 

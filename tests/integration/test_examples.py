@@ -11,8 +11,8 @@ import sys
 import pytest
 from testenv import REPO_ROOT, subprocess_env
 
-from aegis_ckpt.commit import read_manifest
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.storage.commit import read_manifest
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 

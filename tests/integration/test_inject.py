@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aegis_ckpt.inject import choose_resume, injection_env
+from aegis_ckpt.unattended.inject import choose_resume, injection_env
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "scripts" / "plain_hf_train.py"

@@ -31,9 +31,9 @@ import pytest
 import tinylib
 from testenv import SCRIPTS_DIR, subprocess_env
 
-from aegis_ckpt.commit import MANIFEST_NAME, read_manifest, verify_checkpoint
-from aegis_ckpt.runstate import read_completion
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.runstate.lease import read_completion
+from aegis_ckpt.storage.commit import MANIFEST_NAME, read_manifest, verify_checkpoint
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +161,7 @@ def test_peft_resume_restores_adapter_and_optimizer_and_the_check_notices_a_lost
     from tinylib import StopAfterSave
 
     from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
-    from aegis_ckpt.commit import commit_checkpoint
+    from aegis_ckpt.storage.commit import commit_checkpoint
 
     reference = integlib.build_trainer("peft_lora", tmp_path / "ref")
     reference.train()

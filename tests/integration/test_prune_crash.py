@@ -10,8 +10,8 @@ from tinylib import ClockTicker
 from transformers.trainer_utils import get_last_checkpoint
 
 from aegis_ckpt import AegisCheckpointCallback, commit, find_resume_checkpoint
-from aegis_ckpt.commit import verify_checkpoint
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.storage.commit import verify_checkpoint
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 

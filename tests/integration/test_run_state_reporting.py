@@ -22,10 +22,10 @@ from aegis_ckpt import (
     RunLockedError,
     find_resume_checkpoint,
 )
-from aegis_ckpt.audit import read_audit
 from aegis_ckpt.cli import main as cli_main
 from aegis_ckpt.policy import AdaptivePolicy
-from aegis_ckpt.runstate import RESUME_CLEAN, RESUME_POWER_LOSS, read_run_record, run_record_path
+from aegis_ckpt.runstate.lease import RESUME_CLEAN, RESUME_POWER_LOSS, read_run_record, run_record_path
+from aegis_ckpt.storage.audit import read_audit
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "tests" / "scripts"

@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import aegis_ckpt.commit as commit_module
+import aegis_ckpt.storage.commit as commit_module
 from aegis_ckpt import (
     EmergencyCheckpointManager,
     EnhancedAutoCheckpointManager,
     RollingCheckpointManager,
 )
-from aegis_ckpt.audit import read_audit
 from aegis_ckpt.errors import CommitError, ConfigError
-from aegis_ckpt.runstate import RESUME_CLEAN, read_run_record
+from aegis_ckpt.runstate.lease import RESUME_CLEAN, read_run_record
+from aegis_ckpt.storage.audit import read_audit
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "tests" / "scripts"

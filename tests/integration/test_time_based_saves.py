@@ -12,10 +12,10 @@ from tinylib import ClockTicker, SaveRecorder, SleepPerStep, StopAfterSave
 from transformers import TrainerCallback
 
 from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
-from aegis_ckpt.commit import read_manifest, verify_checkpoint
 from aegis_ckpt.options import AsyncOptions
-from aegis_ckpt.runstate import read_completion
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.runstate.lease import read_completion
+from aegis_ckpt.storage.commit import read_manifest, verify_checkpoint
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 
@@ -159,8 +159,8 @@ def test_a_save_due_while_the_writer_is_busy_is_deferred_not_stacked(
     import threading
     import time
 
-    from aegis_ckpt.asyncsave import AsyncCheckpointWriter
-    from aegis_ckpt.hfsnapshot import write_snapshot
+    from aegis_ckpt.trainer.asyncsave.saver import AsyncCheckpointWriter
+    from aegis_ckpt.trainer.asyncsave.snapshot import write_snapshot
 
     release = threading.Event()
     writes: list[tuple[int, float, float]] = []

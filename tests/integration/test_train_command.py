@@ -179,7 +179,7 @@ def _make_local_hub_model(root: Path) -> Path:
     """A tiny Qwen2 model and tokenizer saved with save_pretrained: what a Hub download leaves on disk."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from aegis_ckpt.builders import train_bpe_tokenizer
+    from aegis_ckpt.train.builders import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(["local hub model text " * 50, "another line of words"], 300)
     config = Qwen2Config(

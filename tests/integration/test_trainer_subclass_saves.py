@@ -19,8 +19,8 @@ from tinylib import ClockTicker
 from transformers import Trainer
 
 from aegis_ckpt import AegisCheckpointCallback
-from aegis_ckpt.commit import read_manifest
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.storage.commit import read_manifest
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = pytest.mark.slow
 

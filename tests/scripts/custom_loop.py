@@ -8,7 +8,7 @@ position (step) alone says which batch comes next.
     python custom_loop.py OUT --steps 200 --interval 0.2 [--api rolling|enhanced] [--slow-fsync SEC]
 
 At the end the final weights are written to OUT/final_weights.safetensors (outside the checkpoint machinery).
-``--slow-fsync`` wraps the commit seam ``aegis_ckpt.commit.fsync_file`` with a delay, so that saves take long
+``--slow-fsync`` wraps the commit seam ``aegis_ckpt.storage.commit.fsync_file`` with a delay, so that saves take long
 enough for random kills to land inside them.
 """
 
@@ -32,7 +32,7 @@ SAMPLES = 48  # 12 steps per epoch
 def build():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from aegis_ckpt.builders import train_bpe_tokenizer
+    from aegis_ckpt.train.builders import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(["a tiny corpus for a tiny tokenizer"] * 4, 260)
     torch.manual_seed(0)
@@ -63,7 +63,7 @@ def main() -> int:
 
     hf_logging.disable_progress_bar()
     if ns.slow_fsync:
-        import aegis_ckpt.commit as commit
+        import aegis_ckpt.storage.commit as commit
 
         real_fsync = commit.fsync_file
 

@@ -3,7 +3,7 @@
     python supervised_child.py MODE STATE_DIR
 
 Every start appends its pid to ``STATE_DIR/attempts`` (so the attempt number is known) and writes heartbeats the
-way ``AegisCheckpointCallback`` does, through ``aegis_ckpt.runstate.write_heartbeat`` to ``AEGIS_HEARTBEAT_FILE``.
+way ``AegisCheckpointCallback`` does, through ``aegis_ckpt.runstate.lease.write_heartbeat`` to ``AEGIS_HEARTBEAT_FILE``.
 
 Modes:
   crash-twice     exit 1 on attempts 1 and 2, exit 0 on attempt 3
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from aegis_ckpt.runstate import heartbeat_path_from_env, write_heartbeat
+from aegis_ckpt.runstate.lease import heartbeat_path_from_env, write_heartbeat
 
 
 def beat(step: int, phase: str = "train") -> None:

@@ -155,7 +155,7 @@ class SaveRecorder(TrainerCallback):
         self.saves: list[dict] = []
 
     def on_save(self, args, state, control, **kwargs):
-        from aegis_ckpt.commit import is_committed
+        from aegis_ckpt.storage.commit import is_committed
 
         out = Path(args.output_dir)
         folders = sorted(p for p in out.iterdir() if p.name.startswith("checkpoint-")) if out.is_dir() else []

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from aegis_ckpt.audit import EVENTS, MAX_STRING_CHARS, AuditLog, read_audit
+from aegis_ckpt.storage.audit import EVENTS, MAX_STRING_CHARS, AuditLog, read_audit
 
 
 def test_lines_are_json_with_time_pid_step_reason(tmp_path):

@@ -14,10 +14,10 @@ from pathlib import Path, PurePath, PureWindowsPath
 
 import pytest
 
-from aegis_ckpt import autostart
-from aegis_ckpt.autostart import AutostartOptions, CommandResult, Host, SystemOps
 from aegis_ckpt.cli import main as cli_main
 from aegis_ckpt.errors import ConfigError
+from aegis_ckpt.unattended import autostart
+from aegis_ckpt.unattended.autostart import AutostartOptions, CommandResult, Host, SystemOps
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_NS = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}

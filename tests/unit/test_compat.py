@@ -7,9 +7,9 @@ import logging
 import pytest
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from aegis_ckpt.compat import check_training_setup, started_alone_by_accelerate_cpu_launcher
 from aegis_ckpt.errors import ConfigError
 from aegis_ckpt.options import CheckpointOptions
+from aegis_ckpt.trainer.compat import check_training_setup, started_alone_by_accelerate_cpu_launcher
 
 COMMON = dict(report_to="none", use_cpu=True)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from aegis_ckpt.config import apply_overrides, load_config, parse_config
 from aegis_ckpt.errors import ConfigError
+from aegis_ckpt.train.config import apply_overrides, load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from aegis_ckpt import notify
 from aegis_ckpt.cli import main as cli_main
-from aegis_ckpt.runstate import mark_completed
+from aegis_ckpt.runstate.lease import mark_completed
+from aegis_ckpt.unattended import notify
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "T0SECRET/B1SECRET/xyzSECRETtoken"

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from aegis_ckpt import preflight
 from aegis_ckpt.cli import main as cli_main
-from aegis_ckpt.commit import commit_checkpoint
-from aegis_ckpt.config import load_config
 from aegis_ckpt.errors import ConfigError
-from aegis_ckpt.runstate import mark_completed
+from aegis_ckpt.runstate.lease import mark_completed
+from aegis_ckpt.storage.commit import commit_checkpoint
+from aegis_ckpt.train import preflight
+from aegis_ckpt.train.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -69,7 +69,7 @@ def test_nearly_full_disk_is_refused_with_one_clear_line(tmp_path, capsys, monke
 def test_estimate_is_conservative_and_replaced_by_the_measured_size(tmp_path):
     """Estimated from the config before the first checkpoint (never below the real size), then measured from
     the newest committed checkpoint's manifest."""
-    from aegis_ckpt.train import run_training
+    from aegis_ckpt.train.runner import run_training
 
     overrides = [
         f"training.output_dir={tmp_path / 'run'}",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aegis_ckpt.errors import RunLockedError
-from aegis_ckpt.runstate import (
+from aegis_ckpt.runstate.lease import (
     FINISHED,
     FRESH,
     RESUME_CLEAN,
@@ -190,7 +190,7 @@ def test_second_process_is_refused_while_the_first_holds_the_lease(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom aegis_ckpt.runstate import RunLease\n"
+            "import sys, time\nfrom aegis_ckpt.runstate.lease import RunLease\n"
             f"lease = RunLease({str(tmp_path)!r})\nlease.acquire(step=3)\nprint('held', flush=True)\ntime.sleep(60)\n",
         ],
         stdout=subprocess.PIPE,

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from aegis_ckpt.signals import (
+from aegis_ckpt.system.signals import (
     CTRL_BREAK_EVENT,
     CTRL_C_EVENT,
     CTRL_CLOSE_EVENT,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from aegis_ckpt.audit import read_audit
-from aegis_ckpt.commit import commit_checkpoint, is_committed, read_manifest
 from aegis_ckpt.errors import CommitError
-from aegis_ckpt.store import CheckpointStore
+from aegis_ckpt.storage.audit import read_audit
+from aegis_ckpt.storage.commit import commit_checkpoint, is_committed, read_manifest
+from aegis_ckpt.storage.store import CheckpointStore
 
 
 def staged_save(store: CheckpointStore, step: int, *, content: bytes = b"weights", commit=True, pinned=False):

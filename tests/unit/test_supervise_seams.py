@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from aegis_ckpt import supervise
 from aegis_ckpt.errors import ConfigError
-from aegis_ckpt.supervise import STOP_EXIT_CODES, SuperviseOptions, WindowsProcessControl
+from aegis_ckpt.unattended import supervise
+from aegis_ckpt.unattended.supervise import STOP_EXIT_CODES, SuperviseOptions, WindowsProcessControl
 
 
 class RecordingProc:

@@ -17,9 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aegis_ckpt.commit import MANIFEST_NAME, verify_checkpoint
-from aegis_ckpt.hfsnapshot import LargeFile, SnapshotBuffers
-from aegis_ckpt.writerproc import (
+from aegis_ckpt.storage.commit import MANIFEST_NAME, verify_checkpoint
+from aegis_ckpt.trainer.asyncsave.snapshot import LargeFile, SnapshotBuffers
+from aegis_ckpt.trainer.asyncsave.writerproc import (
     SHM_PREFIX,
     WriteJob,
     WriterProcess,
@@ -137,7 +137,7 @@ def test_the_child_ignores_stop_signals_meant_for_the_trainer(tmp_path, buffers,
 
 PARENT = """
 import sys, time
-from aegis_ckpt.writerproc import WriterProcess
+from aegis_ckpt.trainer.asyncsave.writerproc import WriterProcess
 w = WriterProcess()
 w.start()
 print(w.pid, flush=True)

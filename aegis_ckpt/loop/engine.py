@@ -1,0 +1,497 @@
+"""``LoopCheckpointer``: the one implementation behind the three custom-loop managers in ``manager.py``.
+
+It holds the registered objects and the loop's counters, decides at safe points (``policy``), writes a save into
+a staging folder under ``.aegis/staging/`` (``loopstate``), commits it there (``commit``), renames it to
+``checkpoint-<step>`` in one step and applies retention (``store``); it resumes through the same scan as the
+Trainer path (``resume``), and records everything through ``RunRecorder`` (lease, audit log, statistics).
+
+Why stage instead of writing ``checkpoint-<step>`` in place: a folder appears under its final name only after its
+manifest is durable, so a crash at any instant leaves either no new folder (the staging leftover is removed at
+the next start) or a complete committed one. Nothing half-written ever carries a ``checkpoint-*`` name, and a
+second save of the same step never rewrites a committed folder in place.
+
+Safe points. Time-based saving must never capture weights in the middle of an update, so a save happens only
+where the loop says the state is consistent: ``step()``, called after each optimizer step once the counters match
+the weights (inside a ``with unsafe():`` block it takes effect at the block's end), ``save_checkpoint()`` (which
+waits for a running ``unsafe()`` block of another thread) and ``finish()``. A background thread only *warns* when
+no safe point comes for two intervals; it never saves.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..errors import CommitError, ConfigError
+from ..exitcodes import exit_code_for_signal
+from ..options import CheckpointOptions
+from ..policy import SavePolicy, make_policy
+from ..resume import scan_checkpoints
+from ..runstate.lease import FINISHED, RunStart, mark_completed
+from ..runstate.recorder import RunRecorder
+from ..storage.commit import commit_checkpoint, is_committed
+from ..storage.store import PIN_META_KEY, CheckpointStore
+from ..system.signals import signal_name
+from ..train.preflight import check_output_dir
+from .loopstate import load_training_state, save_training_state
+
+logger = logging.getLogger(__name__)
+
+
+class LoopCheckpointer:
+    """Checkpointing for a hand-written training loop (see module docstring; public API in ``manager.py``)."""
+
+    def __init__(
+        self,
+        base_dir: str | os.PathLike,
+        options: CheckpointOptions,
+        *,
+        keep_tagged: bool = True,
+        policy: SavePolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.output_dir = check_output_dir(base_dir)
+        self.options = options
+        self.keep_tagged = keep_tagged
+        self.policy = policy if policy is not None else make_policy(options)
+        self.clock = clock
+        self.store = CheckpointStore(self.output_dir)
+        self.recorder = RunRecorder(self.output_dir, options, policy=self.policy, clock=clock)
+        self.model = self.tokenizer = self.optimizer = self.scheduler = None
+        self.extra: dict[str, Any] = {}
+        self.global_step = 0
+        self.user_state: dict[str, Any] = {}
+        self.auto_tag: str | None = None
+        self.watcher = None
+        self.resumed_from: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self.closed = False
+        self._lock = threading.Lock()
+        self._region_owner: int | None = None
+        self._regions_used = False
+        self._torn = False
+        self._deferred = False
+        self._last_safe_point = clock()
+        self._stall_warned = False
+        self._watchdog: threading.Thread | None = None
+        self._stop_watchdog = threading.Event()
+        self._superseded_checked = False
+        self._resumed_step: int | None = None
+        # Refuse a second live process before anything on disk changes (RunLockedError), then clean up after a
+        # crash of the previous one.
+        self.run_start: RunStart | None = self.recorder.begin(
+            step=0, has_checkpoints=bool(self.store.checkpoints())
+        )
+        self.store.mark_managed()
+        self.store.recover_staging()
+        self.store.empty_trash()
+        self._atexit_hook = self._close_at_exit
+        atexit.register(self._atexit_hook)
+
+    # ---- registration ----------------------------------------------------------------------------------------
+    def register(self, model, tokenizer=None, optimizer=None, scheduler=None, **extra) -> None:
+        self.model, self.tokenizer, self.optimizer, self.scheduler = model, tokenizer, optimizer, scheduler
+        for name, obj in extra.items():
+            self.register_state(name, obj)
+
+    def register_state(self, name: str, obj) -> None:
+        if not (
+            callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+        ):
+            raise TypeError(
+                f"register_state({name!r}, ...) needs an object with state_dict()/load_state_dict() (got "
+                f"{type(obj).__name__}); pass plain JSON values to step()/update() instead"
+            )
+        self.extra[name] = obj
+
+    def _require_model(self) -> None:
+        if self.model is None:
+            raise ConfigError("no model registered: call register_model(model, tokenizer, ...) first")
+
+    # ---- the loop's state --------------------------------------------------------------------------------------
+    def update(self, **values: Any) -> None:
+        """Set loop values saved with every checkpoint (epoch, data position, ...); they must be JSON values."""
+        if "step" in values:
+            raise TypeError("the step is set by step(global_step), not as a loop value")
+        try:
+            json.dumps(values)
+        except (TypeError, ValueError) as e:
+            raise TypeError(
+                f"checkpoint values must be JSON (numbers, strings, lists, dicts): {e}. Register objects with "
+                "state_dict() through register_state() instead."
+            ) from None
+        self.user_state.update(values)
+
+    def loop_state(self) -> dict[str, Any]:
+        return {"step": self.global_step, **self.user_state}
+
+    def step(self, global_step: int | None = None, **values: Any) -> bool:
+        """A safe point after an optimizer step: count it, then save if one is due (or a stop signal came).
+        Returns True when a checkpoint was committed here."""
+        if values:
+            self.update(**values)
+        self.global_step = int(global_step) if global_step is not None else self.global_step + 1
+        if self._region_owner == threading.get_ident():
+            self._deferred = True  # inside unsafe(): the block's end is the safe point
+            return False
+        return self.safe_point()
+
+    @contextmanager
+    def unsafe(self) -> Iterator[None]:
+        """Mark code that changes the state (optimizer step, counters): no save sees it half done, and an
+        exception inside it is known to have torn the state. A ``step()`` called inside takes effect at the end of
+        the block; the end of a block without one is not a safe point (the counters may not match the weights)."""
+        if self._region_owner == threading.get_ident():
+            yield  # nested: the outer block decides
+            return
+        self._lock.acquire()
+        self._region_owner = threading.get_ident()
+        self._regions_used = True
+        self._deferred = False
+        try:
+            yield
+        except BaseException:
+            self._torn = True
+            raise
+        finally:
+            self._region_owner = None
+            self._lock.release()
+        self._torn = False
+        if self._deferred:
+            self._deferred = False
+            self.safe_point()
+
+    def state_is_consistent(self) -> tuple[bool, str]:
+        """Whether an emergency save now would capture a consistent state, and if not, why."""
+        if self._torn or self._region_owner is not None:
+            return False, "it interrupted a `with unsafe():` block, so the state may be half updated"
+        if not self._regions_used:
+            return False, (
+                "the loop marks no unsafe region, so it is unknown whether the state is consistent (wrap the "
+                "optimizer step in `with ckpt_manager.unsafe():` to enable saves on exceptions)"
+            )
+        return True, ""
+
+    # ---- safe points -------------------------------------------------------------------------------------------
+    def safe_point(self) -> bool:
+        now = self.clock()
+        self._last_safe_point = now
+        self._stall_warned = False
+        self.recorder.heartbeat(self.global_step)
+        signum = self.watcher.triggered if self.watcher is not None else None
+        if signum is not None:
+            self.stop_on_signal(signum)
+        if self.auto_tag is not None and self.policy.is_due(now):
+            return (
+                self.save(tag=self.auto_tag, reason="interval", pinned=False, raise_errors=False) is not None
+            )
+        return False
+
+    def stop_on_signal(self, signum: int) -> None:
+        """Commit a checkpoint of the current (consistent) state, release the lease, exit with 128 + signum."""
+        code = exit_code_for_signal(signum)
+        logger.warning(
+            "%s received: saving step %d, then exiting with code %d",
+            signal_name(signum),
+            self.global_step,
+            code,
+        )
+        self.recorder.signal(signum, step=self.global_step)
+        if self.model is not None:
+            self.save(tag=None, reason=f"signal:{signal_name(signum)}", pinned=False, raise_errors=False)
+        self.close("signal", detail=signal_name(signum))
+        raise SystemExit(code)
+
+    def arm(self, model=None, tokenizer=None, tag: str = "auto") -> None:
+        """Start time-based saving (``start_auto_save``); see ``RollingCheckpointManager.start_auto_save``."""
+        if model is not None:
+            if self.model is None:
+                self.register(model, tokenizer)
+            elif model is not self.model:
+                raise ConfigError(
+                    "start_auto_save() got a different model than register_model(): a checkpoint must capture one "
+                    "consistent set of objects. Call register_model(new_model, ...) first."
+                )
+        if tokenizer is not None:
+            if self.tokenizer is None:
+                self.tokenizer = tokenizer
+            elif tokenizer is not self.tokenizer:
+                raise ConfigError("start_auto_save() got a different tokenizer than register_model()")
+        self._require_model()
+        self.auto_tag = str(tag)
+        now = self.clock()
+        self.policy.start(now)
+        self._last_safe_point = now
+        logger.info(
+            "Auto-save every %.3g s at safe points (step() / end of unsafe()), keeping %d in %s",
+            self.policy.interval_sec,
+            self.options.max_keep,
+            self.output_dir,
+        )
+        if self._watchdog is None:
+            self._stop_watchdog.clear()
+            self._watchdog = threading.Thread(target=self._watch, name="aegis-safe-point-watch", daemon=True)
+            self._watchdog.start()
+
+    def disarm(self) -> None:
+        self.auto_tag = None
+
+    def _watch(self) -> None:
+        while not self._stop_watchdog.wait(min(max(self.policy.interval_sec / 4, 0.05), 10.0)):
+            self.check_stalled(self.clock())
+
+    def check_stalled(self, now: float) -> bool:
+        """Warn (once until the next safe point) when auto-save is armed but no safe point came for two
+        intervals: saving never happens in the middle of an update, so such a loop is not being checkpointed."""
+        if self.auto_tag is None or self._stall_warned or self.closed:
+            return False
+        quiet = now - self._last_safe_point
+        if quiet < 2 * self.policy.interval_sec:
+            return False
+        self._stall_warned = True
+        logger.warning(
+            "No safe point for %.3g s although auto-save is due every %.3g s: nothing is saved meanwhile. Call "
+            "ckpt_manager.step() after each optimizer step (or end a `with ckpt_manager.unsafe():` block); saves "
+            "only happen there, never in the middle of an update.",
+            quiet,
+            self.policy.interval_sec,
+        )
+        return True
+
+    # ---- save --------------------------------------------------------------------------------------------------
+    def save_now(self, tag: str | None, *, keep: bool | None = None, reason: str = "manual") -> Path:
+        """A save requested by the program (``save_checkpoint``); waits for another thread's unsafe() block."""
+        if self._region_owner == threading.get_ident():
+            raise RuntimeError(
+                "save_checkpoint() inside `with unsafe():`: the state is being changed; call it after the block"
+            )
+        pinned = bool(tag) and (self.keep_tagged if keep is None else keep)
+        return self._save_or_raise(tag=tag, reason=reason, pinned=pinned)
+
+    def _save_or_raise(self, *, tag: str | None, reason: str, pinned: bool) -> Path:
+        path = self.save(tag=tag, reason=reason, pinned=pinned, raise_errors=True)
+        if path is None:  # save() raises CommitError instead; this only guards a future change
+            raise CommitError(f"checkpoint of step {self.global_step} was not committed")
+        return path
+
+    def save(self, *, tag: str | None, reason: str, pinned: bool, raise_errors: bool) -> Path | None:
+        """Save and commit the current state (under the manager's lock: never during an unsafe() block)."""
+        self._require_model()
+        if self.closed:
+            raise RuntimeError(
+                "this checkpoint manager is closed (it released the directory); create a new one to save again"
+            )
+        if self._region_owner == threading.get_ident():
+            raise RuntimeError("cannot save inside this thread's own `with unsafe():` block")
+        with self._lock:
+            return self._save_locked(tag, reason, pinned, raise_errors)
+
+    def _save_locked(self, tag: str | None, reason: str, pinned: bool, raise_errors: bool) -> Path | None:
+        step = self.global_step
+        existing = self.store.path_for_step(step)
+        if is_committed(existing) and (not pinned or self.store.is_pinned(existing)):
+            logger.debug("step %d is already committed in %s; nothing new to save", step, existing)
+            self.policy.start(self.clock())
+            self.last_checkpoint = existing
+            return existing
+        self._set_aside_superseded(step)
+        started = self.clock()
+        staged = None
+        try:
+            staged = self.store.fresh_staging(step)
+            save_training_state(
+                staged,
+                model=self.model,
+                tokenizer=self.tokenizer,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                extra=self.extra,
+                loop_state={"step": step, "user": self.user_state, "tag": tag, "reason": reason},
+            )
+            written = self.clock()
+            meta = {
+                "tag": tag,
+                PIN_META_KEY: pinned,
+                "writer": "aegis-ckpt loop",
+                "epoch": self.user_state.get("epoch"),
+            }
+            manifest = commit_checkpoint(
+                staged, step=step, reason=reason, meta=meta, sha256=self.recorder.sha256
+            )
+            committed = self.clock()
+            final = self.store.publish(staged, step)
+        except Exception as e:
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+            self.recorder.save_failed(step=step, reason=reason, error=e)
+            self.policy.start(self.clock())
+            if raise_errors:
+                raise CommitError(f"checkpoint of step {step} was not committed: {e}") from e
+            logger.error(
+                "Checkpoint of step %d was NOT committed (%s: %s). Training goes on; the previous committed "
+                "checkpoint stays the resume point, and the next save is tried one interval from now.",
+                step,
+                type(e).__name__,
+                e,
+            )
+            return None
+        finished = self.clock()
+        self.recorder.committed(
+            final,
+            manifest,
+            reason=reason,
+            write_sec=written - started,
+            commit_sec=committed - written,
+            duration_sec=finished - started,
+            tag=tag,
+        )
+        self.policy.record_save(started=started, finished=finished, size_bytes=manifest.total_bytes)
+        self.last_checkpoint = final
+        logger.info(
+            "Committed %s (step %d, %.1f MB, %s%s, %.2f s)",
+            final,
+            step,
+            manifest.total_bytes / 1e6,
+            reason,
+            f", tag {tag!r}" + (", kept outside the rolling window" if pinned else "") if tag else "",
+            finished - started,
+        )
+        self.store.prune(
+            self.options.max_keep, protect={final}, milestone_every_sec=self.options.keep_milestone_every_sec
+        )
+        return final
+
+    def _set_aside_superseded(self, step: int) -> None:
+        """Checkpoints beyond the current step belong to another timeline (resume() not called, or resumed from an
+        older one): retention would count them as newest and delete the new saves, so move them aside."""
+        later = [e for e in self.store.checkpoints() if e.step > step]
+        if not later:
+            return
+        if not self._superseded_checked and self.resumed_from is None:
+            logger.warning(
+                "Saving step %d while %s holds checkpoints up to step %d: did you forget resume()? They are moved "
+                "to .aegis/quarantine/ (not deleted).",
+                step,
+                self.output_dir,
+                later[-1].step,
+            )
+        self._superseded_checked = True
+        for entry in later:
+            self.store.quarantine(
+                entry.path, f"superseded: the loop saved step {step}, before this checkpoint"
+            )
+
+    # ---- resume ------------------------------------------------------------------------------------------------
+    def resume(self, *, restore_rng: bool = True) -> dict[str, Any] | None:
+        """Restore the newest intact checkpoint into the registered objects; returns the loop state or None."""
+        self._require_model()
+        report = scan_checkpoints(
+            self.output_dir, verify=self.options.verify, allow_unverified=self.options.allow_unverified
+        )
+        if report.chosen is None:
+            logger.info("No intact checkpoint in %s: starting from scratch", self.output_dir)
+            return None
+        chosen = Path(report.chosen)
+        state = load_training_state(
+            chosen,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            extra=self.extra,
+            restore_rng=restore_rng,
+        )
+        self.global_step = int(state["step"])
+        self.user_state = dict(state.get("user") or {})
+        self.resumed_from = self.last_checkpoint = chosen
+        self._resumed_step = self.global_step
+        self.recorder.resumed(step=self.global_step, checkpoint=chosen, verify_sec=report.seconds)
+        logger.info(
+            "Resumed from %s (step %d, %s verification)", chosen, self.global_step, self.options.verify
+        )
+        return self.loop_state()
+
+    # ---- end ---------------------------------------------------------------------------------------------------
+    @property
+    def is_finished(self) -> bool:
+        return self.run_start is not None and self.run_start.kind == FINISHED
+
+    def finish(self) -> Path:
+        """Commit the final state, write the completion marker, release the lease."""
+        if self.is_finished and self.resumed_from is not None and self.global_step == self._resumed_step:
+            # Started again after it had finished, and nothing was trained since: nothing to record either.
+            logger.info("Nothing to do: the run had already finished at step %d", self.global_step)
+            self.close("finished")
+            return self.resumed_from
+        path = self._save_or_raise(tag="final", reason="final", pinned=False)
+        mark_completed(self.output_dir, step=self.global_step, checkpoint=os.fspath(path))
+        self.recorder.finished(step=self.global_step, checkpoint=path)
+        logger.info("Training complete at step %d: %s", self.global_step, path)
+        self.close("finished")
+        return path
+
+    def close(self, kind: str = "closed", *, detail: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.auto_tag = None
+        self._stop_watchdog.set()
+        if self.watcher is not None:
+            try:
+                self.watcher.mark_done()  # releases a Windows close/logoff/shutdown handler waiting for the save
+                self.watcher.uninstall()
+            except Exception as e:  # restoring handlers is best effort; the lease must still be released
+                logger.warning("Could not restore the previous signal handlers: %s", e)
+            self.watcher = None
+        self.recorder.end(kind, step=self.global_step, detail=detail)
+        atexit.unregister(self._atexit_hook)
+
+    def _close_at_exit(self) -> None:
+        # The program ended without close(): after an unhandled exception the interpreter has set sys.last_value
+        # by now (it prints the traceback before running atexit hooks); otherwise it simply returned.
+        error = getattr(sys, "last_value", None)
+        if error is not None:
+            self.close("exception", detail=type(error).__name__)
+        else:
+            self.close("exited_without_close")
+
+    # ---- exceptions ----------------------------------------------------------------------------------------------
+    def handle_exception(self, error: BaseException) -> bool:
+        """Best-effort save on an unhandled exception, if the state is consistent. Never raises: the caller
+        re-raises ``error``. Returns whether a checkpoint was committed."""
+        ok, why = self.state_is_consistent()
+        saved = False
+        if self.model is None:
+            logger.error("%s: no model registered, nothing to save", type(error).__name__)
+        elif not ok:
+            logger.error("%s at step %d: not saving, because %s", type(error).__name__, self.global_step, why)
+        else:
+            try:
+                path = self._save_or_raise(tag=None, reason=f"exception:{type(error).__name__}", pinned=False)
+                saved = True
+                logger.error(
+                    "%s at step %d: emergency checkpoint %s committed",
+                    type(error).__name__,
+                    self.global_step,
+                    path,
+                )
+            except BaseException as save_error:  # the original error matters more; report this one and go on
+                logger.error(
+                    "%s at step %d: the emergency checkpoint failed too (%s: %s); the last committed checkpoint "
+                    "stays the resume point",
+                    type(error).__name__,
+                    self.global_step,
+                    type(save_error).__name__,
+                    save_error,
+                )
+        self.recorder.exception(error, step=self.global_step, saved=saved)
+        return saved

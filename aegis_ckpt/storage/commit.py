@@ -1,0 +1,403 @@
+"""The commit protocol: what makes a checkpoint folder count.
+
+A checkpoint folder counts only once ``aegis_manifest.json`` exists inside it. The manifest is written last,
+after every file was flushed to disk, and it lists each file with its size and xxh3 checksum::
+
+    1. fsync every file in the folder (hashing it in the same read)
+    2. fsync the folder (and sub-folders), so the directory entries are durable
+    3. write the manifest to a temporary name, fsync it, os.replace() it into place
+    4. fsync the folder and its parent
+
+A crash before step 3 completes leaves a folder without a manifest: uncommitted, never used for resume. A crash
+after it leaves a complete, durable checkpoint. ``verify_checkpoint`` is the read side of the same contract.
+
+The module-level functions ``fsync_file`` and ``fsync_dir`` are the seams where tests inject faults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import xxhash
+
+from ..errors import CommitError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "aegis_manifest.json"
+MANIFEST_FORMAT = "aegis-ckpt-manifest"
+MANIFEST_VERSION = 1
+HASH_NAME = "xxh3_128"
+_TMP_PREFIX = ".aegis_tmp-"
+_READ_CHUNK_BYTES = 16 * 1024 * 1024
+READ_AHEAD_MIN_BYTES = 32 * 1024 * 1024  # verification reads larger files with a reader thread
+_FSYNC_THREADS = 4
+_IS_WINDOWS = sys.platform == "win32"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Durability helpers (the seams)
+# --------------------------------------------------------------------------------------------------------------
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush one file's data and metadata to stable storage."""
+    # Windows only flushes through a handle opened for writing; POSIX accepts a read-only descriptor.
+    flags = (os.O_RDWR | getattr(os, "O_BINARY", 0)) if _IS_WINDOWS else os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a directory's entries (creations, renames) durable. A no-op where the OS cannot do it (Windows)."""
+    if _IS_WINDOWS:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
+    path = Path(path)
+    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{path.name}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileDigest:
+    size: int
+    xxh3_128: str
+    sha256: str | None = None
+
+
+def hash_file(
+    path: str | os.PathLike, *, sha256: bool = False, buffer: bytearray | None = None
+) -> FileDigest:
+    """Read a file once and return its size and checksums."""
+    buf = buffer if buffer is not None else bytearray(_READ_CHUNK_BYTES)
+    view = memoryview(buf)
+    xh = xxhash.xxh3_128()
+    sh = hashlib.sha256() if sha256 else None
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            chunk = view[:n]
+            xh.update(chunk)
+            if sh is not None:
+                sh.update(chunk)
+            size += n
+    return FileDigest(size=size, xxh3_128=xh.hexdigest(), sha256=sh.hexdigest() if sh else None)
+
+
+def hash_file_read_ahead(
+    path: str | os.PathLike, *, chunk_bytes: int = 8 * 1024 * 1024, depth: int = 3
+) -> FileDigest:
+    """``hash_file`` for large files when nothing else needs the CPU (verification before a resume): a reader
+    thread fills the next chunks while this thread hashes the last one. Both release the GIL, so reading
+    (a copy out of the page cache, or the wait for the disk) and hashing overlap instead of adding up. The file
+    is still read front to back by one reader, which keeps the access sequential on a spinning disk."""
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    full: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(depth):
+        free.put(bytearray(chunk_bytes))
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                while not stop.is_set():
+                    buf = free.get()
+                    n = f.readinto(buf)
+                    full.put((buf, n))
+                    if not n:
+                        return
+        except BaseException as e:  # noqa: BLE001 - handed to the hashing thread, which raises it
+            full.put((e, 0))
+
+    reader = threading.Thread(target=read, name="aegis-verify-read", daemon=True)
+    reader.start()
+    xh = xxhash.xxh3_128()
+    size = 0
+    try:
+        while True:
+            buf, n = full.get()
+            if isinstance(buf, BaseException):
+                raise buf
+            if not n:
+                break
+            with memoryview(buf) as view:
+                xh.update(view[:n])
+            size += n
+            free.put(buf)
+    finally:
+        stop.set()
+        free.put(bytearray(0))  # wakes a reader that waits for a buffer; it then sees ``stop``
+        reader.join()
+    return FileDigest(size=size, xxh3_128=xh.hexdigest(), sha256=None)
+
+
+def _is_internal_name(name: str) -> bool:
+    return name == MANIFEST_NAME or name.startswith(_TMP_PREFIX)
+
+
+def list_checkpoint_files(folder: str | os.PathLike) -> list[str]:
+    """Relative POSIX-style paths of every regular file under ``folder``, except our own manifest files."""
+    folder = Path(folder)
+    out: list[str] = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if _is_internal_name(name):
+                continue
+            full = Path(root) / name
+            if full.is_file():
+                out.append(full.relative_to(folder).as_posix())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Manifest
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Manifest:
+    """The parsed content of ``aegis_manifest.json``."""
+
+    step: int
+    files: dict[str, FileDigest]
+    committed_unix: float
+    reason: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(d.size for d in self.files.values())
+
+    def to_json_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "hash": HASH_NAME,
+            "step": self.step,
+            "reason": self.reason,
+            "committed_unix": self.committed_unix,
+            "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.committed_unix)),
+            "total_bytes": self.total_bytes,
+            "meta": self.meta,
+            "files": {
+                name: {"size": d.size, HASH_NAME: d.xxh3_128, **({"sha256": d.sha256} if d.sha256 else {})}
+                for name, d in sorted(self.files.items())
+            },
+        }
+        body["manifest_checksum"] = _canonical_checksum(body)
+        return body
+
+    @classmethod
+    def from_json_dict(cls, body: dict[str, Any]) -> Manifest:
+        if body.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"not an aegis manifest (format={body.get('format')!r})")
+        if body.get("version") != MANIFEST_VERSION:
+            raise ValueError(f"unsupported manifest version {body.get('version')!r}")
+        expected = body.get("manifest_checksum")
+        rest = {k: v for k, v in body.items() if k != "manifest_checksum"}
+        if expected != _canonical_checksum(rest):
+            raise ValueError("manifest checksum mismatch (the manifest itself is damaged)")
+        files = {
+            name: FileDigest(size=int(d["size"]), xxh3_128=str(d[HASH_NAME]), sha256=d.get("sha256"))
+            for name, d in body["files"].items()
+        }
+        return cls(
+            step=int(body["step"]),
+            files=files,
+            committed_unix=float(body["committed_unix"]),
+            reason=str(body.get("reason", "")),
+            meta=dict(body.get("meta", {})),
+        )
+
+
+def _canonical_checksum(body: dict[str, Any]) -> str:
+    return xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    """Parse the manifest of ``folder``; raises ``FileNotFoundError`` or ``ValueError``."""
+    with open(Path(folder) / MANIFEST_NAME, encoding="utf-8") as f:
+        body = json.load(f)
+    if not isinstance(body, dict):
+        raise ValueError("manifest is not a JSON object")
+    return Manifest.from_json_dict(body)
+
+
+def is_committed(folder: str | os.PathLike) -> bool:
+    """Cheap test: does the folder carry a manifest at all (no verification)."""
+    return (Path(folder) / MANIFEST_NAME).is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Commit
+# --------------------------------------------------------------------------------------------------------------
+def commit_checkpoint(
+    folder: str | os.PathLike,
+    *,
+    step: int,
+    reason: str = "",
+    meta: dict[str, Any] | None = None,
+    sha256: bool = False,
+    known: dict[str, FileDigest] | None = None,
+) -> Manifest:
+    """Make every file in ``folder`` durable, then write the manifest that marks the folder committed.
+
+    ``known`` maps relative names to digests that the writer computed from memory while writing (see
+    ``directwrite``): such a file is not read back, only its size on disk is checked against the digest (a
+    mismatch is a ``CommitError``); it is flushed like every other file. The digests must carry a sha256 when
+    ``sha256`` is asked for; those that do not are read back.
+
+    Raises:
+        CommitError: the folder is missing or empty, or a file could not be read or flushed. The folder is then
+            left without a manifest, i.e. uncommitted; older committed checkpoints are untouched.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CommitError(f"cannot commit {folder}: the folder does not exist")
+    stale = folder / MANIFEST_NAME
+    if stale.exists():
+        # Re-committing a folder that was overwritten in place: withdraw the old promise first, durably.
+        stale.unlink()
+        fsync_dir(folder)
+    try:
+        names = list_checkpoint_files(folder)
+        if not names:
+            raise CommitError(f"cannot commit {folder}: the folder holds no files")
+        # Digests from the writer are taken as they are unless a sha256 is asked for and they lack it.
+        trusted = {n: d for n, d in (known or {}).items() if d.sha256 is not None or not sha256}
+        # The read buffer only has to hold what gets read back: with ``known`` digests for the large files
+        # that is a few small files, and a 16 MiB buffer would be most of an asynchronous save's fixed memory.
+        read_back = [n for n in names if n not in trusted]
+        largest = max((os.stat(folder / n).st_size for n in read_back), default=1)
+        buffer = bytearray(max(64 * 1024, min(_READ_CHUNK_BYTES, largest)))
+        files: dict[str, FileDigest] = {}
+        # Flushing waits on the disk and hashing on the CPU (it reads the pages back from the cache): run the
+        # fsyncs on threads (they release the GIL) while this thread hashes, so a commit costs about the longer of
+        # the two instead of their sum. Every fsync has returned before the manifest is written.
+        with ThreadPoolExecutor(max_workers=_FSYNC_THREADS, thread_name_prefix="aegis-fsync") as pool:
+            flushes = [pool.submit(fsync_file, folder / name) for name in names]
+            try:
+                for name in names:
+                    digest = trusted.get(name)
+                    if digest is not None:
+                        on_disk = os.stat(folder / name).st_size
+                        if on_disk != digest.size:
+                            raise CommitError(
+                                f"cannot commit {folder}: {name} has {on_disk} bytes on disk, "
+                                f"{digest.size} were written"
+                            )
+                        files[name] = digest if sha256 else FileDigest(digest.size, digest.xxh3_128)
+                    else:
+                        files[name] = hash_file(folder / name, sha256=sha256, buffer=buffer)
+            except BaseException:
+                for flush in flushes:
+                    flush.cancel()
+                raise
+            for flush in flushes:
+                flush.result()
+        subdirs = sorted({(folder / n).parent for n in names}, key=lambda p: len(p.parts), reverse=True)
+        for d in subdirs:
+            fsync_dir(d)
+        fsync_dir(folder)
+        manifest = Manifest(
+            step=step, files=files, committed_unix=time.time(), reason=reason, meta=dict(meta or {})
+        )
+        atomic_write_json(folder / MANIFEST_NAME, manifest.to_json_dict())
+        fsync_dir(folder.parent)
+    except CommitError:
+        raise
+    except OSError as e:
+        raise CommitError(f"cannot commit {folder}: {e}") from e
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Verify
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class VerifyResult:
+    """Outcome of checking one folder against its manifest."""
+
+    folder: Path
+    ok: bool
+    problems: list[str]
+    manifest: Manifest | None = None
+    mode: str = "full"
+
+    def summary(self) -> str:
+        return "ok" if self.ok else "; ".join(self.problems)
+
+
+def verify_checkpoint(folder: str | os.PathLike, *, full: bool = True) -> VerifyResult:
+    """Check a folder against its manifest: every listed file present with the listed size (quick), and with
+    the listed xxh3 checksum (full)."""
+    folder = Path(folder)
+    mode = "full" if full else "quick"
+    try:
+        manifest = read_manifest(folder)
+    except FileNotFoundError:
+        return VerifyResult(folder, False, ["uncommitted: no manifest (the save did not finish)"], None, mode)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return VerifyResult(folder, False, [f"unreadable manifest: {e}"], None, mode)
+
+    problems: list[str] = []
+    buffer = bytearray(_READ_CHUNK_BYTES) if full else None
+    for name, digest in sorted(manifest.files.items()):
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            problems.append(f"missing file {name}")
+            continue
+        except OSError as e:
+            problems.append(f"cannot stat {name}: {e}")
+            continue
+        if size != digest.size:
+            problems.append(f"{name} has {size} bytes, manifest says {digest.size}")
+            continue
+        if full:
+            try:
+                if size >= READ_AHEAD_MIN_BYTES:
+                    actual = hash_file_read_ahead(path)
+                else:
+                    actual = hash_file(path, buffer=buffer)
+            except OSError as e:
+                problems.append(f"cannot read {name}: {e}")
+                continue
+            if actual.xxh3_128 != digest.xxh3_128:
+                problems.append(f"{name} checksum mismatch (content changed or damaged)")
+    return VerifyResult(folder, not problems, problems, manifest, mode)

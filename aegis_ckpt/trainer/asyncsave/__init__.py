@@ -1,0 +1,2 @@
+"""Two-phase saves: the Trainer's state copied to CPU on the training thread (``snapshot``), then written in the
+Trainer's own layout and committed in the background (``saver``, or the optional ``writerproc`` process)."""

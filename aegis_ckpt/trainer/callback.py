@@ -1,0 +1,559 @@
+"""``AegisCheckpointCallback``: the TrainerCallback glue.
+
+At each optimizer step end it decides whether a save is due (``policy``; a stop signal from ``signals``;
+agreed across ranks by ``distributed``), lets the Trainer write the standard ``checkpoint-<step>`` folder
+(``control.should_save = True``), commits that folder in ``on_save`` (``commit``) and applies retention
+afterwards (``store``). It commits every save the Trainer makes, whatever ``save_strategy`` the user chose, and
+takes over ``save_total_limit`` because the Trainer's own rotation deletes by mtime before anything could be
+committed. After a stop signal the save is the emergency checkpoint, and the process then exits with
+``128 + signum``; after an exception (``emergency``) a best-effort checkpoint is saved before it propagates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .. import distributed
+from ..distributed import PeerLostError, StepAgreement, StepFlags
+from ..errors import CommitError, RunLockedError
+from ..exitcodes import exit_code_for_signal
+from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
+from ..policy import SavePolicy, make_policy
+from ..resume import check_resume_world_size
+from ..rngstate import capture_rng_state
+from ..runstate.lease import SupervisorHeartbeat, mark_completed
+from ..runstate.recorder import RunRecorder
+from ..storage.commit import commit_checkpoint, is_committed
+from ..storage.store import CheckpointStore, checkpoint_dir_name
+from ..system.signals import SignalWatcher, signal_name
+from .asyncsave.saver import AsyncSaver
+from .compat import check_training_setup
+from .emergency import EmergencyStops, StepPhase, TrainGuard, find_trainer
+
+logger = logging.getLogger(__name__)
+
+_PACKAGE_LOGGER = "aegis_ckpt"
+HEARTBEAT_EVERY_SEC = 5.0
+
+
+class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
+    """Time-based rolling checkpoints with a crash-safe commit, emergency saves on signals and exceptions, for
+    ``transformers.Trainer`` (single process, torchrun, accelerate).
+
+    Args:
+        save_interval_sec (`float`, *optional*, defaults to 180.0):
+            Wall-clock seconds between rolling saves, checked at every optimizer step end.
+        max_keep (`int`, *optional*):
+            Committed checkpoints to keep. Defaults to the Trainer's ``save_total_limit`` when that is set,
+            else 5. Older checkpoints are deleted only after a newer one is committed.
+        save_on_train_end (`bool`, *optional*, defaults to `True`):
+            Save and commit the final step, so a finished run always ends on a committed checkpoint.
+        keep_milestone_every_sec (`float`, *optional*):
+            Also keep the first checkpoint of every window of this many seconds (e.g. 3600: one per hour).
+        keep_best (`bool`, *optional*, defaults to `True`):
+            Never prune the Trainer's ``best_model_checkpoint``.
+        handle_signals (`bool`, *optional*, defaults to `True`):
+            On SIGTERM, SIGINT, SIGHUP, SIGUSR1 (Windows: Ctrl+C, Ctrl+Break, console close, logoff, shutdown)
+            finish the step, commit a checkpoint, and exit with ``128 + signum``. A second signal exits at once.
+        grace_period_sec (`float`, *optional*, defaults to 20.0):
+            Exit anyway if the emergency checkpoint is not committed this long after the signal.
+        save_on_exception (`bool`, *optional*, defaults to `True`):
+            Save the last completed step when an exception escapes training (single process), then re-raise.
+        async_save (`bool`, *optional*, defaults to `True`):
+            Two-phase saves: training stalls only while the state is copied to CPU memory; the files are written,
+            flushed and committed by a background thread. Setups it cannot express (DeepSpeed, FSDP, adapters,
+            quantized or offloaded models, a Trainer subclass that overrides a save method) keep the Trainer's
+            synchronous save, as logged once.
+        options (`CheckpointOptions`, *optional*), emergency (`EmergencyOptions`, *optional*),
+        async_options (`AsyncOptions`, *optional*):
+            The same settings as objects; when given, the matching keyword arguments must be left unset.
+        write_completion_marker (`bool`, *optional*, defaults to `True`):
+            Record ``.aegis/completed.json`` when training reaches its last step with a committed checkpoint.
+            ``aegis-ckpt train`` turns this off and records completion itself after exporting the final model.
+        clock (`Callable[[], float]`, *optional*, defaults to `time.monotonic`):
+            Time source of the save policy; tests inject a fake one.
+
+    Example:
+
+    ```python
+    trainer = Trainer(model=model, args=args, train_dataset=ds,
+                      callbacks=[AegisCheckpointCallback(save_interval_sec=180, max_keep=5)])
+    trainer.train(resume_from_checkpoint=find_resume_checkpoint(args.output_dir))
+    ```
+    """
+
+    def __init__(
+        self,
+        save_interval_sec: float | None = None,
+        max_keep: int | None = None,
+        *,
+        save_on_train_end: bool | None = None,
+        keep_milestone_every_sec: float | None = None,
+        keep_best: bool | None = None,
+        handle_signals: bool | None = None,
+        grace_period_sec: float | None = None,
+        save_on_exception: bool | None = None,
+        async_save: bool | None = None,
+        options: CheckpointOptions | None = None,
+        emergency: EmergencyOptions | None = None,
+        async_options: AsyncOptions | None = None,
+        policy: SavePolicy | None = None,
+        write_completion_marker: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._max_keep_explicit = options is not None or max_keep is not None
+        self.options = _build_options(
+            CheckpointOptions,
+            options,
+            save_interval_sec=save_interval_sec,
+            max_keep=max_keep,
+            save_on_train_end=save_on_train_end,
+            keep_milestone_every_sec=keep_milestone_every_sec,
+            keep_best=keep_best,
+        )
+        self.emergency = _build_options(
+            EmergencyOptions,
+            emergency,
+            handle_signals=handle_signals,
+            grace_period_sec=grace_period_sec,
+            save_on_exception=save_on_exception,
+        )
+        self.async_options = _build_options(AsyncOptions, async_options, enabled=async_save)
+        self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
+        self.clock = clock
+        self.write_completion_marker = write_completion_marker
+        self.store: CheckpointStore | None = None
+        self.last_saved_step: int | None = None
+        self.last_commit_path: Path | None = None
+        self.stop_signal: int | None = None
+        self.watcher: SignalWatcher | None = None
+        # One clock for the save interval and the agreement stride.
+        self._agreement = StepAgreement(clock=self.clock)
+        self._guard = TrainGuard(self._save_after_exception)
+        self._trainer = None
+        self._phase = StepPhase.CONSISTENT
+        self._train_begin_step: int | None = None
+        self._step_rng: dict | None = None
+        self._save_requested_at: float | None = None
+        self._save_reason = ""
+        self._rotation_checked = False
+        self._setup_checked = False
+        self._heartbeat = SupervisorHeartbeat(clock, every_sec=HEARTBEAT_EVERY_SEC)
+        self._recorder: RunRecorder | None = None  # run lease, audit log, save statistics
+        self._async = AsyncSaver(self.async_options)
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+    def _take_over_rotation(self, args) -> None:
+        """Switch off the Trainer's mtime rotation; our retention runs after each commit instead."""
+        if self._rotation_checked:
+            return
+        self._rotation_checked = True
+        limit = getattr(args, "save_total_limit", None)
+        if not limit:
+            return
+        if not self._max_keep_explicit:
+            self.options = dataclasses.replace(self.options, max_keep=int(limit))
+        logger.warning(
+            "save_total_limit=%s is handled by aegis-ckpt retention (max_keep=%d): the Trainer's own rotation "
+            "deletes checkpoints before a newer one is committed, so it is switched off for this run.",
+            limit,
+            self.options.max_keep,
+        )
+        args.save_total_limit = None
+
+    def _check_setup(self, args) -> None:
+        """Refuse setups that cannot work (``compat``): at Trainer construction, or at train begin when the
+        callback was added later."""
+        if not self._setup_checked:
+            self._setup_checked = True
+            check_training_setup(args, self.options)
+
+    def on_init_end(self, args, state, control, **kwargs):
+        self._check_setup(args)
+        self._take_over_rotation(args)
+        self._trainer = find_trainer()
+        if self._trainer is not None and self.emergency.save_on_exception:
+            self._guard.install(self._trainer)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._check_setup(args)
+        self._take_over_rotation(args)
+        # Like the Trainer: replicas get log_level_replica; the main process changes only if log_level was set,
+        # so an application that configured the aegis_ckpt logger keeps its level ("passive" default).
+        if not args.should_log or getattr(args, "log_level", "passive") != "passive":
+            logging.getLogger(_PACKAGE_LOGGER).setLevel(args.get_process_log_level())
+        if getattr(args, "save_only_model", False):
+            logger.warning(
+                "save_only_model=True: checkpoints hold no optimizer, scheduler or RNG state, so a resumed run "
+                "will not continue exactly where it stopped."
+            )
+        check_resume_world_size(
+            args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
+        )
+        self.store = CheckpointStore(args.output_dir)
+        self._begin_run_record(args, state)  # before anything on disk changes: may refuse a second process
+        if args.should_save:
+            self.store.mark_managed()
+            self.store.recover_staging()
+            self._set_aside_future_checkpoints(state.global_step)
+            self.store.empty_trash()
+        self._agreement.setup()
+        distributed.barrier()
+        self.last_saved_step = None
+        self.stop_signal = None
+        self._train_begin_step = state.global_step
+        self._phase = StepPhase.CONSISTENT
+        self._install_emergency_handlers(args)
+        self._async.choose_mode(self._trainer)
+        self.policy.start(self.clock())
+        self._heartbeat.beat(state.global_step, "train_begin", force=True)
+        logger.info(
+            "Saving every %g s, keeping %d committed checkpoints in %s",
+            self.policy.interval_sec,
+            self.options.max_keep,
+            args.output_dir,
+        )
+
+    # ---- run record (lease, audit, statistics) -----------------------------------------------------------------
+    def _begin_run_record(self, args, state) -> None:
+        """Take the run lease on the main process and log how the previous run ended. If another live process
+        holds the directory, every rank raises ``RunLockedError`` (agreed, so no rank waits at a barrier)."""
+        if self._recorder is not None:  # a previous train() with this callback never reached on_train_end
+            self._recorder.end("trainer_end", step=state.global_step, detail="train() started again")
+        self._recorder = RunRecorder(
+            args.output_dir,
+            self.options,
+            policy=self.policy,
+            enabled=bool(args.should_save),
+            clock=self.clock,
+        )
+        refused: RunLockedError | None = None
+        try:
+            self._recorder.begin(
+                step=state.global_step, has_checkpoints=bool(self._require_store().checkpoints())
+            )
+        except RunLockedError as e:
+            refused = e
+        if distributed.agree_any(refused is not None):
+            self._recorder = None
+            raise refused or RunLockedError(
+                f"{args.output_dir} is in use by another training run (see rank 0)"
+            )
+        if state.global_step > 0:
+            checkpoint = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
+            self._recorder.resumed(step=state.global_step, checkpoint=checkpoint)
+
+    def _end_run_record(self, kind: str, step: int, detail: str = "") -> None:
+        if self._recorder is not None:
+            self._recorder.end(kind, step=step, detail=detail)
+            self._recorder = None
+
+    def _set_aside_future_checkpoints(self, start_step: int) -> None:
+        """Folders with a step beyond where training starts belong to an abandoned timeline (e.g. a newer
+        checkpoint was damaged and training resumed from an older one). The Trainer would overwrite them in
+        place, and retention would count them as newest; move them aside instead."""
+        store = self._require_store()
+        for entry in store.checkpoints():
+            if entry.step > start_step:
+                store.quarantine(
+                    entry.path,
+                    f"superseded: training (re)started at step {start_step}, before this checkpoint",
+                )
+
+    @property
+    def _exception_saves_active(self) -> bool:
+        # Multi-process: one rank's exception leaves the others inside collectives; no collective save possible.
+        return self._trainer is not None and self.emergency.save_on_exception and not self._agreement.active
+
+    # ---- decide --------------------------------------------------------------------------------------------
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._phase = StepPhase.CONSISTENT
+        return control
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._phase = StepPhase.UPDATING
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._phase = StepPhase.CONSISTENT
+        if self._exception_saves_active:
+            self._step_rng = capture_rng_state(include_numpy=False)
+        self._collect_async(wait=False)
+        now = self.clock()
+        save_due = int(self.policy.is_due(now))
+        signal = (self.watcher.triggered or 0) if self.watcher is not None else 0
+        final = state.global_step >= state.max_steps
+        fits = self._async.fits_in_ram(self._trainer, args, now=now, urgent=bool(save_due or signal or final))
+        local = StepFlags(
+            save_due=save_due, signal=signal, writer_busy=int(self._async.busy), sync_only=int(not fits)
+        )
+        try:
+            agreed = self._agreement.exchange(local, step=state.global_step, sync=final)
+        except PeerLostError as e:
+            self._exit_after_peer_loss(e, local)
+        contributed_at = self._agreement.result_step
+        if (
+            contributed_at is not None
+            and self.last_saved_step is not None
+            and contributed_at <= self.last_saved_step
+        ):
+            # "Due" as seen before the last save (pipelined agreement lags one step): already served.
+            agreed = dataclasses.replace(agreed, save_due=0)
+        if agreed.signal:
+            if self.stop_signal is None:
+                self.stop_signal = agreed.signal
+                if self.watcher is not None and self.watcher.triggered is None:
+                    # Another rank got the signal: this rank saves with it and exits the same way.
+                    self.watcher.notify(
+                        agreed.signal, f"{signal_name(agreed.signal)} (on another rank)", quiet=True
+                    )
+            self._collect_async(wait=True)  # the grace watchdog bounds this wait
+            control.should_save = True
+            self._save_reason = f"signal:{signal_name(self.stop_signal)}"
+        elif final and self.options.save_on_train_end:
+            self._collect_async(wait=True)
+            control.should_save = True
+            self._save_reason = "final"
+        elif agreed.save_due and not control.should_save:
+            self._save_when_due(args, state, control, agreed)
+        elif control.should_save:
+            self._save_reason = "interval" if agreed.save_due else "trainer"
+        if control.should_save:
+            self._save_requested_at = self.clock()
+            self._heartbeat.beat(state.global_step, "saving", force=True)
+        else:
+            self._heartbeat.beat(state.global_step, "train")
+        if self._recorder is not None:
+            self._recorder.heartbeat(state.global_step)  # throttled inside (heartbeat_every_sec)
+        return control
+
+    # ---- asynchronous saves --------------------------------------------------------------------------------
+    def _save_when_due(self, args, state, control, agreed: StepFlags) -> None:
+        """The interval is due and the Trainer does not save this step on its own: save, async if possible."""
+        if not self._async.enabled or agreed.sync_only:
+            control.should_save = True
+            self._save_reason = "interval"
+            return
+        if self._async.defer(
+            state.global_step,
+            busy_on_some_rank=bool(agreed.writer_busy),
+            wait_for_writer=lambda: self._collect_async(wait=True),
+        ):
+            return
+        store = self._require_store()
+        started = self.clock()
+        staging = (
+            store.fresh_staging(state.global_step)
+            if args.should_save
+            else store.staging_path(state.global_step)
+        )
+        nbytes = self._async.start(
+            self._trainer,
+            staging,
+            step=state.global_step,
+            reason="interval",
+            meta=self._manifest_meta(state, args.world_size, asynchronous=True),
+            sha256=self._recorder.sha256 if self._recorder is not None else False,
+        )
+        self.last_saved_step = state.global_step
+        self.policy.record_save(started=started, finished=self.clock(), size_bytes=nbytes)
+
+    def _collect_async(self, *, wait: bool) -> None:
+        """Publish a background save that finished (optionally waiting for it): rename its committed staging
+        folder to ``checkpoint-<step>``, then prune. Runs on the training thread only."""
+        job = self._async.writer.collect(wait=wait)
+        if job is None:
+            return
+        store = self._require_store()
+        if job.error is not None:
+            if self._recorder is not None:
+                self._recorder.save_failed(step=job.step, reason=job.reason, error=job.error)
+            logger.error(
+                "Asynchronous save of step %d failed (%s: %s); the previous committed checkpoint stays the resume "
+                "point.",
+                job.step,
+                type(job.error).__name__,
+                job.error,
+            )
+            shutil.rmtree(job.staging, ignore_errors=True)
+            return
+        folder = store.publish(job.staging, job.step, replace=False)
+        if folder is None or job.manifest is None:
+            return
+        logger.info(
+            "Committed %s (step %d, %.1f MB, %s, async: snapshot %.2f s + write and commit %.2f s in background)",
+            folder,
+            job.step,
+            job.manifest.total_bytes / 1e6,
+            job.reason,
+            job.snapshot_sec,
+            job.write_sec,
+        )
+        self.last_commit_path = folder
+        if self._recorder is not None:
+            self._recorder.committed(
+                folder,
+                job.manifest,
+                reason=job.reason,
+                write_sec=job.snapshot_sec,
+                commit_sec=job.write_sec,
+                duration_sec=job.snapshot_sec + job.write_sec,
+            )
+        self._prune(folder)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save and self.last_saved_step == state.global_step:
+            # The step-end save of this very step is already committed: a second save would rewrite the same
+            # state in place and open a window where the folder no longer matches its manifest.
+            logger.debug("step %d already committed; skipping the epoch-end save", state.global_step)
+            control.should_save = False
+        elif control.should_save:
+            self._save_reason = "trainer"
+            self._save_requested_at = self.clock()
+        return control
+
+    # ---- commit --------------------------------------------------------------------------------------------
+    def on_save(self, args, state, control, **kwargs):
+        # A background save still in flight is published first (or dropped if it is of this very step).
+        self._collect_async(wait=True)
+        # Every rank writes its own files (rng_state_<rank>.pth); commit only once all of them are done.
+        distributed.barrier()
+        started = self._save_requested_at if self._save_requested_at is not None else self.clock()
+        write_sec = self.clock() - started
+        folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
+        size_bytes = 0
+        if args.should_save:
+            size_bytes = self._commit_and_retain(state, folder, write_sec, world_size=args.world_size)
+        distributed.barrier()
+        self.policy.record_save(started=started, finished=self.clock(), size_bytes=size_bytes)
+        self.last_saved_step = state.global_step
+        self.last_commit_path = folder
+        self._save_requested_at = None
+        self._heartbeat.beat(state.global_step, "train", force=True)
+        if self.stop_signal is not None:
+            self._exit_after_emergency_save(state, folder, committed=size_bytes > 0 or not args.should_save)
+        return control
+
+    def _commit_and_retain(self, state, folder: Path, write_sec: float, *, world_size: int) -> int:
+        store = self._require_store()
+        reason = self._save_reason or "trainer"
+        t0 = time.perf_counter()
+        try:
+            manifest = commit_checkpoint(
+                folder,
+                step=state.global_step,
+                reason=reason,
+                meta=self._manifest_meta(state, world_size, asynchronous=False),
+                sha256=self._recorder.sha256 if self._recorder is not None else False,
+            )
+        except CommitError as e:
+            if self._recorder is not None:
+                self._recorder.save_failed(step=state.global_step, reason=reason, error=e)
+            logger.error(
+                "Checkpoint at step %d was NOT committed (%s). The previous committed checkpoint stays the resume "
+                "point; the next save is tried one interval from now.",
+                state.global_step,
+                e,
+            )
+            # Retention only ever deletes committed folders, and the resume scan stops at the newest committed
+            # one, so a folder left here would stay forever; set it aside (kept, with the reason) instead.
+            store.quarantine(folder, f"commit failed: {e}")
+            return 0
+        commit_sec = time.perf_counter() - t0
+        logger.info(
+            "Committed %s (step %d, %.1f MB, %s, write %.2f s + commit %.2f s)",
+            folder,
+            state.global_step,
+            manifest.total_bytes / 1e6,
+            reason,
+            write_sec,
+            commit_sec,
+        )
+        if self._recorder is not None:
+            self._recorder.committed(
+                folder, manifest, reason=reason, write_sec=write_sec, commit_sec=commit_sec
+            )
+        self._prune(folder)
+        return manifest.total_bytes
+
+    def _prune(self, newest: Path) -> None:
+        protect = {newest}
+        best = self._trainer.state.best_model_checkpoint if self._trainer is not None else None
+        if self.options.keep_best and best:
+            protect.add(Path(best))
+        self._require_store().prune(
+            self.options.max_keep, protect=protect, milestone_every_sec=self.options.keep_milestone_every_sec
+        )
+
+    @staticmethod
+    def _manifest_meta(state, world_size: int, *, asynchronous: bool) -> dict:
+        return {
+            "epoch": state.epoch,
+            "max_steps": state.max_steps,
+            "world_size": world_size,
+            "async": asynchronous,
+        }
+
+    # ---- end -----------------------------------------------------------------------------------------------
+    def on_train_end(self, args, state, control, **kwargs):
+        self._collect_async(wait=True)
+        self._async.close()
+        self._heartbeat.beat(state.global_step, "train_end", force=True)
+        try:
+            late = self._agreement.drain()
+        except PeerLostError as e:
+            late = StepFlags()
+            logger.warning("%s (at train end)", e)
+        self._agreement.close()
+        watcher_signal = self.watcher.triggered if self.watcher is not None else None
+        self._remove_emergency_handlers()
+        finished = state.max_steps > 0 and state.global_step >= state.max_steps
+        final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
+        # The final checkpoint may be committed by this run, or by an earlier one that was killed before it
+        # wrote the record: a restart then resumes from that checkpoint with no step left to run.
+        final_path = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
+        if self.write_completion_marker and finished and args.should_save and is_committed(final_path):
+            mark_completed(args.output_dir, step=state.global_step, checkpoint=os.fspath(final_path))
+        if self._recorder is not None:  # clean-exit record; "finish" in the audit log when training completed
+            if finished and is_committed(final_path):
+                self._recorder.finished(step=state.global_step, checkpoint=final_path)
+        self._end_run_record("trainer_end", state.global_step)
+        signum = late.signal or watcher_signal
+        if signum and final_saved:
+            # A stop request that arrived after the last step end: the final checkpoint is committed; honour the
+            # request instead of returning to code that would go on after training.
+            logger.warning(
+                "%s arrived as training ended; checkpoint-%d is committed; exiting with code %d",
+                signal_name(signum),
+                state.global_step,
+                exit_code_for_signal(signum),
+            )
+            raise SystemExit(exit_code_for_signal(signum))
+        return control
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+    def _require_store(self) -> CheckpointStore:
+        if self.store is None:
+            raise RuntimeError(
+                "AegisCheckpointCallback used before on_train_begin: is it registered with the Trainer?"
+            )
+        return self.store
+
+
+def _build_options(cls, given_object, **flat):
+    given = {k: v for k, v in flat.items() if v is not None}
+    if given_object is not None:
+        if given:
+            raise TypeError(
+                f"pass either the {cls.__name__} object or keyword options, not both (got {sorted(given)})"
+            )
+        return given_object
+    return cls(**given)

@@ -1,0 +1,1 @@
+"""Running without anyone watching: the supervisor, autostart at boot, notifications and ``--inject``."""

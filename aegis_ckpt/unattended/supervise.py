@@ -1,0 +1,513 @@
+"""``aegis-ckpt run -- CMD ...``: keep a training command alive until it finishes, unattended.
+
+What the supervisor decides from the child's exit (``exitcodes.py`` is the contract):
+
+* ``0``: finished (or already finished): exit 0.
+* ``2``: bad input: restarting cannot help: exit 2 at once.
+* ``128 + SIGINT/SIGTERM/SIGHUP`` (and Windows' Ctrl+Break / Ctrl+C exits): somebody asked the run to stop and it
+  committed its emergency checkpoint: no restart, exit with that code.
+* anything else, including a SIGKILL or a segfault the supervisor did not send: a failure: restart after an
+  exponential backoff, within a budget of ``max_restarts`` restarts *in a row without progress*. Progress is a
+  heartbeat step beyond every step seen before; a run that crashes once a day after hours of training is not the
+  crash loop the budget is for, while one that dies at the same step again and again is. Out of budget: exit 1.
+
+A stop signal sent to the supervisor (Ctrl+C, ``kill``, ``systemctl stop``, the terminal closing) is forwarded to
+the child once, and the supervisor then waits for the child's emergency checkpoint and does not restart it, even
+during a backoff wait.
+
+Hangs: the child's ``AegisCheckpointCallback`` rewrites the file named by ``AEGIS_HEARTBEAT_FILE`` (set here)
+at least every 5 s of training and around saves. Once a first heartbeat arrived, no new one for
+``hang_timeout_sec`` means the run is stuck: it gets SIGTERM (Windows: Ctrl+Break), then after
+``kill_grace_sec`` its whole process group is killed, and it is restarted like a crash. Before the first
+heartbeat (imports, downloads, tokenization) only ``startup_grace_sec`` applies, and only when set, so a command
+that never writes heartbeats is never killed for it. Time is measured with a monotonic clock on the
+supervisor's side, so clock changes do not fake a hang.
+
+Every decision is logged with a timestamp. The child runs in its own session / process group, so a Ctrl+C at
+the terminal reaches it exactly once (through the supervisor) instead of twice, which the child would read as
+"exit immediately, skip the checkpoint".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE
+from ..runstate.lease import HEARTBEAT_ENV
+
+logger = logging.getLogger(__name__)
+
+_IS_WINDOWS = sys.platform == "win32"
+_SIGBREAK = 21  # Windows' Ctrl+Break; the number Python uses for signal.SIGBREAK
+_STATUS_CONTROL_C_EXIT = 0xC000013A  # a Windows console process ended by Ctrl+C/Ctrl+Break without a handler
+STOP_EXIT_CODES = frozenset(
+    {EXIT_SIGNAL_BASE + s for s in (signal.SIGINT, signal.SIGTERM, 1, _SIGBREAK)} | {_STATUS_CONTROL_C_EXIT}
+)
+"""Exit codes that mean "stopped on request after the emergency checkpoint" (1 is SIGHUP, absent on Windows)."""
+DUPLICATE_SIGNAL_WINDOW_SEC = 1.0
+"""The same signal arriving twice within this window is one event delivered twice (the kernel's terminal hangup
+and the shell's job hangup, systemd's SIGTERM to the whole group), not a user's deliberate second Ctrl+C."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuperviseOptions:
+    """How ``aegis-ckpt run`` restarts, waits and detects hangs."""
+
+    max_restarts: int = 5
+    """Restarts in a row without training progress before giving up (exit 1)."""
+    backoff_sec: float = 10.0
+    """Wait before the first restart; doubles with each failure in a row."""
+    backoff_max_sec: float = 300.0
+    """Upper bound of the doubling wait."""
+    hang_timeout_sec: float | None = 1800.0
+    """No heartbeat for this long, once the first one arrived, means hung. None disables. Must exceed the longest
+    save and evaluation: the Trainer writes no heartbeat while it evaluates."""
+    startup_grace_sec: float | None = None
+    """Kill a child that wrote no first heartbeat after this long. None: wait for the first one forever (for
+    commands that never write heartbeats)."""
+    kill_grace_sec: float = 30.0
+    """After the polite stop of a hung child, wait this long before killing its process group."""
+    poll_sec: float = 0.2
+    """How often the child, the heartbeat and pending signals are looked at."""
+    inject: bool = False
+    """Inject ``AegisCheckpointCallback`` and resume-from-newest-intact into an unmodified Trainer script."""
+    inject_checkpoint: dict = field(default_factory=dict)
+    """``CheckpointOptions`` fields for the injected callback (e.g. ``save_interval_sec``)."""
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.max_restarts, bool)
+            or not isinstance(self.max_restarts, int)
+            or self.max_restarts < 0
+        ):
+            raise ConfigError(f"max_restarts must be an integer >= 0 (got {self.max_restarts!r})")
+        for name in ("backoff_sec", "backoff_max_sec", "kill_grace_sec"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0 (got {value!r})")
+        for name in ("hang_timeout_sec", "startup_grace_sec"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+                raise ConfigError(f"{name} must be a number > 0, or unset to disable (got {value!r})")
+        if not self.poll_sec > 0:
+            raise ConfigError(f"poll_sec must be > 0 (got {self.poll_sec!r})")
+        if self.inject_checkpoint:
+            from ..options import CheckpointOptions
+
+            CheckpointOptions.from_mapping(self.inject_checkpoint, where="injected checkpoint options")
+
+
+def normalize_exit_code(returncode: int) -> int:
+    """POSIX reports death by signal N as -N; the shell (and our contract) calls it 128 + N."""
+    return EXIT_SIGNAL_BASE - returncode if returncode < 0 else returncode
+
+
+def describe_exit(code: int) -> str:
+    if code > EXIT_SIGNAL_BASE and code < EXIT_SIGNAL_BASE + 65:
+        try:
+            name = signal.Signals(code - EXIT_SIGNAL_BASE).name
+        except ValueError:
+            name = f"signal {code - EXIT_SIGNAL_BASE}"
+        return f"exit code {code} ({name})"
+    if code == _STATUS_CONTROL_C_EXIT:
+        return f"exit code {code:#x} (Ctrl+C/Ctrl+Break)"
+    return f"exit code {code}"
+
+
+# ---- the platform seam -----------------------------------------------------------------------------------------
+class ProcessControl:
+    """How a child is started, told to stop, and killed. POSIX here; Windows below."""
+
+    stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", 1))
+
+    def spawn(self, cmd: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
+        # Own session: terminal signals reach the child only through the supervisor, once.
+        return subprocess.Popen(list(cmd), env=env, start_new_session=True)
+
+    def forward(self, proc: subprocess.Popen, signum: int) -> None:
+        # To the child only, not its group: a launcher like torchrun forwards to its workers itself, and a
+        # second copy of the signal would mean "exit now" to them.
+        proc.send_signal(signum)
+
+    def ask_to_stop(self, proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGTERM)
+
+    def kill_tree(self, proc: subprocess.Popen) -> None:
+        # Its process group, and every descendant found before the kill: torchrun starts each worker in a
+        # session of its own, out of reach of the group, and a surviving worker would hold the run lease.
+        import psutil
+
+        try:
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+        for child in descendants:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+
+    @staticmethod
+    def signal_name(signum: int) -> str:
+        try:
+            return signal.Signals(signum).name
+        except ValueError:
+            return f"signal {signum}"
+
+
+class WindowsProcessControl(ProcessControl):
+    """The child gets its own process group: Ctrl+C at the console then reaches only the supervisor, which
+    sends Ctrl+Break to the child's group (the only console event that can target one group)."""
+
+    stop_signals = (signal.SIGINT, _SIGBREAK)
+
+    def spawn(self, cmd: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
+        flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)
+        return subprocess.Popen(list(cmd), env=env, creationflags=flags)
+
+    def forward(self, proc: subprocess.Popen, signum: int) -> None:
+        proc.send_signal(getattr(signal, "CTRL_BREAK_EVENT", 1))
+
+    def ask_to_stop(self, proc: subprocess.Popen) -> None:
+        self.forward(proc, _SIGBREAK)
+
+    def kill_tree(self, proc: subprocess.Popen) -> None:
+        result = subprocess.run(
+            ["taskkill", "/T", "/F", "/PID", str(proc.pid)], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            proc.kill()
+
+
+def default_process_control() -> ProcessControl:
+    return WindowsProcessControl() if _IS_WINDOWS else ProcessControl()
+
+
+# ---- one attempt -----------------------------------------------------------------------------------------------
+@dataclass
+class Attempt:
+    number: int
+    code: int | None = None
+    hung: bool = False
+    first_step: int | None = None
+    max_step: int | None = None
+    beats: int = 0
+    seconds: float = 0.0
+
+
+class _Heartbeat:
+    """Watches the heartbeat file; a change of its content (not its clock) is a beat."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+
+    def poll(self) -> dict | None:
+        """The new heartbeat record when the file changed since the last poll, else None."""
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp == self._stamp:
+            return None
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # caught between write and replace; the next poll reads it
+        self._stamp = stamp
+        return record if isinstance(record, dict) else {}
+
+
+# ---- the supervisor --------------------------------------------------------------------------------------------
+class Supervisor:
+    """Runs ``cmd`` until it finishes, is stopped on request, fails for good, or runs out of restarts."""
+
+    def __init__(
+        self,
+        cmd: Sequence[str],
+        options: SuperviseOptions | None = None,
+        *,
+        control: ProcessControl | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if not cmd:
+            raise ConfigError("no command to run: use aegis-ckpt run [options] -- CMD ...")
+        self.cmd = list(cmd)
+        self.options = options or SuperviseOptions()
+        self.control = control or default_process_control()
+        self.clock = clock
+        self.attempts: list[Attempt] = []
+        self._pending: list[int] = []
+        self._stop_signal: int | None = None
+        self._last_forwarded: dict[int, float] = {}
+        self._workdir: Path | None = None
+
+    # -- signals --
+    def _on_signal(self, signum, frame) -> None:  # flag only; the poll loop acts on it
+        self._pending.append(signum)
+
+    def _install_handlers(self) -> dict[int, object]:
+        previous = {}
+        for signum in self.control.stop_signals:
+            try:
+                previous[signum] = signal.signal(signum, self._on_signal)
+            except (ValueError, OSError):  # not the main thread, or not on this platform
+                pass
+        return previous
+
+    def _handle_pending(self, proc: subprocess.Popen | None) -> None:
+        while self._pending:
+            signum = self._pending.pop(0)
+            name = self.control.signal_name(signum)
+            now = self.clock()
+            last = self._last_forwarded.get(signum)
+            if last is not None and now - last < DUPLICATE_SIGNAL_WINDOW_SEC:
+                logger.debug(
+                    "%s again within %.1f s: the same event delivered twice, not forwarded", name, now - last
+                )
+                continue
+            self._last_forwarded[signum] = now
+            first = self._stop_signal is None
+            if first:
+                self._stop_signal = signum
+            if proc is not None and proc.poll() is None:
+                logger.warning(
+                    "received %s: forwarding it to the run (pid %d)%s; it will not be restarted",
+                    name,
+                    proc.pid,
+                    "" if first else " again (a second stop request means: stop now)",
+                )
+                try:
+                    self.control.forward(proc, signum)
+                except OSError as e:
+                    logger.error("could not forward %s to pid %d: %s", name, proc.pid, e)
+            else:
+                logger.warning("received %s: stopping; no further restart", name)
+
+    # -- environment --
+    def _child_env(self, heartbeat: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env[HEARTBEAT_ENV] = str(heartbeat)
+        # The log file should hold the child's last lines before a crash, not lose them in a buffer.
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.options.inject:
+            from .inject import injection_env
+
+            env.update(injection_env(env, self.options.inject_checkpoint))
+        return env
+
+    # -- one attempt --
+    @staticmethod
+    def _take_beat(attempt: Attempt, record: dict | None) -> None:
+        if record is None:
+            return
+        attempt.beats += 1
+        step = record.get("step")
+        if isinstance(step, int):
+            attempt.max_step = step if attempt.max_step is None else max(attempt.max_step, step)
+            if attempt.first_step is None:
+                attempt.first_step = step
+
+    def _run_attempt(self, attempt: Attempt) -> None:
+        opts = self.options
+        workdir = self._workdir if self._workdir is not None else Path(tempfile.gettempdir())
+        hb_path = workdir / f"aegis-heartbeat-{os.getpid()}-{attempt.number}.json"
+        heartbeat = _Heartbeat(hb_path)
+        started = self.clock()
+        proc = self.control.spawn(self.cmd, self._child_env(hb_path))
+        logger.info("attempt %d: started pid %d: %s", attempt.number, proc.pid, shlex.join(self.cmd))
+        last_beat = started
+        stopping_since: float | None = None
+        killed = False
+        while True:
+            self._handle_pending(proc)
+            code = proc.poll()
+            if code is not None:
+                self._take_beat(attempt, heartbeat.poll())  # the last words of a quick crash count too
+                break
+            now = self.clock()
+            record = heartbeat.poll()
+            if record is not None:
+                last_beat = now
+                self._take_beat(attempt, record)
+                if attempt.beats == 1:
+                    logger.info(
+                        "attempt %d: first heartbeat (pid %s, step %s, phase %s): hang detection armed (%s)",
+                        attempt.number,
+                        record.get("pid"),
+                        record.get("step"),
+                        record.get("phase"),
+                        f"{opts.hang_timeout_sec:g} s" if opts.hang_timeout_sec else "disabled",
+                    )
+            if stopping_since is None:
+                silent = now - last_beat
+                if attempt.beats and opts.hang_timeout_sec and silent > opts.hang_timeout_sec:
+                    reason = f"no heartbeat for {silent:.0f} s (hang timeout {opts.hang_timeout_sec:g} s, last step {attempt.max_step})"
+                elif not attempt.beats and opts.startup_grace_sec and silent > opts.startup_grace_sec:
+                    reason = f"no first heartbeat after {silent:.0f} s (startup grace {opts.startup_grace_sec:g} s)"
+                else:
+                    reason = ""
+                if reason:
+                    attempt.hung = True
+                    stopping_since = now
+                    logger.error(
+                        "attempt %d: %s: the run is hung; asking it to stop, killing it in %g s if it does not",
+                        attempt.number,
+                        reason,
+                        opts.kill_grace_sec,
+                    )
+                    try:
+                        self.control.ask_to_stop(proc)
+                    except OSError as e:
+                        logger.debug("stop request failed: %s", e)
+            elif not killed and now - stopping_since > opts.kill_grace_sec:
+                logger.error(
+                    "attempt %d: still running %g s later: killing its process group",
+                    attempt.number,
+                    opts.kill_grace_sec,
+                )
+                self.control.kill_tree(proc)
+                killed = True
+            time.sleep(opts.poll_sec)
+        if not killed:
+            # Whatever the child left behind in its group (a launcher's ranks, dataloader workers) goes too:
+            # orphaned ranks would hold the GPU memory the restart needs.
+            try:
+                self.control.kill_tree(proc)
+            except OSError:
+                pass
+        attempt.code = normalize_exit_code(code)
+        attempt.seconds = self.clock() - started
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep for a backoff; False when a stop signal arrived meanwhile."""
+        deadline = self.clock() + seconds
+        while self.clock() < deadline:
+            self._handle_pending(None)
+            if self._stop_signal is not None:
+                return False
+            time.sleep(min(self.options.poll_sec, max(0.0, deadline - self.clock())))
+        self._handle_pending(None)
+        return self._stop_signal is None
+
+    # -- the loop --
+    def run(self) -> int:
+        previous = self._install_handlers()
+        self._workdir = Path(tempfile.mkdtemp(prefix="aegis-run-"))
+        try:
+            return self._loop()
+        finally:
+            for signum, handler in previous.items():
+                try:
+                    signal.signal(signum, handler)  # type: ignore[arg-type]
+                except (ValueError, OSError, TypeError):
+                    pass
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    def _loop(self) -> int:
+        opts = self.options
+        logger.info(
+            "supervising: %s (restarts in a row without progress: %d, backoff %g..%g s, hang timeout %s%s)",
+            shlex.join(self.cmd),
+            opts.max_restarts,
+            opts.backoff_sec,
+            opts.backoff_max_sec,
+            f"{opts.hang_timeout_sec:g} s" if opts.hang_timeout_sec else "off",
+            ", injecting the aegis callback" if opts.inject else "",
+        )
+        failures_in_a_row = 0
+        best_step: int | None = None
+        while True:
+            attempt = Attempt(len(self.attempts) + 1)
+            self.attempts.append(attempt)
+            try:
+                self._run_attempt(attempt)
+            except OSError as e:
+                logger.error(
+                    "cannot start %s: %s: check the command and PATH; not restarting", self.cmd[0], e
+                )
+                return EXIT_BAD_INPUT
+            code = attempt.code if attempt.code is not None else EXIT_FAILURE
+            summary = f"attempt {attempt.number}: {describe_exit(code)} after {attempt.seconds:.1f} s"
+            if self._stop_signal is not None:
+                name = self.control.signal_name(self._stop_signal)
+                if code == EXIT_OK:
+                    logger.info("%s: finished while stopping", summary)
+                    return EXIT_OK
+                logger.warning("%s: stopped on request (%s); not restarting", summary, name)
+                return EXIT_SIGNAL_BASE + self._stop_signal
+            if attempt.hung:
+                logger.error("%s: killed as hung", summary)
+            elif code == EXIT_OK:
+                logger.info("%s: finished", summary)
+                return EXIT_OK
+            elif code == EXIT_BAD_INPUT:
+                logger.error(
+                    "%s: bad input (config, command line or output dir); a restart cannot help", summary
+                )
+                return EXIT_BAD_INPUT
+            elif code in STOP_EXIT_CODES:
+                logger.warning("%s: the run was stopped by a signal sent to it; not restarting", summary)
+                return code
+            else:
+                logger.error("%s: failed", summary)
+
+            progressed = attempt.max_step is not None and attempt.max_step > max(
+                best_step if best_step is not None else -1,
+                attempt.first_step if attempt.first_step is not None else -1,
+            )
+            if progressed:
+                if failures_in_a_row:
+                    logger.info(
+                        "attempt %d made progress (step %s -> %s): restart budget reset",
+                        attempt.number,
+                        best_step if best_step is not None else attempt.first_step,
+                        attempt.max_step,
+                    )
+                failures_in_a_row = 0
+            if attempt.max_step is not None:
+                best_step = attempt.max_step if best_step is None else max(best_step, attempt.max_step)
+            failures_in_a_row += 1
+            if failures_in_a_row > opts.max_restarts:
+                logger.error(
+                    "giving up after %d attempt(s): %d failure(s) in a row without progress "
+                    "(max_restarts=%d); the newest committed checkpoint is kept for the next start",
+                    attempt.number,
+                    failures_in_a_row,
+                    opts.max_restarts,
+                )
+                return EXIT_FAILURE
+            delay = min(opts.backoff_sec * 2 ** (failures_in_a_row - 1), opts.backoff_max_sec)
+            logger.warning(
+                "restarting in %g s (restart %d of %d in a row without progress)",
+                delay,
+                failures_in_a_row,
+                opts.max_restarts,
+            )
+            if not self._wait(delay):
+                name = self.control.signal_name(self._stop_signal or 0)
+                logger.warning("received %s while waiting to restart: not restarting", name)
+                return EXIT_SIGNAL_BASE + (self._stop_signal or 0)
+
+
+def run_supervised(cmd: Sequence[str], options: SuperviseOptions | None = None) -> int:
+    """Entry point of ``aegis-ckpt run``: supervise ``cmd`` and return the exit code to leave with."""
+    return Supervisor(cmd, options).run()
