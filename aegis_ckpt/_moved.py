@@ -94,7 +94,9 @@ def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], Any]:
         where = exports.get(name)
         if where is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f"{package}.{where}"), name)
+        module = importlib.import_module(where, package) if where.startswith(".") else None
+        module = module or importlib.import_module(f"{package}.{where}")
+        value = getattr(module, name)
         setattr(sys.modules[package], name, value)
         return value
 

@@ -135,7 +135,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_notify(ns: argparse.Namespace) -> int:
-    from ..runstate.lease import read_completion
+    from ..runstate.completion import read_completion
     from ..unattended.notify import notify
 
     sound, webhook, timeout = True, os.environ.get("AEGIS_WEBHOOK_URL") or None, 10.0

@@ -13,7 +13,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..resume import scan_checkpoints
-from ..runstate.lease import read_completion, read_run_record, session_is_alive
+from ..runstate.completion import read_completion
+from ..runstate.lease import read_run_record, session_is_alive
 from ..runstate.stats import SaveStats
 from ..storage.audit import AUDIT_NAME, read_audit
 from ..storage.commit import verify_checkpoint

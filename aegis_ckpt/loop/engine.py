@@ -37,8 +37,9 @@ from ..exitcodes import exit_code_for_signal
 from ..options import CheckpointOptions
 from ..policy import SavePolicy, make_policy
 from ..resume import scan_checkpoints
-from ..runstate.lease import FINISHED, RunStart, mark_completed
+from ..runstate.completion import mark_completed
 from ..runstate.recorder import RunRecorder
+from ..runstate.start import FINISHED, RunStart
 from ..storage.commit import commit_checkpoint, is_committed
 from ..storage.store import PIN_META_KEY, CheckpointStore
 from ..system.signals import signal_name

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..options import CheckpointOptions
 from ..policy import SavePolicy
-from ..runstate.lease import RunStart
+from ..runstate.start import RunStart
 from ..system.signals import SignalWatcher
 from .engine import LoopCheckpointer
 

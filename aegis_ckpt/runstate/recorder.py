@@ -21,7 +21,8 @@ from ..storage.audit import AuditLog
 from ..storage.commit import Manifest
 from ..storage.store import AEGIS_DIR
 from ..system.signals import signal_name
-from .lease import FRESH, RESUME_CRASH, RESUME_POWER_LOSS, RunLease, RunStart
+from .lease import RunLease
+from .start import FRESH, RESUME_CRASH, RESUME_POWER_LOSS, RunStart
 from .stats import SaveRecord, SaveStats
 
 logger = logging.getLogger(__name__)

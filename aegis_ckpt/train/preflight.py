@@ -325,7 +325,7 @@ def check_gpu(cfg: TrainConfig) -> CheckResult:
 
 def run_preflight(cfg: TrainConfig) -> PreflightReport:
     """Run every check and report them all (one refusal does not hide another)."""
-    from ..runstate.lease import read_completion
+    from ..runstate.completion import read_completion
 
     report = PreflightReport()
     done = read_completion(cfg.output_dir)

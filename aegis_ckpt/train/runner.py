@@ -17,7 +17,8 @@ from pathlib import Path
 from .. import distributed
 from ..errors import ConfigError
 from ..resume import find_resume_checkpoint
-from ..runstate.lease import ensure_not_locked, mark_completed, read_completion
+from ..runstate.completion import mark_completed, read_completion
+from ..runstate.lease import ensure_not_locked
 from ..storage.commit import commit_checkpoint
 from ..storage.store import AEGIS_DIR, CheckpointStore
 from ..trainer.callback import AegisCheckpointCallback

@@ -29,7 +29,8 @@ from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
 from ..policy import SavePolicy, make_policy
 from ..resume import check_resume_world_size
 from ..rngstate import capture_rng_state
-from ..runstate.lease import SupervisorHeartbeat, mark_completed
+from ..runstate.completion import mark_completed
+from ..runstate.heartbeat import SupervisorHeartbeat
 from ..runstate.recorder import RunRecorder
 from ..storage.commit import commit_checkpoint, is_committed
 from ..storage.store import CheckpointStore, checkpoint_dir_name

@@ -30,7 +30,6 @@ the terminal reaches it exactly once (through the supervisor) instead of twice, 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -46,7 +45,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE
-from ..runstate.lease import HEARTBEAT_ENV
+from ..runstate.heartbeat import HEARTBEAT_ENV, HeartbeatWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -212,30 +211,6 @@ class Attempt:
     seconds: float = 0.0
 
 
-class _Heartbeat:
-    """Watches the heartbeat file; a change of its content (not its clock) is a beat."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._stamp: tuple[int, int] | None = None
-
-    def poll(self) -> dict | None:
-        """The new heartbeat record when the file changed since the last poll, else None."""
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp == self._stamp:
-            return None
-        try:
-            record = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None  # caught between write and replace; the next poll reads it
-        self._stamp = stamp
-        return record if isinstance(record, dict) else {}
-
-
 # ---- the supervisor --------------------------------------------------------------------------------------------
 class Supervisor:
     """Runs ``cmd`` until it finishes, is stopped on request, fails for good, or runs out of restarts."""
@@ -330,7 +305,7 @@ class Supervisor:
         opts = self.options
         workdir = self._workdir if self._workdir is not None else Path(tempfile.gettempdir())
         hb_path = workdir / f"aegis-heartbeat-{os.getpid()}-{attempt.number}.json"
-        heartbeat = _Heartbeat(hb_path)
+        heartbeat = HeartbeatWatcher(hb_path)
         started = self.clock()
         proc = self.control.spawn(self.cmd, self._child_env(hb_path))
         logger.info("attempt %d: started pid %d: %s", attempt.number, proc.pid, shlex.join(self.cmd))

@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 import tinylib
 
-from aegis_ckpt.runstate.lease import read_completion
+from aegis_ckpt.runstate.completion import read_completion
 from aegis_ckpt.storage.commit import MANIFEST_NAME, verify_checkpoint
 from aegis_ckpt.storage.store import CheckpointStore
 

@@ -17,8 +17,10 @@ import torch
 
 from aegis_ckpt import EnhancedAutoCheckpointManager
 from aegis_ckpt.options import CheckpointOptions
-from aegis_ckpt.runstate.lease import RESUME_CRASH, RESUME_POWER_LOSS, current_boot_id, run_record_path
+from aegis_ckpt.runstate.lease import run_record_path
+from aegis_ckpt.runstate.start import RESUME_CRASH, RESUME_POWER_LOSS
 from aegis_ckpt.storage.audit import EVENTS, read_audit
+from aegis_ckpt.system.boot import current_boot_id
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 if str(SCRIPTS) not in sys.path:

@@ -14,7 +14,7 @@ from tinylib import ClockTicker, StopAtStep
 from transformers.trainer_utils import get_last_checkpoint
 
 from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
-from aegis_ckpt.runstate.lease import read_completion
+from aegis_ckpt.runstate.completion import read_completion
 from aegis_ckpt.storage.commit import read_manifest
 
 pytestmark = pytest.mark.slow

@@ -31,7 +31,7 @@ import pytest
 import tinylib
 from testenv import SCRIPTS_DIR, subprocess_env
 
-from aegis_ckpt.runstate.lease import read_completion
+from aegis_ckpt.runstate.completion import read_completion
 from aegis_ckpt.storage.commit import MANIFEST_NAME, read_manifest, verify_checkpoint
 from aegis_ckpt.storage.store import CheckpointStore
 

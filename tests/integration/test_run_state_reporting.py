@@ -24,7 +24,8 @@ from aegis_ckpt import (
 )
 from aegis_ckpt.cli import main as cli_main
 from aegis_ckpt.policy import AdaptivePolicy
-from aegis_ckpt.runstate.lease import RESUME_CLEAN, RESUME_POWER_LOSS, read_run_record, run_record_path
+from aegis_ckpt.runstate.lease import read_run_record, run_record_path
+from aegis_ckpt.runstate.start import RESUME_CLEAN, RESUME_POWER_LOSS
 from aegis_ckpt.storage.audit import read_audit
 
 REPO = Path(__file__).resolve().parents[2]

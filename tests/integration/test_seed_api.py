@@ -23,7 +23,8 @@ from aegis_ckpt import (
     RollingCheckpointManager,
 )
 from aegis_ckpt.errors import CommitError, ConfigError
-from aegis_ckpt.runstate.lease import RESUME_CLEAN, read_run_record
+from aegis_ckpt.runstate.lease import read_run_record
+from aegis_ckpt.runstate.start import RESUME_CLEAN
 from aegis_ckpt.storage.audit import read_audit
 
 REPO = Path(__file__).resolve().parents[2]

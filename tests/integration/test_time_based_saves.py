@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
 from aegis_ckpt.options import AsyncOptions
-from aegis_ckpt.runstate.lease import read_completion
+from aegis_ckpt.runstate.completion import read_completion
 from aegis_ckpt.storage.commit import read_manifest, verify_checkpoint
 from aegis_ckpt.storage.store import CheckpointStore
 

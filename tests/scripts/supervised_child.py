@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from aegis_ckpt.runstate.lease import heartbeat_path_from_env, write_heartbeat
+from aegis_ckpt.runstate.heartbeat import heartbeat_path_from_env, write_heartbeat
 
 
 def beat(step: int, phase: str = "train") -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aegis_ckpt.runstate.lease import completion_path, mark_completed, read_completion
+from aegis_ckpt.runstate.completion import completion_path, mark_completed, read_completion
 
 
 def test_completion_record_round_trip(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from aegis_ckpt.cli import main as cli_main
-from aegis_ckpt.runstate.lease import mark_completed
+from aegis_ckpt.runstate.completion import mark_completed
 from aegis_ckpt.unattended import notify
 
 REPO = Path(__file__).resolve().parents[2]

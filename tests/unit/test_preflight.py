@@ -17,7 +17,7 @@ import pytest
 
 from aegis_ckpt.cli import main as cli_main
 from aegis_ckpt.errors import ConfigError
-from aegis_ckpt.runstate.lease import mark_completed
+from aegis_ckpt.runstate.completion import mark_completed
 from aegis_ckpt.storage.commit import commit_checkpoint
 from aegis_ckpt.train import preflight
 from aegis_ckpt.train.config import load_config

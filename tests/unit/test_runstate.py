@@ -13,22 +13,18 @@ from pathlib import Path
 import pytest
 
 from aegis_ckpt.errors import RunLockedError
-from aegis_ckpt.runstate.lease import (
+from aegis_ckpt.runstate.completion import mark_completed
+from aegis_ckpt.runstate.lease import RunLease, read_run_record, run_record_path, session_is_alive
+from aegis_ckpt.runstate.start import (
     FINISHED,
     FRESH,
     RESUME_CLEAN,
     RESUME_CRASH,
     RESUME_POWER_LOSS,
     RESUME_UNRECORDED,
-    RunLease,
     classify_start,
-    current_boot_id,
-    mark_completed,
-    read_run_record,
-    run_record_path,
-    same_boot,
-    session_is_alive,
 )
+from aegis_ckpt.system.boot import current_boot_id, same_boot
 
 BOOT = current_boot_id()
 

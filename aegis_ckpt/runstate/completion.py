@@ -1,0 +1,44 @@
+"""``.aegis/completed.json``: a finished run leaves it; ``aegis-ckpt train`` (and autostart after a reboot)
+reads it and does not train again."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..storage.commit import atomic_write_json
+from ..storage.store import AEGIS_DIR
+
+COMPLETED_NAME = "completed.json"
+
+
+def completion_path(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / AEGIS_DIR / COMPLETED_NAME
+
+
+def mark_completed(output_dir: str | os.PathLike, *, step: int, checkpoint: str | None) -> None:
+    """Record durably that training reached its last step and its final checkpoint is committed."""
+    path = completion_path(output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        path,
+        {
+            "step": step,
+            "checkpoint": checkpoint,
+            "finished_unix": time.time(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
+def read_completion(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The completion record, or None when the run has not finished (or the record is unreadable)."""
+    try:
+        with open(completion_path(output_dir), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
