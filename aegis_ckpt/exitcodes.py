@@ -6,6 +6,10 @@ anything else non-zero is a failure worth a restart.
 
 from __future__ import annotations
 
+import signal
+
+from .system.platform import SIGBREAK, signal_name
+
 EXIT_OK = 0
 """Training finished, or it had already finished before."""
 
@@ -24,8 +28,26 @@ def exit_code_for_signal(signum: int) -> int:
     return EXIT_SIGNAL_BASE + int(signum)
 
 
-# ---- issue 6 (unattended operation): preflight only -----------------------------------------------------------
 EXIT_ALREADY_FINISHED = 3
 """Only from ``aegis-ckpt preflight``: the run already finished (``.aegis/completed.json``), so there is nothing
 to check or train. The launchers log "already finished" and exit 0 without starting anything (no sound on every
 boot). Never returned by ``train`` or ``run``: ``train`` returns 0 for an already finished run."""
+
+STATUS_CONTROL_C_EXIT = 0xC000013A  # a Windows console process ended by Ctrl+C/Ctrl+Break without a handler
+STOP_EXIT_CODES = frozenset(
+    {EXIT_SIGNAL_BASE + s for s in (signal.SIGINT, signal.SIGTERM, 1, SIGBREAK)} | {STATUS_CONTROL_C_EXIT}
+)
+"""Exit codes that mean "stopped on request after the emergency checkpoint" (1 is SIGHUP, absent on Windows)."""
+
+
+def normalize_exit_code(returncode: int) -> int:
+    """POSIX reports death by signal N as -N; the shell (and our contract) calls it 128 + N."""
+    return EXIT_SIGNAL_BASE - returncode if returncode < 0 else returncode
+
+
+def describe_exit(code: int) -> str:
+    if code > EXIT_SIGNAL_BASE and code < EXIT_SIGNAL_BASE + 65:
+        return f"exit code {code} ({signal_name(code - EXIT_SIGNAL_BASE)})"
+    if code == STATUS_CONTROL_C_EXIT:
+        return f"exit code {code:#x} (Ctrl+C/Ctrl+Break)"
+    return f"exit code {code}"

@@ -42,7 +42,7 @@ from ..runstate.recorder import RunRecorder
 from ..runstate.start import FINISHED, RunStart
 from ..storage.commit import commit_checkpoint, is_committed
 from ..storage.store import PIN_META_KEY, CheckpointStore
-from ..system.signals import signal_name
+from ..system.platform import signal_name
 from ..train.preflight import check_output_dir
 from .loopstate import load_training_state, save_training_state
 

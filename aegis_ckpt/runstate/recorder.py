@@ -20,7 +20,7 @@ from ..policy import AdaptivePolicy, SavePolicy
 from ..storage.audit import AuditLog
 from ..storage.commit import Manifest
 from ..storage.store import AEGIS_DIR
-from ..system.signals import signal_name
+from ..system.platform import signal_name
 from .lease import RunLease
 from .start import FRESH, RESUME_CRASH, RESUME_POWER_LOSS, RunStart
 from .stats import SaveRecord, SaveStats

@@ -11,8 +11,8 @@ the normal commit path, with a consistent state. What the handlers do:
 
 Handlers installed before ours are chained (called after ours records the signal) unless they would end the
 process or raise ``KeyboardInterrupt``: that is exactly what ours replaces. ``uninstall`` restores them.
-On Windows, ``SetConsoleCtrlHandler`` also delivers console close, logoff and shutdown, which Python's
-``signal`` module never sees.
+On Windows, ``SetConsoleCtrlHandler`` (``console.py``) also delivers console close, logoff and shutdown, which
+Python's ``signal`` module never sees.
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 
 from ..exitcodes import exit_code_for_signal
+from .console import CONSOLE_EVENT_NAMES, CONSOLE_EVENT_SIGNAL, TERMINATING_EVENTS, ConsoleCtrlHandler
+from .platform import IS_WINDOWS, signal_name
 
 logger = logging.getLogger(__name__)
-
-_IS_WINDOWS = sys.platform == "win32"
 
 
 def _default_signals() -> tuple[int, ...]:
@@ -40,37 +39,6 @@ def _default_signals() -> tuple[int, ...]:
 DEFAULT_SIGNALS = _default_signals()
 """SIGTERM, SIGINT, SIGHUP and SIGUSR1 (the schedulers' "checkpoint and requeue") on POSIX; SIGTERM, SIGINT and
 SIGBREAK on Windows, where the console events below cover close, logoff and shutdown."""
-
-# Windows console control events (wincon.h) and the pseudo signal numbers we report for them.
-CTRL_C_EVENT = 0
-CTRL_BREAK_EVENT = 1
-CTRL_CLOSE_EVENT = 2
-CTRL_LOGOFF_EVENT = 5
-CTRL_SHUTDOWN_EVENT = 6
-CONSOLE_EVENT_NAMES = {
-    CTRL_C_EVENT: "CTRL_C_EVENT",
-    CTRL_BREAK_EVENT: "CTRL_BREAK_EVENT",
-    CTRL_CLOSE_EVENT: "CTRL_CLOSE_EVENT",
-    CTRL_LOGOFF_EVENT: "CTRL_LOGOFF_EVENT",
-    CTRL_SHUTDOWN_EVENT: "CTRL_SHUTDOWN_EVENT",
-}
-# Ctrl+C maps to SIGINT, the others to SIGTERM-like stops; exit codes follow the signal numbers.
-_CONSOLE_EVENT_SIGNAL = {
-    CTRL_C_EVENT: int(signal.SIGINT),
-    CTRL_BREAK_EVENT: int(getattr(signal, "SIGBREAK", signal.SIGTERM)),
-    CTRL_CLOSE_EVENT: int(signal.SIGTERM),
-    CTRL_LOGOFF_EVENT: int(signal.SIGTERM),
-    CTRL_SHUTDOWN_EVENT: int(signal.SIGTERM),
-}
-# Events after which Windows terminates the process as soon as the handler returns: block until saved.
-_WINDOWS_TERMINATING_EVENTS = (CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT)
-
-
-def signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def _is_chainable(handler) -> bool:
@@ -112,7 +80,7 @@ class SignalWatcher:
         self._kernel32 = kernel32
         self._previous: dict[int, object] = {}
         self._skip_chain: set[int] = set()
-        self._console_handler = None
+        self._console: ConsoleCtrlHandler | None = None
         self.triggered: int | None = None
         self.triggered_at: float | None = None
         self.source: str = ""
@@ -138,7 +106,7 @@ class SignalWatcher:
             except (OSError, ValueError, RuntimeError) as e:  # e.g. a signal this platform refuses
                 logger.debug("cannot watch %s: %s", signal_name(signum), e)
                 self._previous.pop(signum, None)
-        if self.console_events and (_IS_WINDOWS or self._kernel32 is not None):
+        if self.console_events and (IS_WINDOWS or self._kernel32 is not None):
             self._install_console_handler()
         self.installed = True
         return True
@@ -155,12 +123,9 @@ class SignalWatcher:
                 except (OSError, ValueError, RuntimeError, TypeError) as e:
                     logger.debug("cannot restore %s: %s", signal_name(signum), e)
         self._previous.clear()
-        if self._console_handler is not None:
-            try:
-                self._kernel32_api().SetConsoleCtrlHandler(self._console_handler, False)
-            except OSError as e:
-                logger.debug("cannot remove the console handler: %s", e)
-            self._console_handler = None
+        if self._console is not None:
+            self._console.remove()
+            self._console = None
         self.cancel_watchdog()
         self.installed = False
 
@@ -226,37 +191,21 @@ class SignalWatcher:
             self._watchdog = None
 
     # ---- Windows console events ------------------------------------------------------------------------------
-    def _kernel32_api(self):
-        if self._kernel32 is not None:
-            return self._kernel32
-        import ctypes
-
-        return ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
-
     def _install_console_handler(self) -> None:
-        import ctypes
-
-        factory = getattr(ctypes, "WINFUNCTYPE", ctypes.CFUNCTYPE)
-        handler_type = factory(ctypes.c_int, ctypes.c_uint)
-        self._console_handler = handler_type(self.on_console_event)
-        try:
-            ok = self._kernel32_api().SetConsoleCtrlHandler(self._console_handler, True)
-        except OSError as e:
-            ok = False
-            logger.warning("cannot register the console control handler: %s", e)
-        if not ok:
-            self._console_handler = None
+        self._console = ConsoleCtrlHandler(self.on_console_event, kernel32=self._kernel32)
+        if not self._console.install():
+            self._console = None
 
     def on_console_event(self, ctrl_type: int) -> int:
         """The console control handler (runs on a thread Windows creates). Returns 1 when handled.
 
         Close, logoff and shutdown end the process as soon as this returns, so it blocks until the emergency
         save is done or the grace period runs out."""
-        signum = _CONSOLE_EVENT_SIGNAL.get(int(ctrl_type))
+        signum = CONSOLE_EVENT_SIGNAL.get(int(ctrl_type))
         if signum is None:
             return 0
         self.notify(signum, CONSOLE_EVENT_NAMES.get(int(ctrl_type), f"console event {ctrl_type}"))
-        if int(ctrl_type) in _WINDOWS_TERMINATING_EVENTS:
+        if int(ctrl_type) in TERMINATING_EVENTS:
             self._done.wait(self.grace_period_sec)
         return 1
 

@@ -34,7 +34,8 @@ from ..runstate.heartbeat import SupervisorHeartbeat
 from ..runstate.recorder import RunRecorder
 from ..storage.commit import commit_checkpoint, is_committed
 from ..storage.store import CheckpointStore, checkpoint_dir_name
-from ..system.signals import SignalWatcher, signal_name
+from ..system.platform import signal_name
+from ..system.signals import SignalWatcher
 from .asyncsave.saver import AsyncSaver
 from .compat import check_training_setup
 from .emergency import EmergencyStops, StepPhase, TrainGuard, find_trainer

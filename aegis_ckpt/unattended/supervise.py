@@ -36,7 +36,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -44,18 +43,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE
+from ..exitcodes import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    STOP_EXIT_CODES,
+    describe_exit,
+    exit_code_for_signal,
+    normalize_exit_code,
+)
 from ..runstate.heartbeat import HEARTBEAT_ENV, HeartbeatWatcher
+from ..system.platform import signal_name
+from ..system.process import ProcessControl, default_process_control
 
 logger = logging.getLogger(__name__)
 
-_IS_WINDOWS = sys.platform == "win32"
-_SIGBREAK = 21  # Windows' Ctrl+Break; the number Python uses for signal.SIGBREAK
-_STATUS_CONTROL_C_EXIT = 0xC000013A  # a Windows console process ended by Ctrl+C/Ctrl+Break without a handler
-STOP_EXIT_CODES = frozenset(
-    {EXIT_SIGNAL_BASE + s for s in (signal.SIGINT, signal.SIGTERM, 1, _SIGBREAK)} | {_STATUS_CONTROL_C_EXIT}
-)
-"""Exit codes that mean "stopped on request after the emergency checkpoint" (1 is SIGHUP, absent on Windows)."""
 DUPLICATE_SIGNAL_WINDOW_SEC = 1.0
 """The same signal arriving twice within this window is one event delivered twice (the kernel's terminal hangup
 and the shell's job hangup, systemd's SIGTERM to the whole group), not a user's deliberate second Ctrl+C."""
@@ -107,96 +109,6 @@ class SuperviseOptions:
             from ..options import CheckpointOptions
 
             CheckpointOptions.from_mapping(self.inject_checkpoint, where="injected checkpoint options")
-
-
-def normalize_exit_code(returncode: int) -> int:
-    """POSIX reports death by signal N as -N; the shell (and our contract) calls it 128 + N."""
-    return EXIT_SIGNAL_BASE - returncode if returncode < 0 else returncode
-
-
-def describe_exit(code: int) -> str:
-    if code > EXIT_SIGNAL_BASE and code < EXIT_SIGNAL_BASE + 65:
-        try:
-            name = signal.Signals(code - EXIT_SIGNAL_BASE).name
-        except ValueError:
-            name = f"signal {code - EXIT_SIGNAL_BASE}"
-        return f"exit code {code} ({name})"
-    if code == _STATUS_CONTROL_C_EXIT:
-        return f"exit code {code:#x} (Ctrl+C/Ctrl+Break)"
-    return f"exit code {code}"
-
-
-# ---- the platform seam -----------------------------------------------------------------------------------------
-class ProcessControl:
-    """How a child is started, told to stop, and killed. POSIX here; Windows below."""
-
-    stop_signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", 1))
-
-    def spawn(self, cmd: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
-        # Own session: terminal signals reach the child only through the supervisor, once.
-        return subprocess.Popen(list(cmd), env=env, start_new_session=True)
-
-    def forward(self, proc: subprocess.Popen, signum: int) -> None:
-        # To the child only, not its group: a launcher like torchrun forwards to its workers itself, and a
-        # second copy of the signal would mean "exit now" to them.
-        proc.send_signal(signum)
-
-    def ask_to_stop(self, proc: subprocess.Popen) -> None:
-        proc.send_signal(signal.SIGTERM)
-
-    def kill_tree(self, proc: subprocess.Popen) -> None:
-        # Its process group, and every descendant found before the kill: torchrun starts each worker in a
-        # session of its own, out of reach of the group, and a surviving worker would hold the run lease.
-        import psutil
-
-        try:
-            descendants = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.Error:
-            descendants = []
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            proc.kill()
-        for child in descendants:
-            try:
-                child.kill()
-            except psutil.Error:
-                pass
-
-    @staticmethod
-    def signal_name(signum: int) -> str:
-        try:
-            return signal.Signals(signum).name
-        except ValueError:
-            return f"signal {signum}"
-
-
-class WindowsProcessControl(ProcessControl):
-    """The child gets its own process group: Ctrl+C at the console then reaches only the supervisor, which
-    sends Ctrl+Break to the child's group (the only console event that can target one group)."""
-
-    stop_signals = (signal.SIGINT, _SIGBREAK)
-
-    def spawn(self, cmd: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
-        flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)
-        return subprocess.Popen(list(cmd), env=env, creationflags=flags)
-
-    def forward(self, proc: subprocess.Popen, signum: int) -> None:
-        proc.send_signal(getattr(signal, "CTRL_BREAK_EVENT", 1))
-
-    def ask_to_stop(self, proc: subprocess.Popen) -> None:
-        self.forward(proc, _SIGBREAK)
-
-    def kill_tree(self, proc: subprocess.Popen) -> None:
-        result = subprocess.run(
-            ["taskkill", "/T", "/F", "/PID", str(proc.pid)], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            proc.kill()
-
-
-def default_process_control() -> ProcessControl:
-    return WindowsProcessControl() if _IS_WINDOWS else ProcessControl()
 
 
 # ---- one attempt -----------------------------------------------------------------------------------------------
@@ -251,7 +163,7 @@ class Supervisor:
     def _handle_pending(self, proc: subprocess.Popen | None) -> None:
         while self._pending:
             signum = self._pending.pop(0)
-            name = self.control.signal_name(signum)
+            name = signal_name(signum)
             now = self.clock()
             last = self._last_forwarded.get(signum)
             if last is not None and now - last < DUPLICATE_SIGNAL_WINDOW_SEC:
@@ -423,12 +335,12 @@ class Supervisor:
             code = attempt.code if attempt.code is not None else EXIT_FAILURE
             summary = f"attempt {attempt.number}: {describe_exit(code)} after {attempt.seconds:.1f} s"
             if self._stop_signal is not None:
-                name = self.control.signal_name(self._stop_signal)
+                name = signal_name(self._stop_signal)
                 if code == EXIT_OK:
                     logger.info("%s: finished while stopping", summary)
                     return EXIT_OK
                 logger.warning("%s: stopped on request (%s); not restarting", summary, name)
-                return EXIT_SIGNAL_BASE + self._stop_signal
+                return exit_code_for_signal(self._stop_signal)
             if attempt.hung:
                 logger.error("%s: killed as hung", summary)
             elif code == EXIT_OK:
@@ -478,9 +390,9 @@ class Supervisor:
                 opts.max_restarts,
             )
             if not self._wait(delay):
-                name = self.control.signal_name(self._stop_signal or 0)
+                name = signal_name(self._stop_signal or 0)
                 logger.warning("received %s while waiting to restart: not restarting", name)
-                return EXIT_SIGNAL_BASE + (self._stop_signal or 0)
+                return exit_code_for_signal(self._stop_signal or 0)
 
 
 def run_supervised(cmd: Sequence[str], options: SuperviseOptions | None = None) -> int:

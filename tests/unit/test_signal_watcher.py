@@ -13,14 +13,14 @@ import time
 
 import pytest
 
-from aegis_ckpt.system.signals import (
+from aegis_ckpt.system.console import (
     CTRL_BREAK_EVENT,
     CTRL_C_EVENT,
     CTRL_CLOSE_EVENT,
     CTRL_LOGOFF_EVENT,
     CTRL_SHUTDOWN_EVENT,
-    SignalWatcher,
 )
+from aegis_ckpt.system.signals import SignalWatcher
 
 
 class Exits:

@@ -7,9 +7,11 @@ import subprocess
 
 import pytest
 
+from aegis_ckpt import exitcodes
 from aegis_ckpt.errors import ConfigError
-from aegis_ckpt.unattended import supervise
-from aegis_ckpt.unattended.supervise import STOP_EXIT_CODES, SuperviseOptions, WindowsProcessControl
+from aegis_ckpt.exitcodes import STOP_EXIT_CODES
+from aegis_ckpt.system.process import ProcessControl, WindowsProcessControl
+from aegis_ckpt.unattended.supervise import SuperviseOptions
 
 
 class RecordingProc:
@@ -28,9 +30,9 @@ class RecordingProc:
 
 
 def test_exit_codes():
-    assert supervise.normalize_exit_code(-9) == 137 and supervise.normalize_exit_code(3) == 3
-    assert supervise.describe_exit(137) == "exit code 137 (SIGKILL)"
-    assert supervise.describe_exit(1) == "exit code 1"
+    assert exitcodes.normalize_exit_code(-9) == 137 and exitcodes.normalize_exit_code(3) == 3
+    assert exitcodes.describe_exit(137) == "exit code 137 (SIGKILL)"
+    assert exitcodes.describe_exit(1) == "exit code 1"
     # stop requests on every platform: SIGHUP/SIGINT/SIGTERM, Windows Ctrl+Break (SIGBREAK 21), STATUS_CONTROL_C_EXIT
     assert {129, 130, 143, 149, 0xC000013A} == set(STOP_EXIT_CODES)
     assert 137 not in STOP_EXIT_CODES and 139 not in STOP_EXIT_CODES  # SIGKILL, SIGSEGV: crashes
@@ -105,14 +107,14 @@ def test_posix_kill_tree_reaches_descendants_in_their_own_session(tmp_path):
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "time.sleep(120)\n"
     )
-    proc = supervise.ProcessControl().spawn([sys.executable, "-c", launcher], env=None)
+    proc = ProcessControl().spawn([sys.executable, "-c", launcher], env=None)
     deadline = time.monotonic() + 30
     while not (pid_file.exists() and pid_file.read_text()):
         assert time.monotonic() < deadline, "the launcher did not start its worker"
         time.sleep(0.05)
     worker = psutil.Process(int(pid_file.read_text()))
     assert worker.is_running()
-    supervise.ProcessControl().kill_tree(proc)
+    ProcessControl().kill_tree(proc)
     proc.wait(10)
     worker.wait(10)  # raises psutil.TimeoutExpired if the worker survived
     assert not psutil.pid_exists(worker.pid) or worker.status() == psutil.STATUS_ZOMBIE
