@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CommitError
+from ..policy.retention import Retained, select_prunable
 from . import commit
 from .audit import AuditLog
 from .commit import atomic_write_json, is_committed, read_manifest, verify_checkpoint
@@ -191,17 +192,25 @@ class CheckpointStore:
         protect: set[Path] | None = None,
         milestone_every_sec: float | None = None,
     ) -> list[CheckpointEntry]:
-        """Committed checkpoints that retention would delete: all but the newest ``max_keep``, except
-        protected paths, milestones and pinned checkpoints (which do not count toward ``max_keep``).
-        Uncommitted folders are never selected here."""
-        committed = self.committed()
-        pinned = {e.path.resolve() for e in committed if self.is_pinned(e.path)}
-        rolling = [e for e in committed if e.path.resolve() not in pinned]
-        keep = {e.path.resolve() for e in rolling[-max_keep:]} | pinned
-        keep |= {Path(p).resolve() for p in (protect or set())}
-        if milestone_every_sec:
-            keep |= self._milestones(committed, milestone_every_sec)
-        return [e for e in committed if e.path.resolve() not in keep]
+        """Committed checkpoints that retention would delete (``policy.retention`` decides; this reads the
+        facts it needs from the manifests). Uncommitted folders are never selected here."""
+        entries = {e.path.resolve(): e for e in self.committed()}
+        records = [self._retained(path, e.step) for path, e in entries.items()]
+        chosen = select_prunable(
+            records,
+            max_keep,
+            protect={Path(p).resolve() for p in (protect or set())},
+            milestone_every_sec=milestone_every_sec,
+        )
+        return [entries[r.path] for r in chosen]
+
+    @staticmethod
+    def _retained(path: Path, step: int) -> Retained:
+        try:
+            manifest = read_manifest(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            return Retained(path, step, None, False)
+        return Retained(path, step, manifest.committed_unix, bool(manifest.meta.get(PIN_META_KEY)))
 
     @staticmethod
     def is_pinned(folder: Path) -> bool:
@@ -209,20 +218,6 @@ class CheckpointStore:
             return bool(read_manifest(folder).meta.get(PIN_META_KEY))
         except (OSError, ValueError, KeyError, TypeError):
             return False
-
-    @staticmethod
-    def _milestones(committed: list[CheckpointEntry], every_sec: float) -> set[Path]:
-        """The first committed checkpoint of each ``every_sec`` window of commit time."""
-        first_in_window: dict[int, tuple[float, Path]] = {}
-        for e in committed:
-            try:
-                t = read_manifest(e.path).committed_unix
-            except (OSError, ValueError, KeyError):
-                continue
-            window = int(t // every_sec)
-            if window not in first_in_window or t < first_in_window[window][0]:
-                first_in_window[window] = (t, e.path.resolve())
-        return {p for _t, p in first_in_window.values()}
 
     def prune(
         self,
