@@ -27,12 +27,11 @@ from .errors import AegisError, ConfigError
 from .options import VERIFY_MODES
 from .runstate.lease import ensure_not_locked
 from .storage.commit import is_committed, read_manifest, verify_checkpoint
-from .storage.plaincheck import JIT_INCOMPLETE_MARKER, check_plain_checkpoint
-from .storage.store import AEGIS_DIR, CheckpointStore, checkpoint_dir_name
+from .storage.layout import AEGIS_DIR, JIT_INCOMPLETE_MARKER, SCAN_LOCK_NAME, checkpoint_dir_name
+from .storage.plaincheck import check_plain_checkpoint
+from .storage.store import CheckpointStore
 
 logger = logging.getLogger(__name__)
-
-SCAN_LOCK_NAME = "scan.lock"
 
 
 @dataclass

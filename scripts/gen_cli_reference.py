@@ -95,7 +95,11 @@ def _exit_codes() -> list[tuple[str, str, str]]:
     rows = []
     body = tree.body
     for stmt, following in zip(body, body[1:] + [None], strict=True):
-        if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name):
+        if (
+            isinstance(stmt, ast.Assign)
+            and isinstance(stmt.targets[0], ast.Name)
+            and stmt.targets[0].id.startswith("EXIT_")
+        ):
             name = stmt.targets[0].id
             doc = ""
             if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):

@@ -18,7 +18,8 @@ from ..runstate.lease import read_run_record, session_is_alive
 from ..runstate.stats import SaveStats
 from ..storage.audit import AUDIT_NAME, read_audit
 from ..storage.commit import verify_checkpoint
-from ..storage.store import AEGIS_DIR, PIN_META_KEY, CheckpointStore
+from ..storage.layout import AEGIS_DIR
+from ..storage.store import PIN_META_KEY, CheckpointStore
 
 
 def _require_dir(output_dir: str | os.PathLike) -> Path:

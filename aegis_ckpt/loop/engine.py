@@ -41,9 +41,9 @@ from ..runstate.completion import mark_completed
 from ..runstate.recorder import RunRecorder
 from ..runstate.start import FINISHED, RunStart
 from ..storage.commit import commit_checkpoint, is_committed
+from ..storage.layout import check_output_dir
 from ..storage.store import PIN_META_KEY, CheckpointStore
 from ..system.platform import signal_name
-from ..train.preflight import check_output_dir
 from .loopstate import load_training_state, save_training_state
 
 logger = logging.getLogger(__name__)

@@ -24,12 +24,8 @@ from typing import Any
 import torch
 
 from ..errors import AegisError
+from ..storage.layout import ADAPTER_WEIGHTS, MODEL_INDEX, MODEL_WEIGHTS, OPTIMIZER_NAME, SCHEDULER_NAME
 
-MODEL_WEIGHTS = "model.safetensors"
-MODEL_INDEX = "model.safetensors.index.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-OPTIMIZER_NAME = "optimizer.pt"
-SCHEDULER_NAME = "scheduler.pt"
 EXTRA_STATE_NAME = "extra_state.pt"
 RNG_NAME = "rng_state.pth"
 LOOP_STATE_NAME = "aegis_loop_state.json"

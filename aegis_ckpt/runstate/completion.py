@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..storage.commit import atomic_write_json
-from ..storage.store import AEGIS_DIR
-
-COMPLETED_NAME = "completed.json"
+from ..storage.layout import AEGIS_DIR, COMPLETED_NAME
 
 
 def completion_path(output_dir: str | os.PathLike) -> Path:

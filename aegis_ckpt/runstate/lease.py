@@ -25,15 +25,13 @@ from filelock import FileLock, Timeout
 
 from ..errors import RunLockedError
 from ..storage.commit import atomic_write_json
-from ..storage.store import AEGIS_DIR
+from ..storage.layout import AEGIS_DIR, RUN_LOCK_NAME, RUN_RECORD_NAME
 from ..system.boot import current_boot_id, process_create_time, same_boot
 from .completion import read_completion
 from .start import RESUME_POWER_LOSS, RunStart, classify_start, fmt_duration, fmt_local_time
 
 logger = logging.getLogger(__name__)
 
-RUN_RECORD_NAME = "run.json"
-RUN_LOCK_NAME = "run.lock"
 RUN_RECORD_FORMAT = "aegis-ckpt-run"
 LOCK_WAIT_SEC = 2.0
 """How long ``acquire`` waits for the lock: long enough to ride out a probe by another tool, short enough to

@@ -19,7 +19,7 @@ from ..options import CheckpointOptions
 from ..policy import AdaptivePolicy, SavePolicy
 from ..storage.audit import AuditLog
 from ..storage.commit import Manifest
-from ..storage.store import AEGIS_DIR
+from ..storage.layout import AEGIS_DIR
 from ..system.platform import signal_name
 from .lease import RunLease
 from .start import FRESH, RESUME_CRASH, RESUME_POWER_LOSS, RunStart

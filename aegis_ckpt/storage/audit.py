@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .layout import AUDIT_NAME
+
 logger = logging.getLogger(__name__)
 
-AUDIT_NAME = "audit.jsonl"
 
 EVENTS = (
     "start",  # a process took the run lease; how the previous one ended

@@ -32,10 +32,10 @@ from typing import Any
 import xxhash
 
 from ..errors import CommitError
+from .layout import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_NAME = "aegis_manifest.json"
 MANIFEST_FORMAT = "aegis-ckpt-manifest"
 MANIFEST_VERSION = 1
 HASH_NAME = "xxh3_128"

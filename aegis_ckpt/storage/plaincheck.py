@@ -12,15 +12,14 @@ import struct
 import zipfile
 from pathlib import Path
 
-JIT_INCOMPLETE_MARKER = "checkpoint-is-incomplete.txt"
-TRAINER_STATE_NAME = "trainer_state.json"
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "pytorch_model.bin",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
+from .layout import (
+    JIT_INCOMPLETE_MARKER,
+    OPTIMIZER_NAME,
+    SCHEDULER_NAME,
+    TRAINER_STATE_NAME,
+    WEIGHT_FILES,
+    WEIGHT_INDEXES,
 )
-_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def check_safetensors(path: Path) -> str | None:
@@ -57,7 +56,7 @@ def check_torch_zip(path: Path) -> str | None:
 
 
 def _check_weights(folder: Path) -> list[str]:
-    for index_name in _WEIGHT_INDEXES:
+    for index_name in WEIGHT_INDEXES:
         index = folder / index_name
         if index.is_file():
             try:
@@ -72,7 +71,7 @@ def _check_weights(folder: Path) -> list[str]:
                 for s in sorted(shards)
                 if s.endswith(".safetensors") and (p := check_safetensors(folder / s))
             ]
-    for name in _WEIGHT_FILES:
+    for name in WEIGHT_FILES:
         path = folder / name
         if path.is_file():
             if name.endswith(".safetensors"):
@@ -101,7 +100,7 @@ def check_plain_checkpoint(folder: str | Path, step: int) -> list[str]:
     except (OSError, ValueError) as e:
         problems.append(f"{TRAINER_STATE_NAME} unreadable: {e}")
     problems += _check_weights(folder)
-    for name in ("optimizer.pt", "scheduler.pt"):
+    for name in (OPTIMIZER_NAME, SCHEDULER_NAME):
         path = folder / name
         if not path.is_file():
             problems.append(f"missing {name} (the Trainer would silently restart it from scratch)")

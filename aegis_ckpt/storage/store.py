@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -36,29 +35,22 @@ from ..policy.retention import Retained, select_prunable
 from . import commit
 from .audit import AuditLog
 from .commit import atomic_write_json, is_committed, read_manifest, verify_checkpoint
+from .layout import (
+    AEGIS_DIR,
+    CHECKPOINT_PREFIX,
+    QUARANTINE_DIR,
+    QUARANTINE_RECORD,
+    STAGING_DIR,
+    STAGING_PREFIX,
+    STORE_MARKER,
+    TRASH_DIR,
+    checkpoint_dir_name,
+    parse_checkpoint_step,
+)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint"
-AEGIS_DIR = ".aegis"
-STORE_MARKER = "store.json"
-QUARANTINE_DIR = "quarantine"
-TRASH_DIR = "trash"
-STAGING_DIR = "staging"
-STAGING_PREFIX = "step-"
 PIN_META_KEY = "pinned"
-QUARANTINE_RECORD = "aegis_quarantine.json"
-_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}-(\d+)$")
-
-
-def checkpoint_dir_name(step: int) -> str:
-    """The folder name the Trainer uses for ``step``."""
-    return f"{CHECKPOINT_PREFIX}-{step}"
-
-
-def parse_checkpoint_step(name: str) -> int | None:
-    m = _CHECKPOINT_RE.match(name)
-    return int(m.group(1)) if m else None
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PreflightError
+from ..storage.layout import check_output_dir
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -40,28 +40,6 @@ ADAM_STATE_BYTES_PER_PARAM = 8
 """AdamW keeps two float32 moments per trainable parameter (the Trainer's default optimizer)."""
 SMALL_FILES_BYTES = 4 * 1024**2
 """Scheduler, RNG state, trainer_state.json, config and tokenizer files beside the tensors, rounded up."""
-
-
-def check_output_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` if needed and prove a file can be written, flushed and removed inside it."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise PreflightError(f"output_dir {path} exists and is a file, not a directory: choose another path")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PreflightError(f"cannot create output_dir {path}: {e.strerror or e}") from e
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".aegis-write-probe-", dir=path)
-        try:
-            os.write(fd, b"probe")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(probe)
-    except OSError as e:
-        raise PreflightError(f"output_dir {path} is not writable: {e.strerror or e}") from e
-    return path
 
 
 # ---- seams -----------------------------------------------------------------------------------------------------

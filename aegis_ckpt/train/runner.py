@@ -20,15 +20,13 @@ from ..resume import find_resume_checkpoint
 from ..runstate.completion import mark_completed, read_completion
 from ..runstate.lease import ensure_not_locked
 from ..storage.commit import commit_checkpoint
-from ..storage.store import AEGIS_DIR, CheckpointStore
+from ..storage.layout import AEGIS_DIR, FINAL_MODEL_DIR, STAGING_FINAL_DIR, check_output_dir
+from ..storage.store import CheckpointStore
 from ..trainer.callback import AegisCheckpointCallback
 from .builders import build_dataset, build_model, build_tokenizer, count_parameters, read_texts
 from .config import TrainConfig
-from .preflight import check_output_dir
 
 logger = logging.getLogger(__name__)
-
-FINAL_MODEL_DIR = "final_model"
 
 
 @dataclass
@@ -45,7 +43,7 @@ def _export_final_model(trainer, tokenizer, output_dir: Path, step: int) -> Path
     """Write the finished model to ``output_dir/final_model`` through the same commit protocol: staged in
     ``.aegis/``, committed (manifest), then renamed into place in one step."""
     final = output_dir / FINAL_MODEL_DIR
-    staging = output_dir / AEGIS_DIR / "staging-final"
+    staging = output_dir / AEGIS_DIR / STAGING_FINAL_DIR
     main = trainer.args.should_save
     if main:
         shutil.rmtree(staging, ignore_errors=True)

@@ -33,7 +33,8 @@ from ..runstate.completion import mark_completed
 from ..runstate.heartbeat import SupervisorHeartbeat
 from ..runstate.recorder import RunRecorder
 from ..storage.commit import commit_checkpoint, is_committed
-from ..storage.store import CheckpointStore, checkpoint_dir_name
+from ..storage.layout import checkpoint_dir_name
+from ..storage.store import CheckpointStore
 from ..system.platform import signal_name
 from ..system.signals import SignalWatcher
 from .asyncsave.saver import AsyncSaver

@@ -27,7 +27,7 @@ from ..distributed import StepFlags
 from ..exitcodes import exit_code_for_signal
 from ..rngstate import restore_rng_state
 from ..storage.commit import is_committed
-from ..storage.store import checkpoint_dir_name
+from ..storage.layout import checkpoint_dir_name
 from ..system.platform import signal_name
 from ..system.signals import SignalWatcher
 

@@ -63,7 +63,7 @@ def _ensure_log_handler() -> None:
 
 
 def _is_own_checkpoint(path: str, output_dir: Path) -> bool:
-    from ..storage.store import parse_checkpoint_step
+    from ..storage.layout import parse_checkpoint_step
 
     p = Path(path)
     try:

@@ -40,7 +40,8 @@ import pytest
 import tinylib
 
 from aegis_ckpt.runstate.completion import read_completion
-from aegis_ckpt.storage.commit import MANIFEST_NAME, verify_checkpoint
+from aegis_ckpt.storage.commit import verify_checkpoint
+from aegis_ckpt.storage.layout import MANIFEST_NAME
 from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]

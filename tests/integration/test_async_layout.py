@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from tinylib import ClockTicker, StopAtStep
 
 from aegis_ckpt import AegisCheckpointCallback, AsyncOptions
-from aegis_ckpt.storage.commit import MANIFEST_NAME, read_manifest
+from aegis_ckpt.storage.commit import read_manifest
+from aegis_ckpt.storage.layout import MANIFEST_NAME
 
 pytestmark = pytest.mark.slow
 

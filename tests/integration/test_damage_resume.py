@@ -14,7 +14,7 @@ from tinylib import StopAfterSave
 from transformers.trainer_utils import get_last_checkpoint
 
 from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
-from aegis_ckpt.storage.commit import MANIFEST_NAME
+from aegis_ckpt.storage.layout import MANIFEST_NAME
 from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = pytest.mark.slow

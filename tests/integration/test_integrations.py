@@ -32,7 +32,8 @@ import tinylib
 from testenv import SCRIPTS_DIR, subprocess_env
 
 from aegis_ckpt.runstate.completion import read_completion
-from aegis_ckpt.storage.commit import MANIFEST_NAME, read_manifest, verify_checkpoint
+from aegis_ckpt.storage.commit import read_manifest, verify_checkpoint
+from aegis_ckpt.storage.layout import MANIFEST_NAME
 from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = pytest.mark.slow

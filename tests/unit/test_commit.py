@@ -14,13 +14,8 @@ import xxhash
 from aegis_ckpt.errors import CommitError
 from aegis_ckpt.resume import find_resume_checkpoint
 from aegis_ckpt.storage import commit
-from aegis_ckpt.storage.commit import (
-    MANIFEST_NAME,
-    commit_checkpoint,
-    is_committed,
-    read_manifest,
-    verify_checkpoint,
-)
+from aegis_ckpt.storage.commit import commit_checkpoint, is_committed, read_manifest, verify_checkpoint
+from aegis_ckpt.storage.layout import MANIFEST_NAME
 
 
 def _files_on_disk(folder: Path) -> dict[str, bytes]:

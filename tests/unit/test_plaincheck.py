@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from aegis_ckpt.storage.plaincheck import JIT_INCOMPLETE_MARKER, check_plain_checkpoint, check_torch_zip
+from aegis_ckpt.storage.layout import JIT_INCOMPLETE_MARKER
+from aegis_ckpt.storage.plaincheck import check_plain_checkpoint, check_torch_zip
 
 
 def _problems(folder: Path, step: int) -> str:

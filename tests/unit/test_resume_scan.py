@@ -13,8 +13,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from aegis_ckpt.errors import ConfigError
 from aegis_ckpt.resume import find_resume_checkpoint, scan_checkpoints
-from aegis_ckpt.storage.commit import MANIFEST_NAME
-from aegis_ckpt.storage.plaincheck import JIT_INCOMPLETE_MARKER
+from aegis_ckpt.storage.layout import JIT_INCOMPLETE_MARKER, MANIFEST_NAME
 from aegis_ckpt.storage.store import CheckpointStore
 
 

@@ -28,7 +28,9 @@ def test_protected_paths_are_kept():
 
 
 def test_one_milestone_per_window_is_kept():
-    records = _records(6, every=10.0)  # commits at 1010 .. 1060: windows [990, 1020), [1020, 1050), [1050, 1080)
+    records = _records(
+        6, every=10.0
+    )  # commits at 1010 .. 1060: windows [990, 1020), [1020, 1050), [1050, 1080)
     assert milestones(records, 30.0) == {Path("checkpoint-1"), Path("checkpoint-2"), Path("checkpoint-5")}
     assert _steps(select_prunable(records, 1, milestone_every_sec=30.0)) == [3, 4]
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
 
-from aegis_ckpt.storage.commit import MANIFEST_NAME, Manifest, atomic_write_json, read_manifest
-from aegis_ckpt.storage.store import QUARANTINE_RECORD, CheckpointStore
+from aegis_ckpt.storage.commit import Manifest, atomic_write_json, read_manifest
+from aegis_ckpt.storage.layout import MANIFEST_NAME, QUARANTINE_RECORD
+from aegis_ckpt.storage.store import CheckpointStore
 
 
 def _top_level_checkpoints(output_dir: Path) -> list[str]:

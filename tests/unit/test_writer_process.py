@@ -17,7 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aegis_ckpt.storage.commit import MANIFEST_NAME, verify_checkpoint
+from aegis_ckpt.storage.commit import verify_checkpoint
+from aegis_ckpt.storage.layout import MANIFEST_NAME
 from aegis_ckpt.trainer.asyncsave.snapshot import LargeFile, SnapshotBuffers
 from aegis_ckpt.trainer.asyncsave.writerproc import (
     SHM_PREFIX,

@@ -28,17 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...storage.layout import (
+    OPTIMIZER_NAME,
+    SCALER_NAME,
+    SCHEDULER_NAME,
+    TRAINER_STATE_NAME,
+    TRAINING_ARGS_NAME,
+    rng_file_name,
+)
+
 logger = logging.getLogger(__name__)
-
-OPTIMIZER_NAME = "optimizer.pt"
-SCHEDULER_NAME = "scheduler.pt"
-SCALER_NAME = "scaler.pt"
-TRAINER_STATE_NAME = "trainer_state.json"
-TRAINING_ARGS_NAME = "training_args.bin"
-
-
-def rng_file_name(world_size: int, process_index: int) -> str:
-    return f"rng_state_{process_index}.pth" if world_size > 1 else "rng_state.pth"
 
 
 # Trainer methods that write into a checkpoint folder. A subclass that overrides one may add or change files
