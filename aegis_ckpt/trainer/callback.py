@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +27,10 @@ from ..exitcodes import exit_code_for_signal
 from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
 from ..policy import SavePolicy, make_policy
 from ..resume import check_resume_world_size
-from ..rngstate import capture_rng_state
 from ..runstate.completion import mark_completed
 from ..runstate.heartbeat import SupervisorHeartbeat
 from ..runstate.recorder import RunRecorder
+from ..runstate.saves import SaveTail
 from ..storage.commit import commit_checkpoint, is_committed
 from ..storage.layout import checkpoint_dir_name
 from ..storage.store import CheckpointStore
@@ -39,7 +38,7 @@ from ..system.platform import signal_name
 from ..system.signals import SignalWatcher
 from .asyncsave.saver import AsyncSaver
 from .compat import check_training_setup
-from .emergency import EmergencyStops, StepPhase, TrainGuard, find_trainer
+from .emergency import EmergencyStop, find_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ _PACKAGE_LOGGER = "aegis_ckpt"
 HEARTBEAT_EVERY_SEC = 5.0
 
 
-class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
+class AegisCheckpointCallback(TrainerCallback):
     """Time-based rolling checkpoints with a crash-safe commit, emergency saves on signals and exceptions, for
     ``transformers.Trainer`` (single process, torchrun, accelerate).
 
@@ -136,15 +135,11 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
         self.store: CheckpointStore | None = None
         self.last_saved_step: int | None = None
         self.last_commit_path: Path | None = None
-        self.stop_signal: int | None = None
-        self.watcher: SignalWatcher | None = None
         # One clock for the save interval and the agreement stride.
         self._agreement = StepAgreement(clock=self.clock)
-        self._guard = TrainGuard(self._save_after_exception)
+        self.stops = EmergencyStop(self.emergency, self)
+        self._tail: SaveTail | None = None
         self._trainer = None
-        self._phase = StepPhase.CONSISTENT
-        self._train_begin_step: int | None = None
-        self._step_rng: dict | None = None
         self._save_requested_at: float | None = None
         self._save_reason = ""
         self._rotation_checked = False
@@ -152,6 +147,16 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
         self._heartbeat = SupervisorHeartbeat(clock, every_sec=HEARTBEAT_EVERY_SEC)
         self._recorder: RunRecorder | None = None  # run lease, audit log, save statistics
         self._async = AsyncSaver(self.async_options)
+
+    @property
+    def watcher(self) -> SignalWatcher | None:
+        """The signal watcher while training runs (None before, after, or with ``handle_signals=False``)."""
+        return self.stops.watcher
+
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal all ranks agreed to stop for, once one came."""
+        return self.stops.stop_signal
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _take_over_rotation(self, args) -> None:
@@ -183,8 +188,7 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
         self._check_setup(args)
         self._take_over_rotation(args)
         self._trainer = find_trainer()
-        if self._trainer is not None and self.emergency.save_on_exception:
-            self._guard.install(self._trainer)
+        self.stops.attach(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._check_setup(args)
@@ -202,6 +206,9 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
         self.store = CheckpointStore(args.output_dir)
+        self._tail = SaveTail(
+            self.store, self.options, recorder=lambda: self._recorder, protect=self._best_checkpoint
+        )
         self._begin_run_record(args, state)  # before anything on disk changes: may refuse a second process
         if args.should_save:
             self.store.mark_managed()
@@ -211,10 +218,7 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
         self._agreement.setup()
         distributed.barrier()
         self.last_saved_step = None
-        self.stop_signal = None
-        self._train_begin_step = state.global_step
-        self._phase = StepPhase.CONSISTENT
-        self._install_emergency_handlers(args)
+        self.stops.arm(args, step=state.global_step, needs_trainer=self.async_options.enabled)
         self._async.choose_mode(self._trainer)
         self.policy.start(self.clock())
         self._heartbeat.beat(state.global_step, "train_begin", force=True)
@@ -271,28 +275,21 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
                     f"superseded: training (re)started at step {start_step}, before this checkpoint",
                 )
 
-    @property
-    def _exception_saves_active(self) -> bool:
-        # Multi-process: one rank's exception leaves the others inside collectives; no collective save possible.
-        return self._trainer is not None and self.emergency.save_on_exception and not self._agreement.active
-
     # ---- decide --------------------------------------------------------------------------------------------
     def on_step_begin(self, args, state, control, **kwargs):
-        self._phase = StepPhase.CONSISTENT
+        self.stops.step_begin()
         return control
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self._phase = StepPhase.UPDATING
+        self.stops.optimizer_step()
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._phase = StepPhase.CONSISTENT
-        if self._exception_saves_active:
-            self._step_rng = capture_rng_state(include_numpy=False)
+        self.stops.step_end()
         self._collect_async(wait=False)
         now = self.clock()
         save_due = int(self.policy.is_due(now))
-        signal = (self.watcher.triggered or 0) if self.watcher is not None else 0
+        signal = self.stops.pending_signal
         final = state.global_step >= state.max_steps
         fits = self._async.fits_in_ram(self._trainer, args, now=now, urgent=bool(save_due or signal or final))
         local = StepFlags(
@@ -301,7 +298,7 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
         try:
             agreed = self._agreement.exchange(local, step=state.global_step, sync=final)
         except PeerLostError as e:
-            self._exit_after_peer_loss(e, local)
+            self.stops.exit_after_peer_loss(e, local.signal)
         contributed_at = self._agreement.result_step
         if (
             contributed_at is not None
@@ -311,16 +308,9 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
             # "Due" as seen before the last save (pipelined agreement lags one step): already served.
             agreed = dataclasses.replace(agreed, save_due=0)
         if agreed.signal:
-            if self.stop_signal is None:
-                self.stop_signal = agreed.signal
-                if self.watcher is not None and self.watcher.triggered is None:
-                    # Another rank got the signal: this rank saves with it and exits the same way.
-                    self.watcher.notify(
-                        agreed.signal, f"{signal_name(agreed.signal)} (on another rank)", quiet=True
-                    )
+            self._save_reason = self.stops.take_signal(agreed.signal)
             self._collect_async(wait=True)  # the grace watchdog bounds this wait
             control.should_save = True
-            self._save_reason = f"signal:{signal_name(self.stop_signal)}"
         elif final and self.options.save_on_train_end:
             self._collect_async(wait=True)
             control.should_save = True
@@ -375,42 +365,25 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
         job = self._async.writer.collect(wait=wait)
         if job is None:
             return
-        store = self._require_store()
+        tail = self._require_tail()
         if job.error is not None:
-            if self._recorder is not None:
-                self._recorder.save_failed(step=job.step, reason=job.reason, error=job.error)
-            logger.error(
-                "Asynchronous save of step %d failed (%s: %s); the previous committed checkpoint stays the resume "
-                "point.",
-                job.step,
-                type(job.error).__name__,
-                job.error,
+            tail.failed(
+                step=job.step, reason=job.reason, error=job.error, leftover=job.staging, background=True
             )
-            shutil.rmtree(job.staging, ignore_errors=True)
             return
-        folder = store.publish(job.staging, job.step, replace=False)
+        folder = tail.store.publish(job.staging, job.step, replace=False)
         if folder is None or job.manifest is None:
             return
-        logger.info(
-            "Committed %s (step %d, %.1f MB, %s, async: snapshot %.2f s + write and commit %.2f s in background)",
-            folder,
-            job.step,
-            job.manifest.total_bytes / 1e6,
-            job.reason,
-            job.snapshot_sec,
-            job.write_sec,
-        )
         self.last_commit_path = folder
-        if self._recorder is not None:
-            self._recorder.committed(
-                folder,
-                job.manifest,
-                reason=job.reason,
-                write_sec=job.snapshot_sec,
-                commit_sec=job.write_sec,
-                duration_sec=job.snapshot_sec + job.write_sec,
-            )
-        self._prune(folder)
+        tail.committed(
+            folder,
+            job.manifest,
+            reason=job.reason,
+            write_sec=job.snapshot_sec,
+            commit_sec=job.write_sec,
+            duration_sec=job.snapshot_sec + job.write_sec,
+            background=True,
+        )
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if control.should_save and self.last_saved_step == state.global_step:
@@ -441,12 +414,13 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
         self.last_commit_path = folder
         self._save_requested_at = None
         self._heartbeat.beat(state.global_step, "train", force=True)
-        if self.stop_signal is not None:
-            self._exit_after_emergency_save(state, folder, committed=size_bytes > 0 or not args.should_save)
+        if self.stops.stop_signal is not None:
+            self.stops.exit_after_save(state, folder, committed=size_bytes > 0 or not args.should_save)
         return control
 
     def _commit_and_retain(self, state, folder: Path, write_sec: float, *, world_size: int) -> int:
-        store = self._require_store()
+        """Commit the folder the Trainer just wrote, then the save tail; the committed size (0: not committed)."""
+        tail = self._require_tail()
         reason = self._save_reason or "trainer"
         t0 = time.perf_counter()
         try:
@@ -458,43 +432,16 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
                 sha256=self._recorder.sha256 if self._recorder is not None else False,
             )
         except CommitError as e:
-            if self._recorder is not None:
-                self._recorder.save_failed(step=state.global_step, reason=reason, error=e)
-            logger.error(
-                "Checkpoint at step %d was NOT committed (%s). The previous committed checkpoint stays the resume "
-                "point; the next save is tried one interval from now.",
-                state.global_step,
-                e,
-            )
-            # Retention only ever deletes committed folders, and the resume scan stops at the newest committed
-            # one, so a folder left here would stay forever; set it aside (kept, with the reason) instead.
-            store.quarantine(folder, f"commit failed: {e}")
+            tail.failed(step=state.global_step, reason=reason, error=e, leftover=folder, quarantine=True)
             return 0
-        commit_sec = time.perf_counter() - t0
-        logger.info(
-            "Committed %s (step %d, %.1f MB, %s, write %.2f s + commit %.2f s)",
-            folder,
-            state.global_step,
-            manifest.total_bytes / 1e6,
-            reason,
-            write_sec,
-            commit_sec,
+        tail.committed(
+            folder, manifest, reason=reason, write_sec=write_sec, commit_sec=time.perf_counter() - t0
         )
-        if self._recorder is not None:
-            self._recorder.committed(
-                folder, manifest, reason=reason, write_sec=write_sec, commit_sec=commit_sec
-            )
-        self._prune(folder)
         return manifest.total_bytes
 
-    def _prune(self, newest: Path) -> None:
-        protect = {newest}
+    def _best_checkpoint(self) -> list[Path]:
         best = self._trainer.state.best_model_checkpoint if self._trainer is not None else None
-        if self.options.keep_best and best:
-            protect.add(Path(best))
-        self._require_store().prune(
-            self.options.max_keep, protect=protect, milestone_every_sec=self.options.keep_milestone_every_sec
-        )
+        return [Path(best)] if self.options.keep_best and best else []
 
     @staticmethod
     def _manifest_meta(state, world_size: int, *, asynchronous: bool) -> dict:
@@ -516,8 +463,7 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
             late = StepFlags()
             logger.warning("%s (at train end)", e)
         self._agreement.close()
-        watcher_signal = self.watcher.triggered if self.watcher is not None else None
-        self._remove_emergency_handlers()
+        watcher_signal = self.stops.disarm()
         finished = state.max_steps > 0 and state.global_step >= state.max_steps
         final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
         # The final checkpoint may be committed by this run, or by an earlier one that was killed before it
@@ -542,7 +488,44 @@ class AegisCheckpointCallback(EmergencyStops, TrainerCallback):
             raise SystemExit(exit_code_for_signal(signum))
         return control
 
+    # ---- what the emergency stop asks of the save flow (EmergencyHost) ----------------------------------------
+    @property
+    def multi_process(self) -> bool:
+        return self._agreement.active
+
+    def finish_background_save(self) -> None:
+        self._collect_async(wait=True)
+
+    def save_now(self, trainer, folder: Path, reason: str) -> bool:
+        self._save_reason = reason
+        t0 = time.perf_counter()
+        trainer._save_checkpoint(trainer.model, trial=None)
+        if self._commit_and_retain(trainer.state, folder, time.perf_counter() - t0, world_size=1):
+            self.last_saved_step = trainer.state.global_step
+            return True
+        return False
+
+    def record(self, event: str, *, step: int, signum: int = 0, error=None, saved: bool = False) -> None:
+        if self._recorder is None:
+            return
+        if event == "signal":
+            self._recorder.signal(signum, step=step)
+        else:
+            self._recorder.exception(error, step=step, saved=saved)
+
+    def end_run(self, kind: str, step: int, detail: str = "") -> None:
+        self._end_run_record(kind, step, detail)
+
+    def shut_down(self, *, agreement: bool) -> None:
+        if agreement:
+            self._agreement.close()
+        self._async.close()
+
     # ---- helpers -------------------------------------------------------------------------------------------
+    def _require_tail(self) -> SaveTail:
+        self._require_store()
+        return self._tail
+
     def _require_store(self) -> CheckpointStore:
         if self.store is None:
             raise RuntimeError(

@@ -1,7 +1,8 @@
 """What happens when training is stopped or fails: signal stops, peer loss, exceptions.
 
-``EmergencyStops`` (mixed into the Trainer callback) installs the signal watcher, exits with ``128 + signum``
-after the emergency checkpoint is committed, exits when a peer rank is gone, and saves after an exception.
+``EmergencyStop`` (owned by the Trainer callback) installs the signal watcher, exits with ``128 + signum``
+after the emergency checkpoint is committed, exits when a peer rank is gone, and saves after an exception. It
+reaches the callback only through ``EmergencyHost``, the few things an emergency needs from the save flow.
 
 An exception that leaves ``trainer.train()`` skips every callback event, so the callback guards the call
 itself: at ``on_init_end`` it wraps this Trainer instance's ``train`` method (the instance attribute only; the
@@ -21,11 +22,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn, Protocol
 
 from .. import distributed
-from ..distributed import StepFlags
 from ..exitcodes import exit_code_for_signal
-from ..rngstate import restore_rng_state
+from ..options import EmergencyOptions
+from ..rngstate import capture_rng_state, restore_rng_state
 from ..storage.commit import is_committed
 from ..storage.layout import checkpoint_dir_name
 from ..system.platform import signal_name
@@ -111,20 +113,74 @@ def jit_sigterm_handler_installed() -> bool:
     return type(owner).__module__.endswith("trainer_jit_checkpoint")
 
 
-class EmergencyStops:
-    """The stop and failure paths of ``AegisCheckpointCallback``, kept apart from its save flow: installing the
-    signal watcher and the ``train()`` guard, the exit after an emergency checkpoint, the exit when a peer rank is
-    gone, and the best-effort save after an exception.
+class EmergencyHost(Protocol):
+    """What an emergency needs from the callback's save flow, and nothing else."""
 
-    A mixin: the callback provides ``emergency`` (``EmergencyOptions``), ``watcher``, ``stop_signal``,
-    ``_trainer``, ``_guard``, ``_agreement``, ``_phase``, ``_step_rng``, ``_train_begin_step``,
-    ``last_saved_step``, ``_save_reason``, ``_async`` (an ``AsyncSaver``) and the methods ``_collect_async``,
-    ``_commit_and_retain`` and
-    ``_end_run_record`` / ``_recorder``.
+    last_saved_step: int | None
+    """The step of the newest checkpoint this run saved (committed or handed to the background writer)."""
+
+    @property
+    def multi_process(self) -> bool:
+        """Ranks agree on saves: one rank's exception leaves the others inside collectives."""
+
+    def finish_background_save(self) -> None:
+        """Wait for a background save in flight and publish it."""
+
+    def save_now(self, trainer, folder: Path, reason: str) -> bool:
+        """Write the Trainer's checkpoint of the current step synchronously and commit it; True if committed."""
+
+    def record(
+        self,
+        event: str,
+        *,
+        step: int,
+        signum: int = 0,
+        error: BaseException | None = None,
+        saved: bool = False,
+    ) -> None:
+        """Record ``"signal"`` or ``"exception"`` in the run's audit log."""
+
+    def end_run(self, kind: str, step: int, detail: str = "") -> None:
+        """Write the exit record and release the run lease."""
+
+    def shut_down(self, *, agreement: bool) -> None:
+        """Stop the background writer, and the rank agreement too when ``agreement`` (not after a peer loss or
+        an exception on one rank: the other ranks are not there to close it with)."""
+
+
+class EmergencyStop:
+    """The stop and failure paths of ``AegisCheckpointCallback``, kept apart from its save flow.
+
+    The callback forwards the Trainer's events (``attach`` at init, ``arm``/``disarm`` around training, the
+    step phase hooks), asks ``pending_signal`` at each step end, hands the agreed signal to ``take_signal``, and
+    calls ``exit_after_save`` once the emergency checkpoint is written.
     """
 
-    def _install_emergency_handlers(self, args) -> None:
-        if self.emergency.handle_signals:
+    def __init__(self, options: EmergencyOptions, host: EmergencyHost):
+        self.options = options
+        self.host = host
+        self.watcher: SignalWatcher | None = None
+        self.stop_signal: int | None = None
+        self.phase = StepPhase.CONSISTENT
+        self.train_begin_step: int | None = None
+        self._trainer = None
+        self._step_rng: dict | None = None
+        self._guard = TrainGuard(self._save_after_exception)
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def attach(self, trainer) -> None:
+        """The callback found its Trainer: guard ``train()`` so an escaping exception saves first."""
+        self._trainer = trainer
+        if trainer is not None and self.options.save_on_exception:
+            self._guard.install(trainer)
+
+    def arm(self, args, *, step: int, needs_trainer: bool) -> None:
+        """Training begins at ``step``: install the signal watcher (``needs_trainer``: features that only work
+        when the callback reached the Trainer are asked for; warn if it did not)."""
+        self.stop_signal = None
+        self.train_begin_step = step
+        self.phase = StepPhase.CONSISTENT
+        if self.options.handle_signals:
             replace = ()
             if getattr(args, "enable_jit_checkpoint", False) and jit_sigterm_handler_installed():
                 import signal
@@ -134,21 +190,55 @@ class EmergencyStops:
                     "enable_jit_checkpoint=True: aegis-ckpt handles SIGTERM itself (a committed checkpoint at "
                     "the next step end); the Trainer's JIT handler is bypassed so the state is not saved twice."
                 )
-            self.watcher = SignalWatcher(grace_period_sec=self.emergency.grace_period_sec)
+            self.watcher = SignalWatcher(grace_period_sec=self.options.grace_period_sec)
             self.watcher.install(replace=replace)
-        if self._trainer is None and (self.emergency.save_on_exception or self.async_options.enabled):
+        if self._trainer is None and (self.options.save_on_exception or needs_trainer):
             logger.warning(
                 "No emergency checkpoint on exceptions and no asynchronous saves: pass the callback to "
                 "Trainer(callbacks=[...]) rather than add_callback(), so it can reach the Trainer."
             )
 
-    def _remove_emergency_handlers(self) -> None:
+    def disarm(self) -> int | None:
+        """Remove the signal handlers; returns the signal the watcher caught, if any."""
+        caught = self.watcher.triggered if self.watcher is not None else None
         if self.watcher is not None:
             self.watcher.uninstall()
             self.watcher = None
+        return caught
 
-    # ---- emergency exits -----------------------------------------------------------------------------------
-    def _exit_after_emergency_save(self, state, folder: Path, *, committed: bool) -> None:
+    # ---- step phases ---------------------------------------------------------------------------------------
+    def step_begin(self) -> None:
+        self.phase = StepPhase.CONSISTENT
+
+    def optimizer_step(self) -> None:
+        self.phase = StepPhase.UPDATING
+
+    def step_end(self) -> None:
+        self.phase = StepPhase.CONSISTENT
+        if self._exception_saves_active:
+            # An exception before the next step end should save the generators as they are now.
+            self._step_rng = capture_rng_state(include_numpy=False)
+
+    @property
+    def _exception_saves_active(self) -> bool:
+        return self._trainer is not None and self.options.save_on_exception and not self.host.multi_process
+
+    # ---- signals -------------------------------------------------------------------------------------------
+    @property
+    def pending_signal(self) -> int:
+        """The signal this rank caught and has not yet acted on (0: none)."""
+        return (self.watcher.triggered or 0) if self.watcher is not None else 0
+
+    def take_signal(self, signum: int) -> str:
+        """All ranks agreed to stop for ``signum``: remember it and return the save reason."""
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            if self.watcher is not None and self.watcher.triggered is None:
+                # Another rank got the signal: this rank saves with it and exits the same way.
+                self.watcher.notify(signum, f"{signal_name(signum)} (on another rank)", quiet=True)
+        return f"signal:{signal_name(self.stop_signal)}"
+
+    def exit_after_save(self, state, folder: Path, *, committed: bool) -> NoReturn:
         signum = int(self.stop_signal or 0)
         code = exit_code_for_signal(signum)
         since = self.watcher.triggered_at if self.watcher is not None else None
@@ -172,19 +262,19 @@ class EmergencyStops:
                 state.global_step,
                 code,
             )
-        if self._recorder is not None:
-            self._recorder.signal(signum, step=state.global_step)
-        self._end_run_record("signal", state.global_step, detail=signal_name(signum))
+        self.host.record("signal", step=state.global_step, signum=signum)
+        self.host.end_run("signal", state.global_step, detail=signal_name(signum))
         if self.watcher is not None:
             self.watcher.mark_done()
-        self._agreement.close()
-        self._remove_emergency_handlers()
-        self._async.close()  # nothing is in flight any more: stop the writer process, free shared memory
+        self.disarm()
+        self.host.shut_down(
+            agreement=True
+        )  # nothing is in flight any more: stop the writer process, free shared memory
         # SystemExit unwinds through trainer.train(): the user's code after it does not run as if training ended.
         raise SystemExit(code)
 
-    def _exit_after_peer_loss(self, error: Exception, local: StepFlags):
-        code = exit_code_for_signal(local.signal) if local.signal else 1
+    def exit_after_peer_loss(self, error: Exception, local_signal: int) -> NoReturn:
+        code = exit_code_for_signal(local_signal) if local_signal else 1
         logger.error(
             "%s. No collective save is possible; exiting with code %d. The last committed checkpoint stays the "
             "resume point.",
@@ -193,11 +283,14 @@ class EmergencyStops:
         )
         if self.watcher is not None:
             self.watcher.mark_done()
-        self._remove_emergency_handlers()
-        self._end_run_record("exception", self.last_saved_step or 0, detail="a peer rank is gone")
-        self._async.close()  # a save in flight finishes in its staging folder; the next run publishes it
+        self.disarm()
+        self.host.end_run("exception", self.host.last_saved_step or 0, detail="a peer rank is gone")
+        self.host.shut_down(
+            agreement=False
+        )  # a save in flight finishes in its staging folder; the next run publishes it
         raise SystemExit(code) from error
 
+    # ---- exceptions ----------------------------------------------------------------------------------------
     def _save_after_exception(self, exc: BaseException) -> None:
         """Called by the train() guard once an exception escaped training; the exception is re-raised after."""
         saved = False
@@ -205,61 +298,47 @@ class EmergencyStops:
             saved = self._emergency_save_for(exc)
         finally:
             step = self._trainer.state.global_step if self._trainer is not None else 0
-            if self._recorder is not None:
-                self._recorder.exception(exc, step=step, saved=saved)
-            self._end_run_record("exception", step, detail=type(exc).__name__)
-            self._async.close()
+            self.host.record("exception", step=step, error=exc, saved=saved)
+            self.host.end_run("exception", step, detail=type(exc).__name__)
+            self.host.shut_down(agreement=False)
 
     def _emergency_save_for(self, exc: BaseException) -> bool:
         """Save the last completed step if that is possible and safe; True when a checkpoint was committed."""
-        self._collect_async(wait=True)
+        self.host.finish_background_save()
         if self.watcher is not None:
             self.watcher.mark_done()
-        self._remove_emergency_handlers()
+        self.disarm()
         trainer = self._trainer
-        exc_type = type(exc)
+        name = type(exc).__name__
         if trainer is None or not getattr(trainer, "is_in_train", True):
             return False
-        if self._agreement.active:
+        if self.host.multi_process:
             logger.error(
                 "%s escaped training on rank %d of a multi-process run: no emergency checkpoint (the other ranks "
                 "cannot join a save); the last committed checkpoint stays the resume point.",
-                exc_type.__name__,
+                name,
                 distributed.rank(),
             )
             return False
-        state = trainer.state
-        step = state.global_step
-        if self._phase != StepPhase.CONSISTENT:
+        step = trainer.state.global_step
+        if self.phase != StepPhase.CONSISTENT:
             logger.error(
                 "%s during the optimizer update of step %d: the weights are half-updated, so no emergency "
                 "checkpoint is saved; the last committed checkpoint stays the resume point.",
-                exc_type.__name__,
+                name,
                 step + 1,
             )
             return False
         folder = Path(trainer.args.output_dir) / checkpoint_dir_name(step)
-        if self._train_begin_step is None or step <= self._train_begin_step:
-            logger.error(
-                "%s escaped training at step %d before a step completed in this run", exc_type.__name__, step
-            )
+        if self.train_begin_step is None or step <= self.train_begin_step:
+            logger.error("%s escaped training at step %d before a step completed in this run", name, step)
             return False
-        if self.last_saved_step == step or is_committed(folder):
+        if self.host.last_saved_step == step or is_committed(folder):
             # E.g. an error while pruning after the commit: saving again would rewrite a committed folder.
-            logger.error(
-                "%s escaped training at step %d, which is already committed", exc_type.__name__, step
-            )
+            logger.error("%s escaped training at step %d, which is already committed", name, step)
             return False
-        logger.error(
-            "%s escaped training at step %d: saving an emergency checkpoint", exc_type.__name__, step
-        )
+        logger.error("%s escaped training at step %d: saving an emergency checkpoint", name, step)
         if self._step_rng is not None:
             # Forward passes since the step end advanced the generators; save them as they were at that step.
             restore_rng_state(self._step_rng)
-        self._save_reason = f"exception:{exc_type.__name__}"
-        t0 = time.perf_counter()
-        trainer._save_checkpoint(trainer.model, trial=None)
-        if self._commit_and_retain(state, folder, time.perf_counter() - t0, world_size=1):
-            self.last_saved_step = step
-            return True
-        return False
+        return self.host.save_now(trainer, folder, f"exception:{name}")
