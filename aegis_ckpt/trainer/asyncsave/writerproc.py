@@ -84,7 +84,7 @@ def shared_memory_free_bytes() -> int:
 # ---- the job format ----------------------------------------------------------------------------------------------
 @dataclass
 class WriteJob:
-    """What the child does for one save: write ``files`` (``hfsnapshot.LargeFile``), then commit ``staging``."""
+    """What the child does for one save: write ``files`` (``trainer.asyncsave.hflayout.LargeFile``), then commit ``staging``."""
 
     staging: str
     files: list
