@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parents[2]
-"""The ``aegis_ckpt`` folder: its parent goes on the writer process's ``PYTHONPATH``."""
+from ...system.platform import PACKAGE_DIR
 
 logger = logging.getLogger(__name__)
 
