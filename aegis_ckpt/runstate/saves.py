@@ -123,6 +123,15 @@ class SaveTail:
         else:
             shutil.rmtree(leftover, ignore_errors=True)
 
+    def set_aside_later(self, step: int, reason: str) -> list[Path]:
+        """Move every checkpoint with a step beyond ``step`` to quarantine with ``reason``: such folders belong to
+        an abandoned timeline (training restarted from an older step), and retention would count them as the
+        newest and delete the new saves instead. Returns the folders moved."""
+        later = [entry.path for entry in self.store.checkpoints() if entry.step > step]
+        for path in later:
+            self.store.quarantine(path, reason)
+        return later
+
     def prune(self, newest: Path) -> list[Path]:
         """Retention after ``newest`` committed: keep it, the protected ones and the newest ``max_keep``."""
         return self.store.prune(
