@@ -74,9 +74,7 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
         "aegis_ckpt.system.console",
     ),
     "aegis_ckpt.supervise": {"WindowsProcessControl": "aegis_ckpt.system.process"},
-    "aegis_ckpt.autostart": {"PACKAGE_DIR": "aegis_ckpt.system.platform"},
     "aegis_ckpt.manager": {"DEFAULT_SIGNALS": "aegis_ckpt.loop.emergency:LOOP_STOP_SIGNALS"},
-    "aegis_ckpt.writerproc": {"PACKAGE_DIR": "aegis_ckpt.system.platform"},
     "aegis_ckpt.loopstate": {
         "RNG_NAME": "aegis_ckpt.storage.layout:RNG_STATE_NAME",
         "capture_rng_state": "aegis_ckpt.rngstate:capture_plain_rng_state",

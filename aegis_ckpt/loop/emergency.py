@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from ..system.signals import SignalWatcher, signal_numbers
 from .engine import LoopCheckpointer
@@ -105,15 +105,13 @@ class EmergencyCheckpointManager:
 
     def __enter__(self) -> EmergencyCheckpointManager:
         self.install()
-        self._protect = self.protect()
-        self._protect.__enter__()
+        self._block = ExitStack()
+        self._block.callback(self.uninstall)  # last, after the protected block has closed
+        self._block.enter_context(self.protect())
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        try:
-            return bool(self._protect.__exit__(exc_type, exc, tb))
-        finally:
-            self.uninstall()
+        return self._block.__exit__(exc_type, exc, tb)
 
 
 def save_after_exception(engine: LoopCheckpointer, error: BaseException) -> bool:

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +132,10 @@ class EnhancedAutoCheckpointManager:
         return self.rolling.last_checkpoint
 
     def __enter__(self) -> EnhancedAutoCheckpointManager:
-        self._protect = self.emergency.protect()
-        self._protect.__enter__()
+        self._block = ExitStack()
+        self._block.callback(self.close)  # last, after the protected block has closed
+        self._block.enter_context(self.emergency.protect())
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        try:
-            return bool(self._protect.__exit__(exc_type, exc, tb))
-        finally:
-            self.close()
+        return self._block.__exit__(exc_type, exc, tb)
