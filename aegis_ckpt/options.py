@@ -42,7 +42,9 @@ def options_from_mapping(cls, values: dict[str, Any], where: str):
 def _signal_names(values: Any) -> tuple[str, ...]:
     """A list of signal names (``SIGUSR1``, ``USR1``) as upper-case ``SIG`` names; refuses unknown ones."""
     if isinstance(values, str) or not isinstance(values, (list, tuple)):
-        raise ConfigError(f"preempt_signals must be a list of signal names such as [SIGUSR1] (got {values!r}).")
+        raise ConfigError(
+            f"preempt_signals must be a list of signal names such as [SIGUSR1] (got {values!r})."
+        )
     names = []
     for value in values:
         name = str(value).strip().upper()

@@ -153,7 +153,9 @@ class Preemption:
         if distributed.rank() == 0:
             if not committed:
                 logger.error(
-                    "Slurm job %s not requeued: the checkpoint at step %d did not commit", self.job.job_id, step
+                    "Slurm job %s not requeued: the checkpoint at step %d did not commit",
+                    self.job.job_id,
+                    step,
                 )
             else:
                 ignore_sigterm()  # before asking: the requeue's SIGTERM may arrive before scontrol returns

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import distributed
+from ..cluster.nodes import find_common_resume_checkpoint, node_local_checkpoints
 from ..errors import ConfigError
 from ..resume import find_resume_checkpoint
 from ..runstate.completion import mark_completed, read_completion
@@ -108,9 +109,12 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         processing_class=tokenizer,
         callbacks=[callback],
     )
-    resume = find_resume_checkpoint(
-        output_dir, verify=cfg.resume.verify, allow_unverified=cfg.resume.allow_unverified
-    )
+    if node_local_checkpoints(args):  # every node has its own copy: resume from a step all of them have
+        resume = find_common_resume_checkpoint(output_dir, verify=cfg.resume.verify)
+    else:
+        resume = find_resume_checkpoint(
+            output_dir, verify=cfg.resume.verify, allow_unverified=cfg.resume.allow_unverified
+        )
     if resume:
         logger.info("Continuing from %s", resume)
     else:

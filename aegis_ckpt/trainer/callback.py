@@ -21,6 +21,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .. import distributed
+from ..cluster.nodes import CommonCheckpointGuard, node_local_checkpoints
 from ..distributed import PeerLostError, StepAgreement, StepFlags
 from ..errors import CommitError, RunLockedError
 from ..exitcodes import exit_code_for_signal
@@ -139,6 +140,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._agreement = StepAgreement(clock=self.clock)
         self.stops = EmergencyStop(self.emergency, self)
         self._tail: SaveTail | None = None
+        self._common = CommonCheckpointGuard(".", active=False)
         self._trainer = None
         self._save_requested_at: float | None = None
         self._save_reason = ""
@@ -206,8 +208,14 @@ class AegisCheckpointCallback(TrainerCallback):
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
         self.store = CheckpointStore(args.output_dir)
+        # Node-local output dirs: retention keeps the newest step committed on every node (cluster/nodes.py).
+        self._common = CommonCheckpointGuard(args.output_dir, active=node_local_checkpoints(args))
+        self._common.start(state.global_step)
         self._tail = SaveTail(
-            self.store, self.options, recorder=lambda: self._recorder, protect=self._best_checkpoint
+            self.store,
+            self.options,
+            recorder=lambda: self._recorder,
+            protect=lambda: [*self._best_checkpoint(), *self._common.protected()],
         )
         self._begin_run_record(args, state)  # before anything on disk changes: may refuse a second process
         if args.should_save:
@@ -409,6 +417,7 @@ class AegisCheckpointCallback(TrainerCallback):
         if args.should_save:
             size_bytes = self._commit_and_retain(state, folder, write_sec, world_size=args.world_size)
         distributed.barrier()
+        self._common.confirm(state.global_step, committed_here=size_bytes > 0 or not args.should_save)
         self.policy.record_save(started=started, finished=self.clock(), size_bytes=size_bytes)
         self.last_saved_step = state.global_step
         self.last_commit_path = folder
