@@ -1,0 +1,177 @@
+"""A real single-node Slurm for the cluster tests, one per test session, and the `aegis-ckpt train` runs they share.
+
+``slurm`` starts munged, slurmctld and slurmd as root (``slurm_cluster.sh``: no cgroups, loopback, free ports,
+cred_expire=5 for fast requeues) and stops them after the session. Without root or Slurm the tests skip locally
+and fail in CI (``CI`` set), where ``.ci/run`` installs slurm-wlm and munge first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from testenv import REPO_ROOT, subprocess_env
+
+CLUSTER_SCRIPT = Path(__file__).with_name("slurm_cluster.sh")
+SBATCH = REPO_ROOT / "launch" / "slurm" / "train.sbatch"
+TINY = REPO_ROOT / "configs" / "tiny.yaml"
+SMALL = [
+    "--set", "model.config={n_layer: 2, n_head: 2, n_embd: 32}",
+    "--set", "tokenizer.vocab_size=300",
+    "--set", "data.block_size=32",
+    "--set", "data.max_samples=400",
+    "--set", "training.per_device_train_batch_size=4",
+    "--set", "training.logging_steps=5",
+    "--set", "training.warmup_steps=2",
+    "--set", "checkpoint.save_interval_sec=1",
+]  # fmt: skip
+"""The shipped tiny config shrunk to a few seconds of training (as in the train-command tests)."""
+
+
+def train_args(output_dir: Path, max_steps: int, *extra: str) -> list[str]:
+    return [str(TINY), *SMALL, "--set", f"training.max_steps={max_steps}", "--set", f"training.output_dir={output_dir}", *extra]  # fmt: skip
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(output_dir / "final_model" / "model.safetensors"))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"tensor {name} differs"
+
+
+def committed_steps(output_dir: Path) -> list[int]:
+    return sorted(
+        int(p.name.split("-")[1])
+        for p in output_dir.glob("checkpoint-*")
+        if (p / "aegis_manifest.json").is_file()
+    )
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class SlurmCluster:
+    conf: str
+    state_dir: Path
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return subprocess_env({"SLURM_CONF": self.conf, "AEGIS_PYTHON": sys.executable, **(extra or {})})
+
+    def run(self, *cmd: str, check: bool = True) -> str:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env(), timeout=60)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed: {proc.stderr}")
+        return proc.stdout
+
+    def submit(self, workdir: Path, *args: str, sbatch_options=(), env: dict[str, str] | None = None) -> str:
+        """``sbatch`` the shipped template in ``workdir`` (its logs go to workdir/logs); returns the job id."""
+        proc = subprocess.run(
+            ["sbatch", "--parsable", f"--chdir={workdir}", *sbatch_options, str(SBATCH), *args],
+            capture_output=True, text=True, env=self.env(env), timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip().split(";")[0]
+
+    def job(self, job_id: str) -> dict[str, str]:
+        fields: dict[str, str] = {}
+        for word in self.run("scontrol", "show", "job", "-o", job_id).split():
+            key, _, value = word.partition("=")
+            fields.setdefault(key, value)
+        return fields
+
+    def wait_done(self, job_id: str, timeout: float = 180) -> dict[str, str]:
+        """Wait until the job has ended for good. A requeued job waits for its BeginTime (cred_expire): start it
+        at once instead, so a requeue costs no idle seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            fields = self.job(job_id)
+            state = fields.get("JobState")
+            if state == "PENDING" and fields.get("Reason") == "BeginTime":
+                self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+            elif state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+                return fields
+            time.sleep(0.2)
+        self.run("scancel", "--full", job_id, check=False)
+        raise AssertionError(f"job {job_id} did not end within {timeout:.0f} s: {self.job(job_id)}")
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    why = None
+    if sys.platform != "linux" or os.geteuid() != 0:
+        why = "a test Slurm cluster needs Linux and root"
+    elif shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        why = "slurm-wlm is not installed and apt-get is missing"
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Slurm tests: {why}")
+        pytest.skip(why)
+    state_dir = tmp_path_factory.mktemp("slurm")
+    proc = subprocess.run(
+        ["bash", str(CLUSTER_SCRIPT), "start", str(state_dir)], capture_output=True, text=True, timeout=600
+    )
+    if proc.returncode != 0:
+        subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop", str(state_dir)], timeout=120)
+        pytest.fail(f"could not start the test Slurm cluster: {proc.stderr[-3000:]}")
+    conf = proc.stdout.strip().splitlines()[-1].partition("=")[2]
+    try:
+        yield SlurmCluster(conf=conf, state_dir=state_dir)
+    finally:
+        subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop", str(state_dir)], timeout=120)
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "aegis_ckpt", *args], capture_output=True, text=True, env=subprocess_env(),
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def run_torchrun_standalone(output_dir: Path, max_steps: int, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "aegis_ckpt", "train", *train_args(output_dir, max_steps)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+
+
+class ReferenceRuns:
+    """Uninterrupted runs, computed once per session and shared by every test that compares against them."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+
+    def weights(self, max_steps: int, nproc: int = 1) -> dict[str, torch.Tensor]:
+        key = (max_steps, nproc)
+        if key not in self._cache:
+            out = self.root / f"ref-{max_steps}-{nproc}"
+            if nproc == 1:
+                proc = run_cli("train", *train_args(out, max_steps))
+            else:
+                proc = run_torchrun_standalone(out, max_steps, nproc)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            self._cache[key] = final_weights(out)
+        return self._cache[key]
+
+
+@pytest.fixture(scope="session")
+def reference_runs(tmp_path_factory) -> ReferenceRuns:
+    return ReferenceRuns(tmp_path_factory.mktemp("reference"))
