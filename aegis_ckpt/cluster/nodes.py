@@ -28,7 +28,7 @@ from .. import distributed
 from ..resume import scan_checkpoints
 from ..runstate.lease import ensure_not_locked
 from ..storage.commit import verify_checkpoint
-from ..storage.layout import AEGIS_DIR, SCAN_LOCK_NAME, checkpoint_dir_name
+from ..storage.layout import AEGIS_DIR, MODEL_WEIGHTS, SCAN_LOCK_NAME, checkpoint_dir_name
 from ..storage.store import CheckpointStore
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,27 @@ def find_common_resume_checkpoint(output_dir: str | os.PathLike, verify: str = "
     return str(folder)
 
 
+def write_node_model_copy(model, folder: str | os.PathLike) -> None:
+    """Write the model's weights and configs into ``folder`` on a node leader other than global rank 0.
+
+    transformers 5 writes a model's weights and config from global rank 0 only (``save_pretrained`` checks the
+    ``torch.distributed`` rank), even with ``save_on_each_node=True``: the other nodes' checkpoints would lack
+    ``model.safetensors`` and could not be resumed from. Shared tensors (tied embeddings) are written once, as
+    ``save_pretrained`` does; loading restores both names."""
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    weights = folder / MODEL_WEIGHTS
+    if weights.exists() or not hasattr(model, "config"):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(weights), metadata={"format": "pt"})
+    model.config.save_pretrained(str(folder))
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and getattr(model, "can_generate", lambda: False)():
+        generation.save_pretrained(str(folder))
+
+
 class CommonCheckpointGuard:
     """Names the checkpoint retention must keep on every node: the newest step known to be committed on all of
     them. It starts as the step training resumed from (common by construction) and moves on only when every
@@ -131,6 +152,11 @@ class CommonCheckpointGuard:
                 step,
                 self.step,
             )
+
+    def complete_node_copy(self, model, folder: Path, *, writes_files: bool) -> None:
+        """Before the commit on a node leader: add what transformers wrote on global rank 0 only."""
+        if self.active and writes_files and distributed.rank() != 0 and model is not None:
+            write_node_model_copy(model, folder)
 
     def protected(self) -> list[Path]:
         return [self.output_dir / checkpoint_dir_name(self.step)] if self.step is not None else []

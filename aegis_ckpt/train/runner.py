@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import distributed
-from ..cluster.nodes import find_common_resume_checkpoint, node_local_checkpoints
+from ..cluster.nodes import find_common_resume_checkpoint, node_local_checkpoints, write_node_model_copy
 from ..errors import ConfigError
 from ..resume import find_resume_checkpoint
 from ..runstate.completion import mark_completed, read_completion
@@ -50,6 +50,8 @@ def _export_final_model(trainer, tokenizer, output_dir: Path, step: int) -> Path
         shutil.rmtree(staging, ignore_errors=True)
     distributed.barrier()
     trainer.save_model(str(staging))  # every rank takes part (FSDP/DeepSpeed gather); the main one writes
+    if main and node_local_checkpoints(trainer.args) and distributed.rank() != 0:
+        write_node_model_copy(trainer.model, staging)  # transformers writes weights on global rank 0 only
     distributed.barrier()
     if main:
         if tokenizer is not None and not (staging / "tokenizer_config.json").exists():

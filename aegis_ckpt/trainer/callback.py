@@ -413,6 +413,7 @@ class AegisCheckpointCallback(TrainerCallback):
         started = self._save_requested_at if self._save_requested_at is not None else self.clock()
         write_sec = self.clock() - started
         folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
+        self._common.complete_node_copy(kwargs.get("model"), folder, writes_files=args.should_save)
         size_bytes = 0
         if args.should_save:
             size_bytes = self._commit_and_retain(state, folder, write_sec, world_size=args.world_size)

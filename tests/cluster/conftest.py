@@ -99,16 +99,27 @@ class SlurmCluster:
             fields.setdefault(key, value)
         return fields
 
+    def start_if_waiting(self, job_id: str) -> dict[str, str]:
+        """A requeued job waits for its BeginTime (cred_expire): start it at once, so a requeue costs no idle
+        seconds."""
+        fields = self.job(job_id)
+        if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
+            self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
+        return fields
+
     def wait_done(self, job_id: str, timeout: float = 180) -> dict[str, str]:
-        """Wait until the job has ended for good. A requeued job waits for its BeginTime (cred_expire): start it
-        at once instead, so a requeue costs no idle seconds."""
+        """Wait until the job has ended for good (through any requeues)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            fields = self.job(job_id)
-            state = fields.get("JobState")
-            if state == "PENDING" and fields.get("Reason") == "BeginTime":
-                self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=False)
-            elif state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
+            fields = self.start_if_waiting(job_id)
+            if fields.get("JobState") in (
+                "COMPLETED",
+                "FAILED",
+                "CANCELLED",
+                "TIMEOUT",
+                "NODE_FAIL",
+                "OUT_OF_MEMORY",
+            ):
                 return fields
             time.sleep(0.2)
         self.run("scancel", "--full", job_id, check=False)

@@ -113,15 +113,18 @@ def test_torchrun_in_the_job_notice_to_one_rank_requeues_and_resumes(slurm, refe
 
 
 def test_time_limit_notice_requeues_then_plain_scancel_stops_without_requeue(slurm, tmp_path):
-    """``--signal=B:USR1@40`` with a one-minute limit: the notice comes within slurmctld's ~30 s sweep, 20-50 s
+    """``--signal=B:USR1@100`` with a two-minute limit: the notice comes within slurmctld's ~30 s sweep, 20-50 s
     into the job. The rerun is then cancelled with a plain ``scancel``: an emergency checkpoint, no requeue."""
     out = tmp_path / "run"
     job = slurm.submit(
-        tmp_path, *train_args(out, 100_000), sbatch_options=["--time=1", "--signal=B:USR1@40"]
+        tmp_path, *train_args(out, 100_000), sbatch_options=["--time=2", "--signal=B:USR1@100"]
     )
-    wait_until(lambda: "Continuing from" in log_of(tmp_path, job, 1), 150, "the requeued run to resume", 0.5)
-    if slurm.job(job).get("JobState") == "PENDING":
-        slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+
+    def resumed() -> bool:
+        slurm.start_if_waiting(job)
+        return "Continuing from" in log_of(tmp_path, job, 1)
+
+    wait_until(resumed, 180, "the requeued run to resume", 0.5)
     step = notice_step(log_of(tmp_path, job, 0))
     assert f"Slurm job {job} requeued (restart 1 follows) after the checkpoint at step {step}" in log_of(
         tmp_path, job, 0
@@ -132,7 +135,9 @@ def test_time_limit_notice_requeues_then_plain_scancel_stops_without_requeue(slu
     slurm.run("scancel", job)
     fields = slurm.wait_done(job)
     second = log_of(tmp_path, job, 1)
-    stopped = re.findall(r"Stopped by SIGTERM: emergency checkpoint \S+/checkpoint-(\d+) committed at step", second)
+    stopped = re.findall(
+        r"Stopped by SIGTERM: emergency checkpoint \S+/checkpoint-(\d+) committed at step", second
+    )
     assert stopped, second[-3000:]
     assert int(stopped[0]) > step
     assert f"Slurm job {job} not requeued: Slurm is already ending the job" in second
