@@ -112,18 +112,34 @@ def write_node_model_copy(model, folder: str | os.PathLike) -> None:
     ``torch.distributed`` rank), even with ``save_on_each_node=True``: the other nodes' checkpoints would lack
     ``model.safetensors`` and could not be resumed from. Shared tensors (tied embeddings) are written once, as
     ``save_pretrained`` does; loading restores both names."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
 
     folder = Path(folder)
     weights = folder / MODEL_WEIGHTS
     if weights.exists() or not hasattr(model, "config"):
         return
     folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(weights), metadata={"format": "pt"})
+    save_file(_untied_state_dict(model), str(weights), metadata={"format": "pt"})
     model.config.save_pretrained(str(folder))
     generation = getattr(model, "generation_config", None)
     if generation is not None and getattr(model, "can_generate", lambda: False)():
         generation.save_pretrained(str(folder))
+
+
+def _untied_state_dict(model) -> dict:
+    """The state dict with each shared tensor once, under the name ``save_pretrained`` keeps (not the tied
+    alias, e.g. ``lm_head.weight`` tied to the input embeddings)."""
+    state = model.state_dict()
+    tied = set(dict(getattr(model, "all_tied_weights_keys", None) or {}))
+    groups: dict[tuple, list[str]] = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        groups.setdefault(key, []).append(name)
+    kept = {}
+    for names in groups.values():
+        name = next((n for n in names if n not in tied), names[0])
+        kept[name] = state[name].detach().contiguous()
+    return kept
 
 
 class CommonCheckpointGuard:
