@@ -121,7 +121,8 @@ def test_time_limit_notice_requeues_then_plain_scancel_stops_without_requeue(slu
     )
 
     def resumed() -> bool:
-        if slurm.job(job).get("JobState") == "PENDING":
+        fields = slurm.job(job)
+        if fields.get("JobState") == "PENDING" and fields.get("Restarts") != "0":
             # The rerun has the same limit and would get its own notice: give it ten minutes instead, so the
             # plain scancel below is what stops it.
             slurm.run("scontrol", "update", f"JobId={job}", "TimeLimit=10", check=False)
