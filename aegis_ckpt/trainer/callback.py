@@ -70,6 +70,9 @@ class AegisCheckpointCallback(TrainerCallback):
             Exit anyway if the emergency checkpoint is not committed this long after the signal.
         save_on_exception (`bool`, *optional*, defaults to `True`):
             Save the last completed step when an exception escapes training (single process), then re-raise.
+        preempt_signals (`list[str]`, *optional*):
+            Preemption notices: under Slurm, after their checkpoint the job is requeued (``scontrol requeue``) and
+            the process exits with 0. Defaults to SIGUSR1 and SIGTERM under Slurm, none elsewhere.
         async_save (`bool`, *optional*, defaults to `True`):
             Two-phase saves: training stalls only while the state is copied to CPU memory; the files are written,
             flushed and committed by a background thread. Setups it cannot express (DeepSpeed, FSDP, adapters,
@@ -104,6 +107,7 @@ class AegisCheckpointCallback(TrainerCallback):
         handle_signals: bool | None = None,
         grace_period_sec: float | None = None,
         save_on_exception: bool | None = None,
+        preempt_signals: list[str] | tuple[str, ...] | None = None,
         async_save: bool | None = None,
         options: CheckpointOptions | None = None,
         emergency: EmergencyOptions | None = None,
@@ -128,6 +132,7 @@ class AegisCheckpointCallback(TrainerCallback):
             handle_signals=handle_signals,
             grace_period_sec=grace_period_sec,
             save_on_exception=save_on_exception,
+            preempt_signals=preempt_signals,
         )
         self.async_options = _build_options(AsyncOptions, async_options, enabled=async_save)
         self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
