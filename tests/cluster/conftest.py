@@ -158,31 +158,54 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def run_torchrun_standalone(output_dir: Path, max_steps: int, nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "aegis_ckpt", "train", *train_args(output_dir, max_steps)]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+def torchrun_standalone_cmd(output_dir: Path, max_steps: int, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "aegis_ckpt", "train", *train_args(output_dir, max_steps)]  # fmt: skip
 
 
 class ReferenceRuns:
-    """Uninterrupted runs, computed once per session and shared by every test that compares against them."""
+    """Uninterrupted runs, started once per session in the background (they overlap with the Slurm jobs: two
+    cores do two runs at once) and shared by every test that compares against them."""
 
     def __init__(self, root: Path):
         self.root = root
-        self._cache: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        self._runs: dict[tuple[int, int], tuple[Path, subprocess.Popen]] = {}
+        self._weights: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+
+    def start(self, max_steps: int, nproc: int = 1) -> None:
+        key = (max_steps, nproc)
+        if key in self._runs:
+            return
+        out = self.root / f"ref-{max_steps}-{nproc}"
+        if nproc == 1:
+            cmd = [sys.executable, "-m", "aegis_ckpt", "train", *train_args(out, max_steps)]
+        else:
+            cmd = torchrun_standalone_cmd(out, max_steps, nproc)
+        proc = subprocess.Popen(
+            cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self._runs[key] = (out, proc)
 
     def weights(self, max_steps: int, nproc: int = 1) -> dict[str, torch.Tensor]:
         key = (max_steps, nproc)
-        if key not in self._cache:
-            out = self.root / f"ref-{max_steps}-{nproc}"
-            if nproc == 1:
-                proc = run_cli("train", *train_args(out, max_steps))
-            else:
-                proc = run_torchrun_standalone(out, max_steps, nproc)
-            assert proc.returncode == 0, proc.stderr[-3000:]
-            self._cache[key] = final_weights(out)
-        return self._cache[key]
+        if key not in self._weights:
+            self.start(max_steps, nproc)
+            out, proc = self._runs[key]
+            output, _ = proc.communicate(timeout=600)
+            assert proc.returncode == 0, output[-3000:]
+            self._weights[key] = final_weights(out)
+        return self._weights[key]
+
+    def stop(self) -> None:
+        for _, proc in self._runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
 
 
 @pytest.fixture(scope="session")
-def reference_runs(tmp_path_factory) -> ReferenceRuns:
-    return ReferenceRuns(tmp_path_factory.mktemp("reference"))
+def reference_runs(tmp_path_factory):
+    runs = ReferenceRuns(tmp_path_factory.mktemp("reference"))
+    try:
+        yield runs
+    finally:
+        runs.stop()

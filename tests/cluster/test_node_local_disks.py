@@ -57,6 +57,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 
 def test_nodes_resume_from_the_newest_step_intact_on_every_node(reference_runs, tmp_path):
+    reference_runs.start(STEPS, nproc=2)  # in the background, beside the two nodes
     outs = [tmp_path / "node0", tmp_path / "node1"]
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
     port = free_port()

@@ -57,17 +57,33 @@ def wait_first_commit(slurm, job_id: str, out: Path) -> None:
     wait_until(lambda: committed_steps(out), 120, f"a committed checkpoint of job {job_id}")
 
 
-@pytest.mark.parametrize("reach", ["--batch", "--full"])
-def test_notice_checkpoints_requeues_and_resumes_to_identical_weights(slurm, reference_runs, tmp_path, reach):
-    out = tmp_path / "run"
-    job = slurm.submit(tmp_path, *train_args(out, STEPS))
-    wait_first_commit(slurm, job, out)
-    slurm.run("scancel", "--signal=USR1", reach, job)
-    fields = slurm.wait_done(job)
-    assert_requeued_and_resumed(tmp_path, job, fields)
-    assert_same_weights(final_weights(out), reference_runs.weights(STEPS))
-    status = run_cli("status", str(out))
-    assert f"Slurm:        job {job} (restarts 0, 1)" in status.stdout, status.stdout
+def test_notices_to_the_batch_shell_and_to_the_whole_job_requeue_and_resume_to_identical_weights(
+    slurm, reference_runs, tmp_path
+):
+    """Two jobs at once (two cores, two trainings): ``scancel --signal=USR1 --batch`` reaches the batch shell only,
+    which forwards it; ``--full`` reaches every process, so training gets the notice twice."""
+    reference_runs.start(STEPS)
+    jobs = {}
+    for reach in ("--batch", "--full"):
+        workdir = tmp_path / reach.strip("-")
+        workdir.mkdir()
+        jobs[reach] = (workdir, slurm.submit(workdir, *train_args(workdir / "run", STEPS)))
+    pending = dict(jobs)
+
+    def notice_after_first_commit() -> bool:
+        for reach, (workdir, job) in list(pending.items()):
+            if committed_steps(workdir / "run"):
+                slurm.run("scancel", "--signal=USR1", reach, job)
+                del pending[reach]
+        return not pending
+
+    wait_until(notice_after_first_commit, 180, "a committed checkpoint in each job")
+    for workdir, job in jobs.values():
+        fields = slurm.wait_done(job)
+        assert_requeued_and_resumed(workdir, job, fields)
+        assert_same_weights(final_weights(workdir / "run"), reference_runs.weights(STEPS))
+        status = run_cli("status", str(workdir / "run"))
+        assert f"Slurm:        job {job} (restarts 0, 1)" in status.stdout, status.stdout
 
 
 def worker_pid(job_id: str, rank: int) -> int | None:
@@ -94,6 +110,7 @@ def test_torchrun_in_the_job_notice_to_one_rank_requeues_and_resumes(slurm, refe
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    reference_runs.start(STEPS, nproc=2)
     out = tmp_path / "run"
     job = slurm.submit(
         tmp_path,
