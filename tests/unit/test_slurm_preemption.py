@@ -184,3 +184,14 @@ def test_retention_keeps_the_last_step_committed_on_every_node(tmp_path):
     pruned = {r.step for r in select_prunable(records, 2, protect=guard.protected())}
     assert pruned == {10, 30}
     assert CommonCheckpointGuard(tmp_path, active=False).protected() == []
+
+
+def test_the_sbatch_template_is_shipped_with_the_package_and_parses():
+    import aegis_ckpt.cluster
+
+    shipped = Path(aegis_ckpt.cluster.__file__).with_name("train.sbatch")
+    launcher = Path(__file__).resolve().parents[2] / "launch" / "slurm" / "train.sbatch"
+    assert launcher.resolve() == shipped.resolve()
+    assert subprocess.run(["bash", "-n", str(shipped)]).returncode == 0
+    text = shipped.read_text()
+    assert "#SBATCH --requeue" in text and "#SBATCH --signal=B:USR1@" in text
