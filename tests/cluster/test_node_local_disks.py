@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import assert_same_weights, committed_steps, final_weights, train_args, wait_until
+from clusterlib import assert_same_weights, committed_steps, final_weights, train_args, wait_until
 from testenv import subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import (
+from clusterlib import (
     assert_same_weights,
     committed_steps,
     final_weights,
