@@ -8,8 +8,10 @@ from exactly that step and ends with weights bit-identical to an uninterrupted r
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -105,8 +107,6 @@ def worker_pid(job_id: str, rank: int) -> int | None:
 
 
 def test_torchrun_in_the_job_notice_to_one_rank_requeues_and_resumes(slurm, reference_runs, tmp_path):
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -119,13 +119,12 @@ def test_torchrun_in_the_job_notice_to_one_rank_requeues_and_resumes(slurm, refe
     )
     wait_first_commit(slurm, job, out)
     pid = wait_until(lambda: worker_pid(job, 1), 30, "rank 1's process")
-    import os
-
     os.kill(pid, signal.SIGUSR1)  # the notice reaches rank 1 only; rank 0 must requeue
     fields = slurm.wait_done(job)
-    step = assert_requeued_and_resumed(tmp_path, job, fields)
-    assert len(set(re.findall(r"checkpoint-(\d+) committed at step", log_of(tmp_path, job, 0)))) == 1
-    assert step in committed_steps(out) or step < max(committed_steps(out))
+    assert_requeued_and_resumed(tmp_path, job, fields)
+    first = log_of(tmp_path, job, 0)
+    # Only rank 1 received the signal; rank 0 learned of it through the agreement.
+    assert first.count("SIGUSR1 received") == 1, first[-3000:]
     assert_same_weights(final_weights(out), reference_runs.weights(STEPS, nproc=2))
 
 
