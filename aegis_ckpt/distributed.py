@@ -80,6 +80,22 @@ def agree_any(flag: bool) -> bool:
     return bool(value.item())
 
 
+def agree_min(value: int) -> int:
+    """The smallest ``value`` over all ranks, on every rank (one blocking all-reduce on the default group; for
+    rare decisions such as the step every node can resume from)."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return int(value)
+    import torch
+
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    tensor = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
 @dataclass(frozen=True)
 class StepFlags:
     """What one rank knows at a step end; agreement takes the MAX of each field over all ranks."""

@@ -28,6 +28,11 @@ def exit_code_for_signal(signum: int) -> int:
     return EXIT_SIGNAL_BASE + int(signum)
 
 
+EXIT_REQUEUED = 0
+"""A preemption notice under Slurm: the checkpoint committed and the job was requeued (``scontrol requeue``); it
+runs again and resumes there. Zero, because Slurm counts any other exit of the job as a failure."""
+
+
 EXIT_ALREADY_FINISHED = 3
 """Only from ``aegis-ckpt preflight``: the run already finished (``.aegis/completed.json``), so there is nothing
 to check or train. The launchers log "already finished" and exit 0 without starting anything (no sound on every

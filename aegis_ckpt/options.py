@@ -7,6 +7,7 @@ validated in exactly one place and every error message says why the value is ref
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -36,6 +37,24 @@ def options_from_mapping(cls, values: dict[str, Any], where: str):
         return cls(**values)
     except TypeError as e:  # wrong value types that the dataclass itself rejects
         raise ConfigError(f"{where}: {e}") from e
+
+
+def _signal_names(values: Any) -> tuple[str, ...]:
+    """A list of signal names (``SIGUSR1``, ``USR1``) as upper-case ``SIG`` names; refuses unknown ones."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise ConfigError(
+            f"preempt_signals must be a list of signal names such as [SIGUSR1] (got {values!r})."
+        )
+    names = []
+    for value in values:
+        name = str(value).strip().upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if not isinstance(getattr(signal, name, None), int) or name.startswith("SIG_"):
+            raise ConfigError(f"preempt_signals: {value!r} is not a signal this platform has.")
+        if name in ("SIGKILL", "SIGSTOP"):
+            raise ConfigError(f"preempt_signals: {name} cannot be caught, so it cannot announce anything.")
+        names.append(name)
+    return tuple(names)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,12 +185,20 @@ class EmergencyOptions:
     """Resume a checkpoint saved with a different number of processes. Off by default: the Trainer would
     continue with other RNG streams and data order, i.e. not where it stopped."""
 
+    preempt_signals: tuple[str, ...] | None = None
+    """Signals that announce the scheduler will end the job (e.g. ``["SIGUSR1"]``). Under Slurm, after the
+    checkpoint of such a notice the job is requeued (``scontrol requeue``) and the process exits with 0, so the
+    job runs again and resumes there. Default: SIGUSR1 and SIGTERM under Slurm, none elsewhere (outside Slurm
+    every signal only stops). ``[]`` turns requeueing off."""
+
     def __post_init__(self) -> None:
         _check_positive(
             "grace_period_sec",
             self.grace_period_sec,
             "it bounds how long an emergency save may take after a signal.",
         )
+        if self.preempt_signals is not None:
+            object.__setattr__(self, "preempt_signals", _signal_names(self.preempt_signals))
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, where: str = "emergency") -> EmergencyOptions:

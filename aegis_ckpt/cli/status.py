@@ -100,6 +100,7 @@ def _run_summary(out: Path, now: float) -> dict[str, Any]:
         "crashes": len(failures) - len(power_losses),
         "power_losses": len(power_losses),
         "last_power_loss": power_losses[-1] if power_losses else None,
+        "slurm_sessions": list(history.get("slurm_sessions") or []),
     }
 
 
@@ -151,6 +152,17 @@ def _when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "?"
 
 
+def _slurm_sessions(sessions: list[dict[str, Any]]) -> str:
+    """``job 41 (restarts 0, 1), job 57 (restart 0)``: the Slurm job of each session and its restart count."""
+    restarts: dict[str, list[str]] = {}
+    for s in sessions:
+        restarts.setdefault(str(s.get("job_id")), []).append(str(s.get("restart_count")))
+    return ", ".join(
+        f"job {job} (restart{'s' if len(counts) > 1 else ''} {', '.join(counts)})"
+        for job, counts in restarts.items()
+    )
+
+
 def format_status(report: dict[str, Any]) -> str:
     """The report of ``collect_status`` as the text ``aegis-ckpt status`` prints: the run, the checkpoint table,
     saves and the audit log."""
@@ -195,6 +207,8 @@ def _run_lines(run: dict[str, Any], now: float) -> list[str]:
             f"Power loss:   detected {_when(loss.get('detected_unix'))}; about {_age(loss.get('lost_sec'))} "
             f"({loss.get('lost_steps')} steps) lost, down {_age(loss.get('downtime_sec'))}"
         )
+    if run.get("slurm_sessions"):
+        lines.append(f"Slurm:        {_slurm_sessions(run['slurm_sessions'])}")
     return lines
 
 

@@ -27,6 +27,7 @@ from ..errors import RunLockedError
 from ..storage.commit import atomic_write_json
 from ..storage.layout import AEGIS_DIR, RUN_LOCK_NAME, RUN_RECORD_NAME
 from ..system.boot import current_boot_id, process_create_time, same_boot
+from ..system.slurmjob import current_slurm_job
 from .completion import read_completion
 from .start import RESUME_POWER_LOSS, RunStart, classify_start, fmt_duration, fmt_local_time
 
@@ -37,6 +38,8 @@ LOCK_WAIT_SEC = 2.0
 """How long ``acquire`` waits for the lock: long enough to ride out a probe by another tool, short enough to
 refuse a second trainer at once."""
 MAX_FAILURES_KEPT = 100
+MAX_SLURM_SESSIONS_KEPT = 50
+"""Slurm job id and restart count of the newest sessions, for ``aegis-ckpt status``."""
 
 
 def session_is_alive(session: dict[str, Any]) -> bool:
@@ -177,6 +180,13 @@ class RunLease:
                 "start_kind": self.start.kind,
                 "exit": None,
             }
+            job = current_slurm_job()
+            if job is not None:  # a requeued job is a new session of the same job id, restart count + 1
+                self.session["slurm"] = job.to_json_dict()
+                self.history["slurm_sessions"] = [
+                    *self.history.get("slurm_sessions", []),
+                    {**job.to_json_dict(), "started_unix": now},
+                ][-MAX_SLURM_SESSIONS_KEPT:]
             self._write()
         except BaseException:
             lock.release()
@@ -200,7 +210,8 @@ class RunLease:
     ) -> dict[str, Any]:
         h = {"sessions": 0, "running_sec": 0.0, "failures": []}
         if isinstance(history, dict):
-            h.update({k: history[k] for k in ("sessions", "running_sec", "failures") if k in history})
+            kept = ("sessions", "running_sec", "failures", "slurm_sessions")
+            h.update({k: history[k] for k in kept if k in history})
         if previous:
             end = max(
                 float(previous.get("heartbeat_unix") or 0),

@@ -68,6 +68,10 @@ class SignalWatcher:
             not called within this many seconds. ``None`` disables the watchdog.
         console_events: also register a Windows console control handler (ignored elsewhere).
         exit_now: how to end the process at once (a seam for tests).
+        notices: preemption notices (e.g. SIGUSR1 under Slurm). A notice that comes again while the first stop
+            is handled is not "the user insists": a scheduler may deliver it twice (``scancel --full`` reaches
+            the python process directly and through the batch shell that forwards it), so it never ends the
+            process early; the scheduler's own SIGKILL bounds the wait.
     """
 
     def __init__(
@@ -78,8 +82,11 @@ class SignalWatcher:
         console_events: bool = True,
         exit_now: Callable[[int], None] = _exit_now,
         kernel32=None,
+        notices: Iterable[int] = (),
     ):
-        self.signals = tuple(int(s) for s in (signals if signals is not None else DEFAULT_SIGNALS))
+        self.notices = frozenset(int(s) for s in notices)
+        watched = tuple(int(s) for s in (signals if signals is not None else DEFAULT_SIGNALS))
+        self.signals = watched + tuple(sorted(self.notices - set(watched)))
         self.grace_period_sec = grace_period_sec
         self.console_events = console_events
         self._exit_now = exit_now
@@ -155,6 +162,10 @@ class SignalWatcher:
         from another rank: ``quiet`` then skips the console message)."""
         if self.triggered is not None:
             if self._done.is_set():
+                return
+            if signum in self.notices:
+                if not quiet:
+                    _write_stderr(f"[aegis-ckpt] {source} again: the checkpoint is already being saved\n")
                 return
             # A second request while the first is still being handled: the user insists.
             _write_stderr(

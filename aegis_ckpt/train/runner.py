@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import distributed
+from ..cluster.nodes import find_common_resume_checkpoint, node_local_checkpoints, write_node_model_copy
 from ..errors import ConfigError
 from ..options import CheckpointOptions
 from ..resume import find_resume_checkpoint
@@ -53,6 +54,8 @@ def _export_final_model(
     distributed.barrier()
     started = time.perf_counter()
     trainer.save_model(str(staging))  # every rank takes part (FSDP/DeepSpeed gather); the main one writes
+    if main and node_local_checkpoints(trainer.args) and distributed.rank() != 0:
+        write_node_model_copy(trainer.model, staging)  # transformers writes weights on global rank 0 only
     distributed.barrier()
     if main:
         if tokenizer is not None and not (staging / "tokenizer_config.json").exists():
@@ -126,9 +129,12 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         processing_class=tokenizer,
         callbacks=[callback],
     )
-    resume = find_resume_checkpoint(
-        output_dir, verify=cfg.resume.verify, allow_unverified=cfg.resume.allow_unverified
-    )
+    if node_local_checkpoints(args):  # every node has its own copy: resume from a step all of them have
+        resume = find_common_resume_checkpoint(output_dir, verify=cfg.resume.verify)
+    else:
+        resume = find_resume_checkpoint(
+            output_dir, verify=cfg.resume.verify, allow_unverified=cfg.resume.allow_unverified
+        )
     if resume:
         logger.info("Continuing from %s", resume)
     else:

@@ -19,6 +19,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .. import distributed
+from ..cluster.nodes import CommonCheckpointGuard, node_local_checkpoints
 from ..distributed import PeerLostError, StepAgreement, StepFlags
 from ..exitcodes import exit_code_for_signal
 from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
@@ -66,6 +67,9 @@ class AegisCheckpointCallback(TrainerCallback):
             Exit anyway if the emergency checkpoint is not committed this long after the signal.
         save_on_exception (`bool`, *optional*, defaults to `True`):
             Save the last completed step when an exception escapes training (single process), then re-raise.
+        preempt_signals (`list[str]`, *optional*):
+            Preemption notices: under Slurm, after their checkpoint the job is requeued (``scontrol requeue``) and
+            the process exits with 0. Defaults to SIGUSR1 and SIGTERM under Slurm, none elsewhere.
         async_save (`bool`, *optional*, defaults to `True`):
             Two-phase saves: training stalls only while the state is copied to CPU memory; the files are written,
             flushed and committed by a background thread. Setups it cannot express (DeepSpeed, FSDP, adapters,
@@ -100,6 +104,7 @@ class AegisCheckpointCallback(TrainerCallback):
         handle_signals: bool | None = None,
         grace_period_sec: float | None = None,
         save_on_exception: bool | None = None,
+        preempt_signals: list[str] | tuple[str, ...] | None = None,
         async_save: bool | None = None,
         options: CheckpointOptions | None = None,
         emergency: EmergencyOptions | None = None,
@@ -124,6 +129,7 @@ class AegisCheckpointCallback(TrainerCallback):
             handle_signals=handle_signals,
             grace_period_sec=grace_period_sec,
             save_on_exception=save_on_exception,
+            preempt_signals=preempt_signals,
         )
         self.async_options = build_options(AsyncOptions, async_options, enabled=async_save)
         self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
@@ -136,6 +142,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._agreement = StepAgreement(clock=self.clock)
         self.stops = EmergencyStop(self.emergency, self)
         self._tail: SaveTail | None = None
+        self._common = CommonCheckpointGuard(".", active=False)
         self._trainer = None
         self._save_requested_at: float | None = None
         self._save_reason = ""
@@ -183,8 +190,14 @@ class AegisCheckpointCallback(TrainerCallback):
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
         self.store = CheckpointStore(args.output_dir)
+        # Node-local output dirs: retention keeps the newest step committed on every node (cluster/nodes.py).
+        self._common = CommonCheckpointGuard(args.output_dir, active=node_local_checkpoints(args))
+        self._common.start(state.global_step)
         self._tail = SaveTail(
-            self.store, self.options, recorder=lambda: self._run.recorder, protect=self._best_checkpoint
+            self.store,
+            self.options,
+            recorder=lambda: self._run.recorder,
+            protect=lambda: [*self._best_checkpoint(), *self._common.protected()],
         )
         # Before anything on disk changes: may refuse a second process.
         self._run.begin(args, state, self.options, has_checkpoints=bool(self.store.checkpoints()))
@@ -322,10 +335,12 @@ class AegisCheckpointCallback(TrainerCallback):
         started = self._save_requested_at if self._save_requested_at is not None else self.clock()
         write_sec = self.clock() - started
         folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
+        self._common.complete_node_copy(kwargs.get("model"), folder, writes_files=args.should_save)
         size_bytes = 0
         if args.should_save:
             size_bytes = self._commit_and_retain(state, folder, write_sec, world_size=args.world_size)
         distributed.barrier()
+        self._common.confirm(state.global_step, committed_here=size_bytes > 0 or not args.should_save)
         self.policy.record_save(started=started, finished=self.clock(), size_bytes=size_bytes)
         self.last_saved_step = state.global_step
         self.last_commit_path = folder

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import NoReturn, Protocol
 
 from .. import distributed
-from ..exitcodes import exit_code_for_signal
+from ..cluster.slurm import Preemption
+from ..exitcodes import EXIT_REQUEUED, exit_code_for_signal
 from ..options import EmergencyOptions
 from ..rngstate import capture_rng_state, restore_rng_state
 from ..storage.commit import is_committed
@@ -166,6 +167,7 @@ class EmergencyStop:
         self._trainer = None
         self._step_rng: dict | None = None
         self._guard = TrainGuard(self._save_after_exception)
+        self.preemption = Preemption(options.preempt_signals)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def attach(self, trainer) -> None:
@@ -190,7 +192,9 @@ class EmergencyStop:
                     "enable_jit_checkpoint=True: aegis-ckpt handles SIGTERM itself (a committed checkpoint at "
                     "the next step end); the Trainer's JIT handler is bypassed so the state is not saved twice."
                 )
-            self.watcher = SignalWatcher(grace_period_sec=self.options.grace_period_sec)
+            self.watcher = SignalWatcher(
+                grace_period_sec=self.options.grace_period_sec, notices=self.preemption.signals
+            )
             self.watcher.install(replace=replace)
         if self._trainer is None and (self.options.save_on_exception or needs_trainer):
             logger.warning(
@@ -241,6 +245,9 @@ class EmergencyStop:
     def exit_after_save(self, state, folder: Path, *, committed: bool) -> NoReturn:
         signum = int(self.stop_signal or 0)
         code = exit_code_for_signal(signum)
+        # A preemption notice under Slurm: the job is requeued and this exit must not count as a failure.
+        if self.preemption.requeue_after(signum, step=state.global_step, committed=committed):
+            code = EXIT_REQUEUED
         since = self.watcher.triggered_at if self.watcher is not None else None
         took = (
             f"{time.monotonic() - since:.1f} s after the signal" if since is not None else "after the signal"

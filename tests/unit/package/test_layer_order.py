@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("policy",),
     ("storage",),
     ("runstate",),
-    ("resume",),
+    ("resume", "cluster"),
     ("trainer", "loop"),
     ("train", "unattended"),
     ("cli", "__main__"),
