@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import _moved
+from . import _moved, logsetup
 from .errors import AegisError, CommitError, ConfigError, PreflightError, RunLockedError
 from .options import AsyncOptions, CheckpointOptions, EmergencyOptions
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _moved.install()
+logsetup.install_default_handler()  # visible by default, like transformers' own logger
 
 _LAZY = {
     "AegisCheckpointCallback": ".trainer.callback",

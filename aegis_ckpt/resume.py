@@ -24,6 +24,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import AegisError, ConfigError
+from .logsetup import follow_transformers_verbosity
 from .options import VERIFY_MODES
 from .runstate.lease import ensure_not_locked
 from .storage.commit import is_committed, read_manifest, verify_checkpoint
@@ -169,6 +170,7 @@ def find_resume_checkpoint(
     ```
     """
     output_dir = Path(output_dir)
+    follow_transformers_verbosity()  # called before train(): the Trainer has not applied its log level yet
     rank, world = _distributed_rank_and_size()
     chosen: str | None = None
     if rank == 0 and output_dir.is_dir():

@@ -24,6 +24,7 @@ from .. import distributed
 from ..distributed import PeerLostError, StepAgreement, StepFlags
 from ..errors import CommitError, RunLockedError
 from ..exitcodes import exit_code_for_signal
+from ..logsetup import apply_training_log_level
 from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
 from ..policy import SavePolicy, make_policy
 from ..resume import check_resume_world_size
@@ -42,7 +43,6 @@ from .emergency import EmergencyStop, find_trainer
 
 logger = logging.getLogger(__name__)
 
-_PACKAGE_LOGGER = "aegis_ckpt"
 HEARTBEAT_EVERY_SEC = 5.0
 
 
@@ -193,10 +193,7 @@ class AegisCheckpointCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._check_setup(args)
         self._take_over_rotation(args)
-        # Like the Trainer: replicas get log_level_replica; the main process changes only if log_level was set,
-        # so an application that configured the aegis_ckpt logger keeps its level ("passive" default).
-        if not args.should_log or getattr(args, "log_level", "passive") != "passive":
-            logging.getLogger(_PACKAGE_LOGGER).setLevel(args.get_process_log_level())
+        apply_training_log_level(args)  # log_level / log_level_replica, as the Trainer applies them
         if getattr(args, "save_only_model", False):
             logger.warning(
                 "save_only_model=True: checkpoints hold no optimizer, scheduler or RNG state, so a resumed run "
