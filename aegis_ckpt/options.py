@@ -7,7 +7,7 @@ validated in exactly one place and every error message says why the value is ref
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
@@ -25,17 +25,15 @@ def _check_positive(name: str, value: float | None, why: str) -> None:
 
 
 def options_from_mapping(cls, values: dict[str, Any], where: str):
-    """Build an options dataclass from a plain mapping (a YAML section), naming unknown keys in the error."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-        )
+    """Build an options dataclass from a plain mapping (a YAML section): unknown keys get a "did you mean",
+    wrong types and refused values a one-line error naming ``where.key``."""
+    from .configcheck import check_fields, prefixed
+
+    checked = check_fields(cls, where, values)
     try:
-        return cls(**values)
-    except TypeError as e:  # wrong value types that the dataclass itself rejects
-        raise ConfigError(f"{where}: {e}") from e
+        return cls(**checked)
+    except ConfigError as e:
+        raise prefixed(where, e) from e
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from .. import __version__
 from ..errors import AegisError, ConfigError, PreflightError, RunLockedError
-from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
+from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, exit_code_for_signal
 
 
 def _setup_logging(verbose: bool, timestamps: bool = False) -> None:
@@ -350,6 +351,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``aegis-ckpt`` entry point: one line on stderr for every error, never a traceback (``-v`` shows it)."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # inside the try: a closed pipe shows up here at the latest
+        return code
+    except BrokenPipeError:
+        # The reader went away (aegis-ckpt status | head -1): as the Python docs recommend, point stdout at devnull
+        # so the interpreter's final flush does not fail again, and stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     _setup_logging(ns.verbose, timestamps=getattr(ns, "timestamps", False))
@@ -362,6 +377,41 @@ def main(argv: list[str] | None = None) -> int:
     except AegisError as e:
         print(f"aegis-ckpt: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("aegis-ckpt: interrupted", file=sys.stderr)
+        return exit_code_for_signal(signal.SIGINT)
+    except BrokenPipeError:
+        raise
+    except Exception as e:  # a bug or an environment problem: one line, the traceback kept in a file
+        print(
+            f"aegis-ckpt: error: {type(e).__name__}: {_first_line(e)}{_keep_traceback(ns.verbose)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _keep_traceback(verbose: bool) -> str:
+    """Print the traceback with ``-v``; otherwise write it to a temporary file and say where."""
+    import tempfile
+    import traceback
+
+    text = traceback.format_exc()
+    if verbose:
+        print(text, file=sys.stderr, end="")
+        return ""
+    try:
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="aegis-ckpt-error-", suffix=".txt", delete=False, encoding="utf-8"
+        ) as f:
+            f.write(text)
+    except OSError:
+        return " (run with -v for the traceback)"
+    return f" (traceback in {f.name}; -v prints it)"
 
 
 if __name__ == "__main__":
