@@ -16,6 +16,7 @@ from .errors import AegisError, CommitError, ConfigError, PreflightError, RunLoc
 from .options import AsyncOptions, CheckpointOptions, EmergencyOptions
 
 if TYPE_CHECKING:
+    from .arguments import AegisArguments
     from .loop.manager import (
         EmergencyCheckpointManager,
         EnhancedAutoCheckpointManager,
@@ -30,6 +31,7 @@ _moved.install()
 logsetup.install_default_handler()  # visible by default, like transformers' own logger
 
 _LAZY = {
+    "AegisArguments": ".arguments",
     "AegisCheckpointCallback": ".trainer.callback",
     "find_resume_checkpoint": ".resume",
     "RollingCheckpointManager": ".loop.manager",
@@ -49,6 +51,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AegisArguments",
     "AegisCheckpointCallback",
     "AegisError",
     "AsyncOptions",

@@ -73,10 +73,16 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             "already_finished", int(done.get("step", 0)), output_dir, final if final.is_dir() else None
         )
 
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        HfArgumentParser,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
-    try:
-        args = TrainingArguments(**cfg.training)
+    try:  # the training section is parsed the way transformers parses its own argument files
+        (args,) = HfArgumentParser(TrainingArguments).parse_dict(cfg.training)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: {e}") from e
     set_seed(args.seed)

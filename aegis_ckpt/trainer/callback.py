@@ -21,6 +21,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .. import distributed
+from ..arguments import AegisArguments
 from ..distributed import PeerLostError, StepAgreement, StepFlags
 from ..errors import CommitError, RunLockedError
 from ..exitcodes import exit_code_for_signal
@@ -74,6 +75,9 @@ class AegisCheckpointCallback(TrainerCallback):
             flushed and committed by a background thread. Setups it cannot express (DeepSpeed, FSDP, adapters,
             quantized or offloaded models, a Trainer subclass that overrides a save method) keep the Trainer's
             synchronous save, as logged once.
+        args (`AegisArguments`, *optional*):
+            All of the above as one dataclass (e.g. parsed by ``HfArgumentParser`` next to ``TrainingArguments``);
+            when given, the other option arguments must be left unset.
         options (`CheckpointOptions`, *optional*), emergency (`EmergencyOptions`, *optional*),
         async_options (`AsyncOptions`, *optional*):
             The same settings as objects; when given, the matching keyword arguments must be left unset.
@@ -107,11 +111,33 @@ class AegisCheckpointCallback(TrainerCallback):
         options: CheckpointOptions | None = None,
         emergency: EmergencyOptions | None = None,
         async_options: AsyncOptions | None = None,
+        args: AegisArguments | None = None,
         policy: SavePolicy | None = None,
         write_completion_marker: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self._max_keep_explicit = options is not None or max_keep is not None
+        if args is not None:
+            others = {
+                "save_interval_sec": save_interval_sec,
+                "max_keep": max_keep,
+                "save_on_train_end": save_on_train_end,
+                "keep_milestone_every_sec": keep_milestone_every_sec,
+                "keep_best": keep_best,
+                "handle_signals": handle_signals,
+                "grace_period_sec": grace_period_sec,
+                "save_on_exception": save_on_exception,
+                "async_save": async_save,
+                "options": options,
+                "emergency": emergency,
+                "async_options": async_options,
+            }
+            _refuse_mixed(args, others)
+            options, emergency, async_options = args.to_options()
+        # An explicit max_keep wins over the Trainer's save_total_limit; AegisArguments leaves it None when unset.
+        if args is not None:
+            self._max_keep_explicit = args.explicit_max_keep
+        else:
+            self._max_keep_explicit = options is not None or max_keep is not None
         self.options = _build_options(
             CheckpointOptions,
             options,
@@ -529,6 +555,14 @@ class AegisCheckpointCallback(TrainerCallback):
                 "AegisCheckpointCallback used before on_train_begin: is it registered with the Trainer?"
             )
         return self.store
+
+
+def _refuse_mixed(args, others: dict) -> None:
+    given = sorted(k for k, v in others.items() if v is not None)
+    if given:
+        raise TypeError(
+            f"pass either args={type(args).__name__}(...) or the other option arguments, not both (got {given})"
+        )
 
 
 def _build_options(cls, given_object, **flat):
