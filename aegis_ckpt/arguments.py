@@ -42,6 +42,10 @@ _CHOICES = {
     (AsyncOptions, "when_busy"): WHEN_BUSY_MODES,
     (AsyncOptions, "writer"): WRITER_KINDS,
 }
+_ADOPT_PLAIN_HELP = (
+    "find_resume_checkpoint takes over checkpoints a plain Trainer left in output_dir: each one that passes "
+    "structural checks gets a manifest and counts as committed; the others are quarantined."
+)
 _MAX_KEEP_HELP = (
     "Committed rolling checkpoints to keep; older ones are deleted only after a newer one commits. Defaults to "
     "the Trainer's save_total_limit when that is set, else 5."
@@ -69,6 +73,7 @@ def _argument_fields() -> list[tuple[str, Any, dataclasses.Field]]:
             if (cls, f.name) == (CheckpointOptions, "max_keep"):
                 default, annotation, help_text = None, int | None, _MAX_KEEP_HELP
             out.append((name, annotation, dataclasses.field(default=default, metadata={"help": help_text})))
+    out.append(("adopt_plain", bool, dataclasses.field(default=False, metadata={"help": _ADOPT_PLAIN_HELP})))
     return out
 
 
@@ -90,10 +95,13 @@ def _post_init(self) -> None:
 
 
 def _find_resume_checkpoint(self, output_dir) -> str | None:
-    """``find_resume_checkpoint(output_dir)`` with these arguments' ``verify`` and ``allow_unverified``."""
+    """``find_resume_checkpoint(output_dir)`` with these arguments' ``verify``, ``allow_unverified`` and
+    ``adopt_plain``."""
     from .resume import find_resume_checkpoint
 
-    return find_resume_checkpoint(output_dir, verify=self.verify, allow_unverified=self.allow_unverified)
+    return find_resume_checkpoint(
+        output_dir, verify=self.verify, allow_unverified=self.allow_unverified, adopt_plain=self.adopt_plain
+    )
 
 
 AegisArguments = dataclasses.make_dataclass(

@@ -29,7 +29,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     from ..train.config import load_config
     from ..train.runner import run_training
 
-    cfg = load_config(ns.config, ns.set)
+    cfg = load_config(ns.config, ns.set + (["resume.adopt_plain=true"] if ns.adopt_plain else []))
     result = run_training(cfg)
     if result.status == "already_finished":
         print(
@@ -321,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set training.max_steps=100 (repeatable)",
+    )
+    p.add_argument(
+        "--adopt-plain",
+        action="store_true",
+        help="take over checkpoints a plain Trainer left in the output dir (after structural checks; "
+        "same as resume.adopt_plain: true)",
     )
     p.set_defaults(func=cmd_train)
 

@@ -118,6 +118,10 @@ class ResumeConfig:
     """``full`` re-hashes the resume checkpoint, ``quick`` compares sizes."""
     allow_unverified: bool = False
     """Also resume from checkpoints without a manifest (plain Trainer) after structural checks."""
+    adopt_plain: bool = False
+    """Take over an output dir of plain-Trainer checkpoints: each one that passes structural checks gets a
+    manifest (it is then committed like ours) and training resumes from the newest; the others are quarantined.
+    Same as ``aegis-ckpt train CONFIG --adopt-plain``."""
 
 
 def _is_number(value: Any) -> bool:

@@ -115,7 +115,10 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         callbacks=[callback],
     )
     resume = find_resume_checkpoint(
-        output_dir, verify=cfg.resume.verify, allow_unverified=cfg.resume.allow_unverified
+        output_dir,
+        verify=cfg.resume.verify,
+        allow_unverified=cfg.resume.allow_unverified,
+        adopt_plain=cfg.resume.adopt_plain,
     )
     if resume:
         logger.info("Continuing from %s", resume)
