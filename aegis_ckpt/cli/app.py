@@ -51,13 +51,20 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_status(ns: argparse.Namespace) -> int:
+def _print_json(data) -> None:
     import json
 
+    print(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
     from .status import collect_status, format_status
 
     report = collect_status(ns.dir, full=ns.full)
-    print(json.dumps(report, indent=2, sort_keys=True) if ns.json else format_status(report))
+    if ns.json:
+        _print_json(report)
+    else:
+        print(format_status(report))
     return EXIT_OK
 
 
@@ -65,10 +72,23 @@ def cmd_verify(ns: argparse.Namespace) -> int:
     from .status import check_checkpoints
 
     rows = check_checkpoints(ns.dir, full=ns.full)
+    mode = "full" if ns.full else "quick"
+    if ns.json:
+        good = next((r["name"] for r in rows if r["verified"]), None)
+        newest_ok = bool(rows) and bool(rows[0]["verified"])
+        _print_json(
+            {
+                "dir": str(ns.dir),
+                "mode": mode,
+                "newest_ok": newest_ok,
+                "resume_from": good,
+                "checkpoints": rows,
+            }
+        )
+        return EXIT_OK if newest_ok else EXIT_FAILURE
     if not rows:
         print(f"aegis-ckpt: no checkpoint folders in {ns.dir}")
         return EXIT_FAILURE
-    mode = "full" if ns.full else "quick"
     for r in rows:
         print(f"{r['name']}: {'ok' if r['verified'] else 'BAD: ' + '; '.join(r['problems'])}")
     good = next((r["name"] for r in rows if r["verified"]), None)
@@ -85,7 +105,11 @@ def cmd_verify(ns: argparse.Namespace) -> int:
 def cmd_resume_path(ns: argparse.Namespace) -> int:
     from .status import resume_path
 
-    path = resume_path(ns.dir, verify="quick" if ns.quick else "full")
+    mode = "quick" if ns.quick else "full"
+    path = resume_path(ns.dir, verify=mode)
+    if ns.json:
+        _print_json({"dir": str(ns.dir), "verify": mode, "resume_from": path})
+        return EXIT_OK if path else EXIT_FAILURE
     if path is None:
         return EXIT_FAILURE
     print(path)
@@ -99,9 +123,21 @@ def cmd_preflight(ns: argparse.Namespace) -> int:
     from ..train.preflight import run_preflight
 
     report = run_preflight(load_config(ns.config, ns.set))
-    for check in report.checks:
-        print(check.line(), flush=True)
-    print(report.summary(), flush=True)
+    if ns.json:
+        _print_json(
+            {
+                "config": str(ns.config),
+                "passed": not report.refused and report.already_finished is None,
+                "refused": [c.name for c in report.refused],
+                "already_finished": report.already_finished,
+                "checks": [{"name": c.name, "status": c.status, "message": c.message} for c in report.checks],
+                "summary": report.summary(),
+            }
+        )
+    else:
+        for check in report.checks:
+            print(check.line(), flush=True)
+        print(report.summary(), flush=True)
     if report.already_finished is not None:
         return EXIT_ALREADY_FINISHED
     return EXIT_BAD_INPUT if report.refused else EXIT_OK
@@ -214,6 +250,7 @@ def _add_unattended_commands(sub) -> None:
     p = sub.add_parser("preflight", help="check disk space, GPU and output dir before an unattended start")
     p.add_argument("config", help="path to the YAML config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--json", action="store_true", help="machine-readable output (same exit codes)")
     p.set_defaults(func=cmd_preflight)
 
     p = sub.add_parser(
@@ -343,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", help="the run's output directory")
     p.add_argument("--full", action="store_true", help="re-hash every file (default: compare sizes)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (same exit codes)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
@@ -351,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", help="the run's output directory")
     p.add_argument("--quick", action="store_true", help="compare sizes instead of re-hashing")
+    p.add_argument("--json", action="store_true", help='{"resume_from": PATH or null, ...} (same exit codes)')
     p.set_defaults(func=cmd_resume_path)
     _add_unattended_commands(sub)
     return parser
