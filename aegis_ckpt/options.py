@@ -89,6 +89,14 @@ class CheckpointOptions:
     """How often the run lease (``.aegis/run.json``) records progress. After a power loss, the time between the
     last heartbeat and the last committed checkpoint is reported as lost work."""
 
+    quarantine_max_age_days: float | None = 30.0
+    """Delete folders set aside in ``.aegis/quarantine/`` once they are this many days old (checked at train
+    begin; the newest one is always kept); null keeps them forever. ``aegis-ckpt clean`` empties it by hand."""
+
+    quarantine_max_gb: float | None = None
+    """Cap on the size of ``.aegis/quarantine/`` in GB: the oldest folders are deleted first at train begin (the
+    newest one is always kept); null for no cap."""
+
     @property
     def interval_bounds(self) -> tuple[float, float]:
         """``(min_interval_sec, max_interval_sec)`` with the defaults filled in."""
@@ -114,6 +122,8 @@ class CheckpointOptions:
         )
         if self.verify not in VERIFY_MODES:
             raise ConfigError(f"verify must be one of {VERIFY_MODES} (got {self.verify!r}).")
+        for name in ("quarantine_max_age_days", "quarantine_max_gb"):
+            _check_positive(name, getattr(self, name), "it bounds .aegis/quarantine/; use null for no limit.")
         self._check_adaptive()
 
     def _check_adaptive(self) -> None:

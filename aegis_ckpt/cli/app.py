@@ -11,6 +11,7 @@ import sys
 from .. import __version__
 from ..errors import AegisError, ConfigError, PreflightError, RunLockedError
 from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, exit_code_for_signal
+from .maintenance import add_maintenance_commands
 
 
 def _setup_logging(verbose: bool, timestamps: bool = False) -> None:
@@ -392,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help='{"resume_from": PATH or null, ...} (same exit codes)')
     p.set_defaults(func=cmd_resume_path)
     _add_unattended_commands(sub)
+    add_maintenance_commands(sub)
     return parser
 
 

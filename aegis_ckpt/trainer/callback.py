@@ -35,6 +35,7 @@ from ..runstate.recorder import RunRecorder
 from ..runstate.saves import SaveTail
 from ..storage.commit import commit_checkpoint, is_committed
 from ..storage.layout import checkpoint_dir_name
+from ..storage.quarantine import trim_quarantine
 from ..storage.store import CheckpointStore
 from ..system.platform import signal_name
 from ..system.signals import SignalWatcher
@@ -238,6 +239,11 @@ class AegisCheckpointCallback(TrainerCallback):
             self.store.recover_staging()
             self._set_aside_future_checkpoints(state.global_step)
             self.store.empty_trash()
+            trim_quarantine(
+                self.store.quarantine_dir,
+                max_age_days=self.options.quarantine_max_age_days,
+                max_gb=self.options.quarantine_max_gb,
+            )
         self._agreement.setup()
         distributed.barrier()
         self.last_saved_step = None
