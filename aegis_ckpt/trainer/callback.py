@@ -459,6 +459,7 @@ class AegisCheckpointCallback(TrainerCallback):
                 reason=reason,
                 meta=self._manifest_meta(state, world_size, asynchronous=False),
                 sha256=self._recorder.sha256 if self._recorder is not None else False,
+                progress=True,  # a synchronous save: the training thread waits for this read-back
             )
         except CommitError as e:
             tail.failed(step=state.global_step, reason=reason, error=e, leftover=folder, quarantine=True)
