@@ -214,13 +214,24 @@ def cmd_install_autostart(ns: argparse.Namespace) -> int:
 
     autostart, host, ops, config = _autostart_target(ns)
     load_config(config)  # refuse to install a boot-time start of a config that cannot train
+    method, missing = ns.method, None
+    if method is None:
+        try:
+            method = autostart.default_method(host)
+        except ConfigError as e:
+            if not ns.dry_run:
+                raise
+            # A dry run shows the plan on any machine: the systemd one when this host has no method to use.
+            method, missing = "systemd", str(e)
     options = autostart.AutostartOptions(
         config=config,
         project_dir=Path(ns.project).resolve() if ns.project else autostart.find_project_dir(config),
-        method=ns.method or autostart.default_method(host),
+        method=method,
         name=autostart.check_name(ns.name or autostart.default_name(config)),
     )
     plan = autostart.plan_install(options, host, ops)
+    if missing:
+        plan.notes.append(f"this machine could not use it as it is: {missing}")
     autostart.apply_install(plan, host, ops)
     verb = "would install" if ns.dry_run else "installed"
     print(f"aegis-ckpt: {verb} autostart {plan.name} ({plan.method}) for {config}")
