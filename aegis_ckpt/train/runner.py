@@ -23,7 +23,14 @@ from ..storage.commit import commit_checkpoint
 from ..storage.layout import AEGIS_DIR, FINAL_MODEL_DIR, STAGING_FINAL_DIR, check_output_dir
 from ..storage.store import CheckpointStore
 from ..trainer.callback import AegisCheckpointCallback
-from .builders import build_dataset, build_model, build_tokenizer, count_parameters, read_texts
+from .builders import (
+    build_dataset,
+    build_model,
+    build_tokenizer,
+    count_parameters,
+    read_texts,
+    require_train_extra,
+)
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -64,6 +71,7 @@ def _export_final_model(trainer, tokenizer, output_dir: Path, step: int) -> Path
 def run_training(cfg: TrainConfig) -> TrainResult:
     """Run (or continue) the training a config describes. Raises ``AegisError`` subclasses on bad input."""
     started = time.perf_counter()
+    require_train_extra()
     output_dir = check_output_dir(cfg.output_dir)
     ensure_not_locked(output_dir)  # a live run owns this directory: refuse before writing anything into it
     done = read_completion(output_dir)
