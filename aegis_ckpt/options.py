@@ -56,6 +56,11 @@ class CheckpointOptions:
     keep_best: bool = True
     """Never prune the Trainer's ``best_model_checkpoint`` (``load_best_model_at_end``)."""
 
+    keep_best_k: int = 0
+    """Also keep the best k committed checkpoints by the Trainer's ``metric_for_best_model`` (in its
+    ``greater_is_better`` direction) on top of the newest ``max_keep``, like Lightning's ``save_top_k``. Only
+    checkpoints saved at a step that was evaluated carry the metric; 0 switches this off."""
+
     verify: str = "full"
     """How ``find_resume_checkpoint`` checks a candidate: ``"full"`` re-hashes every file, ``"quick"``
     compares sizes only."""
@@ -122,6 +127,15 @@ class CheckpointOptions:
         )
         if self.verify not in VERIFY_MODES:
             raise ConfigError(f"verify must be one of {VERIFY_MODES} (got {self.verify!r}).")
+        if (
+            isinstance(self.keep_best_k, bool)
+            or not isinstance(self.keep_best_k, int)
+            or self.keep_best_k < 0
+        ):
+            raise ConfigError(
+                f"keep_best_k must be an integer >= 0 (got {self.keep_best_k!r}): the number of best checkpoints "
+                "by metric kept beside the newest max_keep; 0 switches it off."
+            )
         for name in ("quarantine_max_age_days", "quarantine_max_gb"):
             _check_positive(name, getattr(self, name), "it bounds .aegis/quarantine/; use null for no limit.")
         self._check_adaptive()

@@ -36,12 +36,13 @@ from ..runstate.saves import SaveTail
 from ..storage.commit import commit_checkpoint, is_committed
 from ..storage.layout import checkpoint_dir_name
 from ..storage.quarantine import trim_quarantine
-from ..storage.store import CheckpointStore
+from ..storage.store import METRIC_META_KEY, CheckpointStore
 from ..system.platform import signal_name
 from ..system.signals import SignalWatcher
 from .asyncsave.saver import AsyncSaver
 from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
+from .metric import checkpoint_metric
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class AegisCheckpointCallback(TrainerCallback):
             Also keep the first checkpoint of every window of this many seconds (e.g. 3600: one per hour).
         keep_best (`bool`, *optional*, defaults to `True`):
             Never prune the Trainer's ``best_model_checkpoint``.
+        keep_best_k (`int`, *optional*, defaults to 0):
+            Also keep the best k checkpoints by ``metric_for_best_model`` (Lightning's ``save_top_k``); only
+            checkpoints saved at an evaluated step carry the metric.
         handle_signals (`bool`, *optional*, defaults to `True`):
             On SIGTERM, SIGINT, SIGHUP, SIGUSR1 (Windows: Ctrl+C, Ctrl+Break, console close, logoff, shutdown)
             finish the step, commit a checkpoint, and exit with ``128 + signum``. A second signal exits at once.
@@ -105,6 +109,7 @@ class AegisCheckpointCallback(TrainerCallback):
         save_on_train_end: bool | None = None,
         keep_milestone_every_sec: float | None = None,
         keep_best: bool | None = None,
+        keep_best_k: int | None = None,
         handle_signals: bool | None = None,
         grace_period_sec: float | None = None,
         save_on_exception: bool | None = None,
@@ -124,6 +129,7 @@ class AegisCheckpointCallback(TrainerCallback):
                 "save_on_train_end": save_on_train_end,
                 "keep_milestone_every_sec": keep_milestone_every_sec,
                 "keep_best": keep_best,
+                "keep_best_k": keep_best_k,
                 "handle_signals": handle_signals,
                 "grace_period_sec": grace_period_sec,
                 "save_on_exception": save_on_exception,
@@ -147,6 +153,7 @@ class AegisCheckpointCallback(TrainerCallback):
             save_on_train_end=save_on_train_end,
             keep_milestone_every_sec=keep_milestone_every_sec,
             keep_best=keep_best,
+            keep_best_k=keep_best_k,
         )
         self.emergency = _build_options(
             EmergencyOptions,
@@ -174,6 +181,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._heartbeat = SupervisorHeartbeat(clock, every_sec=HEARTBEAT_EVERY_SEC)
         self._recorder: RunRecorder | None = None  # run lease, audit log, save statistics
         self._async = AsyncSaver(self.async_options)
+        self._evaluation: tuple[int, dict] | None = None  # (step, metrics) of the last evaluation
 
     @property
     def watcher(self) -> SignalWatcher | None:
@@ -414,6 +422,11 @@ class AegisCheckpointCallback(TrainerCallback):
             background=True,
         )
 
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics is not None:  # the metric of a checkpoint saved at this step (keep_best_k)
+            self._evaluation = (state.global_step, dict(metrics))
+        return control
+
     def on_epoch_end(self, args, state, control, **kwargs):
         if control.should_save and self.last_saved_step == state.global_step:
             # The step-end save of this very step is already committed: a second save would rewrite the same
@@ -473,14 +486,21 @@ class AegisCheckpointCallback(TrainerCallback):
         best = self._trainer.state.best_model_checkpoint if self._trainer is not None else None
         return [Path(best)] if self.options.keep_best and best else []
 
-    @staticmethod
-    def _manifest_meta(state, world_size: int, *, asynchronous: bool) -> dict:
-        return {
+    def _manifest_meta(self, state, world_size: int, *, asynchronous: bool) -> dict:
+        meta = {
             "epoch": state.epoch,
             "max_steps": state.max_steps,
             "world_size": world_size,
             "async": asynchronous,
         }
+        metric = (
+            checkpoint_metric(self._trainer.args, state.global_step, self._evaluation)
+            if self._trainer
+            else None
+        )
+        if metric is not None:
+            meta[METRIC_META_KEY] = metric  # retention keeps the best keep_best_k by it
+        return meta
 
     # ---- end -----------------------------------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
