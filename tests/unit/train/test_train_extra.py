@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+import aegis_ckpt
 from aegis_ckpt.errors import ConfigError
 from aegis_ckpt.train.builders import TRAIN_EXTRA_MODULES, require_train_extra
 
-PACKAGE = Path(__file__).resolve().parents[2] / "aegis_ckpt"
+PACKAGE = Path(aegis_ckpt.__file__).resolve().parent
 
 
 def imported_modules(path: Path) -> set[str]:

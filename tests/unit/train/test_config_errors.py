@@ -4,12 +4,13 @@ mean"; secret values never shown; exit code 2."""
 from __future__ import annotations
 
 import pytest
+from testenv import REPO_ROOT
 
 from aegis_ckpt.cli import main
 from aegis_ckpt.configcheck import check_known_keys, describe, is_secret_key
 from aegis_ckpt.errors import ConfigError
 
-TINY = "configs/tiny.yaml"
+TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
 
 
 def error_of(capsys, *argv: str) -> str:
