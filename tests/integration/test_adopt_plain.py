@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from testenv import REPO_ROOT
 
 from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
@@ -13,6 +14,7 @@ from aegis_ckpt.storage.commit import is_committed, read_manifest, verify_checkp
 from aegis_ckpt.train.config import load_config
 
 
+@pytest.mark.slow
 def test_plain_trainer_run_is_adopted_and_continued(tmp_path, make_trainer, caplog):
     out = tmp_path / "run"
     make_trainer(out, max_steps=4, save_strategy="steps", save_steps=2).train()  # no aegis: plain checkpoints

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from testenv import REPO_ROOT, subprocess_env
 
+pytestmark = pytest.mark.slow  # real entry point in subprocesses
+
+
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
 
 

@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from testenv import REPO_ROOT, subprocess_env
+
+pytestmark = pytest.mark.slow  # real entry point in subprocesses
 
 
 def aegis_json(*args: str) -> tuple[int, dict]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from testenv import REPO_ROOT, subprocess_env
+
+pytestmark = pytest.mark.slow  # real entry point in subprocesses
 
 
 def test_dry_run_without_systemd_or_crontab_shows_the_plan(tmp_path):
