@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import _moved
+from . import _moved, logsetup
 from .errors import AegisError, CommitError, ConfigError, PreflightError, RunLockedError
 from .options import AsyncOptions, CheckpointOptions, EmergencyOptions
 
 if TYPE_CHECKING:
+    from .arguments import AegisArguments
     from .loop.manager import (
         EmergencyCheckpointManager,
         EnhancedAutoCheckpointManager,
@@ -27,8 +28,10 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _moved.install()
+logsetup.install_default_handler()  # visible by default, like transformers' own logger
 
 _LAZY = {
+    "AegisArguments": ".arguments",
     "AegisCheckpointCallback": ".trainer.callback",
     "find_resume_checkpoint": ".resume",
     "RollingCheckpointManager": ".loop.manager",
@@ -48,6 +51,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AegisArguments",
     "AegisCheckpointCallback",
     "AegisError",
     "AsyncOptions",

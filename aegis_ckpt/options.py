@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
@@ -26,17 +26,15 @@ def _check_positive(name: str, value: float | None, why: str) -> None:
 
 
 def options_from_mapping(cls, values: dict[str, Any], where: str):
-    """Build an options dataclass from a plain mapping (a YAML section), naming unknown keys in the error."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in {where}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-        )
+    """Build an options dataclass from a plain mapping (a YAML section): unknown keys get a "did you mean",
+    wrong types and refused values a one-line error naming ``where.key``."""
+    from .configcheck import check_fields, prefixed
+
+    checked = check_fields(cls, where, values)
     try:
-        return cls(**values)
-    except TypeError as e:  # wrong value types that the dataclass itself rejects
-        raise ConfigError(f"{where}: {e}") from e
+        return cls(**checked)
+    except ConfigError as e:
+        raise prefixed(where, e) from e
 
 
 def _signal_names(values: Any) -> tuple[str, ...]:
@@ -77,6 +75,11 @@ class CheckpointOptions:
     keep_best: bool = True
     """Never prune the Trainer's ``best_model_checkpoint`` (``load_best_model_at_end``)."""
 
+    keep_best_k: int = 0
+    """Also keep the best k committed checkpoints by the Trainer's ``metric_for_best_model`` (in its
+    ``greater_is_better`` direction) on top of the newest ``max_keep``, like Lightning's ``save_top_k``. Only
+    checkpoints saved at a step that was evaluated carry the metric; 0 switches this off."""
+
     verify: str = "full"
     """How ``find_resume_checkpoint`` checks a candidate: ``"full"`` re-hashes every file, ``"quick"``
     compares sizes only."""
@@ -110,6 +113,14 @@ class CheckpointOptions:
     """How often the run lease (``.aegis/run.json``) records progress. After a power loss, the time between the
     last heartbeat and the last committed checkpoint is reported as lost work."""
 
+    quarantine_max_age_days: float | None = 30.0
+    """Delete folders set aside in ``.aegis/quarantine/`` once they are this many days old (checked at train
+    begin; the newest one is always kept); null keeps them forever. ``aegis-ckpt clean`` empties it by hand."""
+
+    quarantine_max_gb: float | None = None
+    """Cap on the size of ``.aegis/quarantine/`` in GB: the oldest folders are deleted first at train begin (the
+    newest one is always kept); null for no cap."""
+
     @property
     def interval_bounds(self) -> tuple[float, float]:
         """``(min_interval_sec, max_interval_sec)`` with the defaults filled in."""
@@ -135,6 +146,17 @@ class CheckpointOptions:
         )
         if self.verify not in VERIFY_MODES:
             raise ConfigError(f"verify must be one of {VERIFY_MODES} (got {self.verify!r}).")
+        if (
+            isinstance(self.keep_best_k, bool)
+            or not isinstance(self.keep_best_k, int)
+            or self.keep_best_k < 0
+        ):
+            raise ConfigError(
+                f"keep_best_k must be an integer >= 0 (got {self.keep_best_k!r}): the number of best checkpoints "
+                "by metric kept beside the newest max_keep; 0 switches it off."
+            )
+        for name in ("quarantine_max_age_days", "quarantine_max_gb"):
+            _check_positive(name, getattr(self, name), "it bounds .aegis/quarantine/; use null for no limit.")
         self._check_adaptive()
 
     def _check_adaptive(self) -> None:

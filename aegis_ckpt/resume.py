@@ -9,7 +9,9 @@ Folders without a manifest are handled by where they come from:
 * in a directory aegis-ckpt has saved into (``.aegis/store.json``), a folder without a manifest is an
   interrupted save: quarantined;
 * in a directory only the plain Trainer wrote to, such folders are left alone and ignored unless the caller opts
-  in with ``allow_unverified=True``, in which case they must pass structural checks (``plaincheck``).
+  in with ``allow_unverified=True``, in which case they must pass structural checks (``plaincheck``), or with
+  ``adopt_plain=True``: then every such folder that passes the structural checks is taken over (a manifest is
+  written for it, so it counts as committed from then on) and the others are quarantined.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .errors import AegisError, ConfigError
+from .errors import AegisError, CommitError, ConfigError
+from .logsetup import follow_transformers_verbosity
 from .options import VERIFY_MODES
 from .runstate.lease import ensure_not_locked
-from .storage.commit import is_committed, read_manifest, verify_checkpoint
+from .storage.commit import commit_checkpoint, is_committed, read_manifest, verify_checkpoint
 from .storage.layout import AEGIS_DIR, JIT_INCOMPLETE_MARKER, SCAN_LOCK_NAME, checkpoint_dir_name
 from .storage.plaincheck import check_plain_checkpoint
 from .storage.store import CheckpointStore
@@ -64,6 +67,7 @@ def scan_checkpoints(
     *,
     verify: str = "full",
     allow_unverified: bool = False,
+    adopt_plain: bool = False,
     quarantine: bool = True,
 ) -> ScanReport:
     """Examine checkpoint folders newest first and pick the resume point (see module docstring)."""
@@ -86,6 +90,8 @@ def scan_checkpoints(
         else:
             report.candidates.append(CandidateReport(entry.step, str(entry.path), "rejected", reason))
 
+    if adopt_plain and quarantine and not managed:
+        _adopt_plain_checkpoints(store, set_aside)
     for entry in reversed(store.checkpoints()):
         if report.chosen is not None:
             report.candidates.append(CandidateReport(entry.step, str(entry.path), "older"))
@@ -127,8 +133,9 @@ def scan_checkpoints(
             set_aside(entry, "uncommitted: no manifest (the save was interrupted before it committed)")
         else:
             logger.warning(
-                "Ignoring %s: it has no aegis manifest (saved by a plain Trainer?). Pass allow_unverified=True "
-                "to resume from such checkpoints after structural checks.",
+                "Ignoring %s: it has no aegis manifest (saved by a plain Trainer?). To take such checkpoints over "
+                "after structural checks, pass adopt_plain=True (YAML: resume.adopt_plain: true; CLI: aegis-ckpt "
+                "train CONFIG --adopt-plain); otherwise training starts from scratch and sets them aside.",
                 entry.path,
             )
             report.candidates.append(CandidateReport(entry.step, str(entry.path), "ignored", "no manifest"))
@@ -136,11 +143,38 @@ def scan_checkpoints(
     return report
 
 
+def _adopt_plain_checkpoints(store: CheckpointStore, set_aside) -> None:
+    """Take over the plain Trainer's checkpoints of an unmanaged directory: each folder without a manifest that
+    passes the structural checks gets one (its files as they are now, flushed first), the others are set aside."""
+    adopted = []
+    for entry in store.checkpoints():
+        if entry.is_committed or (entry.path / JIT_INCOMPLETE_MARKER).exists():
+            continue
+        problems = check_plain_checkpoint(entry.path, entry.step)
+        if problems:
+            set_aside(entry, "plain checkpoint failed structural checks: " + "; ".join(problems))
+            continue
+        try:
+            commit_checkpoint(entry.path, step=entry.step, reason="adopted", meta={"adopted": True})
+        except CommitError as e:
+            set_aside(entry, f"could not adopt: {e}")
+            continue
+        adopted.append(entry.path.name)
+    if adopted:
+        logger.info(
+            "Adopted %d plain Trainer checkpoint(s) after structural checks (%s): manifests written, they count "
+            "as committed from now on",
+            len(adopted),
+            ", ".join(adopted),
+        )
+
+
 def find_resume_checkpoint(
     output_dir: str | os.PathLike,
     verify: str = "full",
     *,
     allow_unverified: bool = False,
+    adopt_plain: bool = False,
 ) -> str | None:
     """Return the newest intact checkpoint in ``output_dir`` for ``Trainer.train(resume_from_checkpoint=...)``.
 
@@ -151,6 +185,9 @@ def find_resume_checkpoint(
             ``"full"`` re-hashes every file of the candidate against its manifest; ``"quick"`` compares sizes.
         allow_unverified (`bool`, *optional*, defaults to `False`):
             Also accept checkpoints without a manifest (saved by a plain Trainer) that pass structural checks.
+        adopt_plain (`bool`, *optional*, defaults to `False`):
+            Take over a directory of plain-Trainer checkpoints: write a manifest for each one that passes the
+            structural checks (they are then committed checkpoints like ours) and quarantine the others.
 
     Returns:
         The path of the checkpoint folder, or ``None`` when there is nothing to resume from (a fresh start).
@@ -169,6 +206,7 @@ def find_resume_checkpoint(
     ```
     """
     output_dir = Path(output_dir)
+    follow_transformers_verbosity()  # called before train(): the Trainer has not applied its log level yet
     rank, world = _distributed_rank_and_size()
     chosen: str | None = None
     if rank == 0 and output_dir.is_dir():
@@ -179,7 +217,9 @@ def find_resume_checkpoint(
         lock_dir.mkdir(exist_ok=True)
         # Several processes (ranks started without a process group, or two tools) may scan at once: serialize.
         with FileLock(str(lock_dir / SCAN_LOCK_NAME)):
-            report = scan_checkpoints(output_dir, verify=verify, allow_unverified=allow_unverified)
+            report = scan_checkpoints(
+                output_dir, verify=verify, allow_unverified=allow_unverified, adopt_plain=adopt_plain
+            )
         chosen = report.chosen
         if chosen:
             logger.info("Resuming from %s (%s verification, %.2f s)", chosen, verify, report.seconds)

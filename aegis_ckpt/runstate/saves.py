@@ -140,9 +140,11 @@ class SaveTail:
         return later
 
     def prune(self, newest: Path) -> list[Path]:
-        """Retention after ``newest`` committed: keep it, the protected ones and the newest ``max_keep``."""
+        """Retention after ``newest`` committed: keep it, the protected ones, the newest ``max_keep`` and the best
+        ``keep_best_k`` by metric."""
         return self.store.prune(
             self.options.max_keep,
             protect={newest, *(Path(p) for p in self._protect())},
             milestone_every_sec=self.options.keep_milestone_every_sec,
+            keep_best_k=self.options.keep_best_k,
         )

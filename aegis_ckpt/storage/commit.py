@@ -24,6 +24,7 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import xxhash
 
 from ..errors import CommitError
+from ..progress import byte_progress
 from .layout import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
@@ -98,9 +100,13 @@ class FileDigest:
 
 
 def hash_file(
-    path: str | os.PathLike, *, sha256: bool = False, buffer: bytearray | None = None
+    path: str | os.PathLike,
+    *,
+    sha256: bool = False,
+    buffer: bytearray | None = None,
+    on_read: Callable[[int], object] | None = None,
 ) -> FileDigest:
-    """Read a file once and return its size and checksums."""
+    """Read a file once and return its size and checksums (``on_read(n)`` after each chunk: a progress bar)."""
     buf = buffer if buffer is not None else bytearray(_READ_CHUNK_BYTES)
     view = memoryview(buf)
     xh = xxhash.xxh3_128()
@@ -116,11 +122,17 @@ def hash_file(
             if sh is not None:
                 sh.update(chunk)
             size += n
+            if on_read is not None:
+                on_read(n)
     return FileDigest(size=size, xxh3_128=xh.hexdigest(), sha256=sh.hexdigest() if sh else None)
 
 
 def hash_file_read_ahead(
-    path: str | os.PathLike, *, chunk_bytes: int = 8 * 1024 * 1024, depth: int = 3
+    path: str | os.PathLike,
+    *,
+    chunk_bytes: int = 8 * 1024 * 1024,
+    depth: int = 3,
+    on_read: Callable[[int], object] | None = None,
 ) -> FileDigest:
     """``hash_file`` for large files when nothing else needs the CPU (verification before a resume): a reader
     thread fills the next chunks while this thread hashes the last one. Both release the GIL, so reading
@@ -159,6 +171,8 @@ def hash_file_read_ahead(
                 xh.update(view[:n])
             size += n
             free.put(buf)
+            if on_read is not None:
+                on_read(n)
     finally:
         stop.set()
         free.put(bytearray(0))  # wakes a reader that waits for a buffer; it then sees ``stop``
@@ -273,8 +287,11 @@ def commit_checkpoint(
     meta: dict[str, Any] | None = None,
     sha256: bool = False,
     known: dict[str, FileDigest] | None = None,
+    progress: bool = False,
 ) -> Manifest:
     """Make every file in ``folder`` durable, then write the manifest that marks the folder committed.
+
+    ``progress`` shows a bar while a large folder is read back (a synchronous save, on the training thread).
 
     ``known`` maps relative names to digests that the writer computed from memory while writing (see
     ``directwrite``): such a file is not read back, only its size on disk is checked against the digest (a
@@ -308,7 +325,11 @@ def commit_checkpoint(
         # Flushing waits on the disk and hashing on the CPU (it reads the pages back from the cache): run the
         # fsyncs on threads (they release the GIL) while this thread hashes, so a commit costs about the longer of
         # the two instead of their sum. Every fsync has returned before the manifest is written.
-        with ThreadPoolExecutor(max_workers=_FSYNC_THREADS, thread_name_prefix="aegis-fsync") as pool:
+        total = sum(os.stat(folder / n).st_size for n in read_back) if progress else 0
+        with (
+            byte_progress(total, f"Committing {folder.name}") as on_read,
+            ThreadPoolExecutor(max_workers=_FSYNC_THREADS, thread_name_prefix="aegis-fsync") as pool,
+        ):
             flushes = [pool.submit(fsync_file, folder / name) for name in names]
             try:
                 for name in names:
@@ -322,7 +343,7 @@ def commit_checkpoint(
                             )
                         files[name] = digest if sha256 else FileDigest(digest.size, digest.xxh3_128)
                     else:
-                        files[name] = hash_file(folder / name, sha256=sha256, buffer=buffer)
+                        files[name] = hash_file(folder / name, sha256=sha256, buffer=buffer, on_read=on_read)
             except BaseException:
                 for flush in flushes:
                     flush.cancel()
@@ -374,6 +395,12 @@ def verify_checkpoint(folder: str | os.PathLike, *, full: bool = True) -> Verify
     except (OSError, ValueError, KeyError, TypeError) as e:
         return VerifyResult(folder, False, [f"unreadable manifest: {e}"], None, mode)
 
+    with byte_progress(manifest.total_bytes if full else 0, f"Verifying {folder.name}") as on_read:
+        problems = _check_files(folder, manifest, full=full, on_read=on_read)
+    return VerifyResult(folder, not problems, problems, manifest, mode)
+
+
+def _check_files(folder: Path, manifest: Manifest, *, full: bool, on_read) -> list[str]:
     problems: list[str] = []
     buffer = bytearray(_READ_CHUNK_BYTES) if full else None
     for name, digest in sorted(manifest.files.items()):
@@ -392,12 +419,12 @@ def verify_checkpoint(folder: str | os.PathLike, *, full: bool = True) -> Verify
         if full:
             try:
                 if size >= READ_AHEAD_MIN_BYTES:
-                    actual = hash_file_read_ahead(path)
+                    actual = hash_file_read_ahead(path, on_read=on_read)
                 else:
-                    actual = hash_file(path, buffer=buffer)
+                    actual = hash_file(path, buffer=buffer, on_read=on_read)
             except OSError as e:
                 problems.append(f"cannot read {name}: {e}")
                 continue
             if actual.xxh3_128 != digest.xxh3_128:
                 problems.append(f"{name} checksum mismatch (content changed or damaged)")
-    return VerifyResult(folder, not problems, problems, manifest, mode)
+    return problems

@@ -53,6 +53,7 @@ from .layout import (
 logger = logging.getLogger(__name__)
 
 PIN_META_KEY = "pinned"
+METRIC_META_KEY = "metric"  # {"name", "value", "greater_is_better"}: the evaluation at this step (best-k)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ class CheckpointStore:
         *,
         protect: set[Path] | None = None,
         milestone_every_sec: float | None = None,
+        keep_best_k: int = 0,
     ) -> list[CheckpointEntry]:
         """Committed checkpoints that retention would delete (``policy.retention`` decides; this reads the
         facts it needs from the manifests). Uncommitted folders are never selected here."""
@@ -195,6 +197,7 @@ class CheckpointStore:
             max_keep,
             protect={Path(p).resolve() for p in (protect or set())},
             milestone_every_sec=milestone_every_sec,
+            keep_best_k=keep_best_k,
         )
         return [entries[r.path] for r in chosen]
 
@@ -204,7 +207,13 @@ class CheckpointStore:
             manifest = read_manifest(path)
         except (OSError, ValueError, KeyError, TypeError):
             return Retained(path, step, None, False)
-        return Retained(path, step, manifest.committed_unix, bool(manifest.meta.get(PIN_META_KEY)))
+        metric = manifest.meta.get(METRIC_META_KEY)
+        value, higher = None, False
+        if isinstance(metric, dict) and isinstance(metric.get("value"), (int, float)):
+            value, higher = float(metric["value"]), bool(metric.get("greater_is_better"))
+        return Retained(
+            path, step, manifest.committed_unix, bool(manifest.meta.get(PIN_META_KEY)), value, higher
+        )
 
     @staticmethod
     def is_pinned(folder: Path) -> bool:
@@ -219,11 +228,15 @@ class CheckpointStore:
         *,
         protect: set[Path] | None = None,
         milestone_every_sec: float | None = None,
+        keep_best_k: int = 0,
     ) -> list[Path]:
         """Delete old committed checkpoints. Each one is first renamed into ``.aegis/trash`` (one atomic step
         that removes it from view), then deleted; a crash in between leaves only trash, emptied later."""
         removed = []
-        for entry in self.select_prunable(max_keep, protect=protect, milestone_every_sec=milestone_every_sec):
+        prunable = self.select_prunable(
+            max_keep, protect=protect, milestone_every_sec=milestone_every_sec, keep_best_k=keep_best_k
+        )
+        for entry in prunable:
             if self._discard(entry.path):
                 logger.info("Pruned %s (keeping the newest %d committed)", entry.path.name, max_keep)
                 self.audit.append(

@@ -24,6 +24,21 @@ TOKENIZER_CACHE_DIR = "tokenizer"
 _SPECIAL_TOKEN = "<|endoftext|>"
 
 
+TRAIN_EXTRA_MODULES = ("datasets", "tokenizers")
+
+
+def require_train_extra() -> None:
+    """``aegis-ckpt train`` needs ``datasets`` and ``tokenizers`` (the ``train`` extra); the plugin does not."""
+    import importlib.util
+
+    missing = [m for m in TRAIN_EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"aegis-ckpt train needs {' and '.join(missing)}: pip install 'aegis-ckpt[train]' (the callback and "
+            "the custom-loop managers work without them)"
+        )
+
+
 # ---- text ------------------------------------------------------------------------------------------------------
 def read_texts(data: DataConfig) -> list[str]:
     """The training documents as a list of strings."""

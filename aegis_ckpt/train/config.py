@@ -29,8 +29,9 @@ from typing import Any
 
 import yaml
 
+from ..configcheck import check_fields, check_known_keys
 from ..errors import ConfigError
-from ..options import VERIFY_MODES, AsyncOptions, CheckpointOptions, EmergencyOptions
+from ..options import VERIFY_MODES, AsyncOptions, CheckpointOptions, EmergencyOptions, options_from_mapping
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -52,14 +53,6 @@ def _expand_env(value: Any, where: str) -> Any:
     if isinstance(value, list):
         return [_expand_env(v, where) for v in value]
     return value
-
-
-def _check_keys(section: str, values: dict[str, Any], known: set[str]) -> None:
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) in {section}: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-        )
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
@@ -125,6 +118,10 @@ class ResumeConfig:
     """``full`` re-hashes the resume checkpoint, ``quick`` compares sizes."""
     allow_unverified: bool = False
     """Also resume from checkpoints without a manifest (plain Trainer) after structural checks."""
+    adopt_plain: bool = False
+    """Take over an output dir of plain-Trainer checkpoints: each one that passes structural checks gets a
+    manifest (it is then committed like ours) and training resumes from the newest; the others are quarantined.
+    Same as ``aegis-ckpt train CONFIG --adopt-plain``."""
 
 
 def _is_number(value: Any) -> bool:
@@ -220,11 +217,7 @@ SECTIONS = (
 
 
 def _build_dataclass(cls, section: str, values: dict[str, Any]):
-    _check_keys(section, values, {f.name for f in dataclasses.fields(cls)})
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise ConfigError(f"{section}: {e}") from e
+    return options_from_mapping(cls, values, section)
 
 
 def _resolve(base: Path, path: str | None) -> str | None:
@@ -239,27 +232,19 @@ def _looks_local(value: str) -> bool:
     return value.startswith((".", "/", "~")) or "\\" in value or (len(value) > 1 and value[1] == ":")
 
 
-_NUMBER_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def _training_arg_types() -> dict[str, str]:
+def _check_training(values: dict[str, Any]) -> dict[str, Any]:
+    """The training section, checked key by key against ``TrainingArguments``' field types (numbers written as
+    ``5e-4``, which YAML 1.1 reads as strings, become floats)."""
     from transformers import TrainingArguments
 
-    return {f.name: str(f.type) for f in dataclasses.fields(TrainingArguments) if f.init}
-
-
-def _coerce_training_numbers(training: dict[str, Any], types: dict[str, str]) -> None:
-    """YAML 1.1 reads ``5e-4`` (no dot) as a string; turn such strings into floats for float fields."""
-    for key, value in training.items():
-        if isinstance(value, str) and "float" in types.get(key, "") and _NUMBER_RE.fullmatch(value.strip()):
-            training[key] = float(value)
+    return check_fields(TrainingArguments, "training", dict(values))
 
 
 def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = None) -> TrainConfig:
     """Validate a loaded YAML document and build the typed config."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a YAML mapping with sections {', '.join(SECTIONS)}")
-    _check_keys("the config", raw, set(SECTIONS))
+    check_known_keys("", raw, SECTIONS)
     raw = _expand_env(raw, "config")
     base = Path(base_dir) if base_dir is not None else Path(".")
 
@@ -287,10 +272,7 @@ def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = 
     if not isinstance(data.block_size, int) or data.block_size < 2:
         raise ConfigError(f"data.block_size must be an integer >= 2 (got {data.block_size!r})")
 
-    training = dict(_section(raw, "training"))
-    types = _training_arg_types()
-    _check_keys("training (TrainingArguments)", training, set(types))
-    _coerce_training_numbers(training, types)
+    training = _check_training(_section(raw, "training"))
     if not training.get("output_dir"):
         raise ConfigError("training.output_dir is required: it is where checkpoints are written")
     training["output_dir"] = _resolve(base, str(training["output_dir"]))

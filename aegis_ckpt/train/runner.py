@@ -25,7 +25,14 @@ from ..storage.commit import commit_checkpoint
 from ..storage.layout import FINAL_MODEL_DIR, check_output_dir
 from ..storage.store import CheckpointStore
 from ..trainer.callback import AegisCheckpointCallback
-from .builders import build_dataset, build_model, build_tokenizer, count_parameters, read_texts
+from .builders import (
+    build_dataset,
+    build_model,
+    build_tokenizer,
+    count_parameters,
+    read_texts,
+    require_train_extra,
+)
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -97,6 +104,7 @@ def _build_parts(cfg: TrainConfig, output_dir: Path):
 def run_training(cfg: TrainConfig) -> TrainResult:
     """Run (or continue) the training a config describes. Raises ``AegisError`` subclasses on bad input."""
     started = time.perf_counter()
+    require_train_extra()
     output_dir = check_output_dir(cfg.output_dir)
     ensure_not_locked(output_dir)  # a live run owns this directory: refuse before writing anything into it
     done = read_completion(output_dir)
@@ -106,10 +114,16 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             "already_finished", int(done.get("step", 0)), output_dir, final if final.is_dir() else None
         )
 
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        HfArgumentParser,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
-    try:
-        args = TrainingArguments(**cfg.training)
+    try:  # the training section is parsed the way transformers parses its own argument files
+        (args,) = HfArgumentParser(TrainingArguments).parse_dict(cfg.training)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: {e}") from e
     set_seed(args.seed)
@@ -133,7 +147,10 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         resume = find_common_resume_checkpoint(output_dir, verify=cfg.resume.verify)
     else:
         resume = find_resume_checkpoint(
-            output_dir, verify=cfg.resume.verify, allow_unverified=cfg.resume.allow_unverified
+            output_dir,
+            verify=cfg.resume.verify,
+            allow_unverified=cfg.resume.allow_unverified,
+            adopt_plain=cfg.resume.adopt_plain,
         )
     if resume:
         logger.info("Continuing from %s", resume)

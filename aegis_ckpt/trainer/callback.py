@@ -19,6 +19,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from .. import distributed
+from ..arguments import AegisArguments
 from ..cluster.nodes import CommonCheckpointGuard, node_local_checkpoints
 from ..distributed import PeerLostError, StepAgreement, StepFlags
 from ..exitcodes import exit_code_for_signal
@@ -28,6 +29,7 @@ from ..resume import check_resume_world_size
 from ..runstate.heartbeat import SupervisorHeartbeat
 from ..runstate.saves import SaveTail
 from ..storage.layout import checkpoint_dir_name
+from ..storage.quarantine import trim_quarantine
 from ..storage.store import CheckpointStore
 from ..system.platform import signal_name
 from ..system.signals import SignalWatcher
@@ -35,8 +37,9 @@ from .asyncsave.saver import AsyncSaver
 from .commits import commit_trainer_save, manifest_meta, publish_background_save
 from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
+from .metric import checkpoint_metric
 from .runrecord import TrainerRunRecord
-from .settings import build_options, follow_trainer_logging, take_over_rotation
+from .settings import build_options, follow_trainer_logging, refuse_mixed, take_over_rotation
 from .stepdecision import DUE, FINAL, SIGNAL, TRAINER, decide_step
 
 logger = logging.getLogger(__name__)
@@ -60,6 +63,9 @@ class AegisCheckpointCallback(TrainerCallback):
             Also keep the first checkpoint of every window of this many seconds (e.g. 3600: one per hour).
         keep_best (`bool`, *optional*, defaults to `True`):
             Never prune the Trainer's ``best_model_checkpoint``.
+        keep_best_k (`int`, *optional*, defaults to 0):
+            Also keep the best k checkpoints by ``metric_for_best_model`` (Lightning's ``save_top_k``); only
+            checkpoints saved at an evaluated step carry the metric.
         handle_signals (`bool`, *optional*, defaults to `True`):
             On SIGTERM, SIGINT, SIGHUP, SIGUSR1 (Windows: Ctrl+C, Ctrl+Break, console close, logoff, shutdown)
             finish the step, commit a checkpoint, and exit with ``128 + signum``. A second signal exits at once.
@@ -75,6 +81,9 @@ class AegisCheckpointCallback(TrainerCallback):
             flushed and committed by a background thread. Setups it cannot express (DeepSpeed, FSDP, adapters,
             quantized or offloaded models, a Trainer subclass that overrides a save method) keep the Trainer's
             synchronous save, as logged once.
+        args (`AegisArguments`, *optional*):
+            All of the above as one dataclass (e.g. parsed by ``HfArgumentParser`` next to ``TrainingArguments``);
+            when given, the other option arguments must be left unset.
         options (`CheckpointOptions`, *optional*), emergency (`EmergencyOptions`, *optional*),
         async_options (`AsyncOptions`, *optional*):
             The same settings as objects; when given, the matching keyword arguments must be left unset.
@@ -101,6 +110,7 @@ class AegisCheckpointCallback(TrainerCallback):
         save_on_train_end: bool | None = None,
         keep_milestone_every_sec: float | None = None,
         keep_best: bool | None = None,
+        keep_best_k: int | None = None,
         handle_signals: bool | None = None,
         grace_period_sec: float | None = None,
         save_on_exception: bool | None = None,
@@ -109,11 +119,34 @@ class AegisCheckpointCallback(TrainerCallback):
         options: CheckpointOptions | None = None,
         emergency: EmergencyOptions | None = None,
         async_options: AsyncOptions | None = None,
+        args: AegisArguments | None = None,
         policy: SavePolicy | None = None,
         write_completion_marker: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self._max_keep_explicit = options is not None or max_keep is not None
+        if args is not None:
+            others = {
+                "save_interval_sec": save_interval_sec,
+                "max_keep": max_keep,
+                "save_on_train_end": save_on_train_end,
+                "keep_milestone_every_sec": keep_milestone_every_sec,
+                "keep_best": keep_best,
+                "keep_best_k": keep_best_k,
+                "handle_signals": handle_signals,
+                "grace_period_sec": grace_period_sec,
+                "save_on_exception": save_on_exception,
+                "async_save": async_save,
+                "options": options,
+                "emergency": emergency,
+                "async_options": async_options,
+            }
+            refuse_mixed(args, others)
+            options, emergency, async_options = args.to_options()
+        # An explicit max_keep wins over the Trainer's save_total_limit; AegisArguments leaves it None when unset.
+        if args is not None:
+            self._max_keep_explicit = args.explicit_max_keep
+        else:
+            self._max_keep_explicit = options is not None or max_keep is not None
         self.options = build_options(
             CheckpointOptions,
             options,
@@ -122,6 +155,7 @@ class AegisCheckpointCallback(TrainerCallback):
             save_on_train_end=save_on_train_end,
             keep_milestone_every_sec=keep_milestone_every_sec,
             keep_best=keep_best,
+            keep_best_k=keep_best_k,
         )
         self.emergency = build_options(
             EmergencyOptions,
@@ -151,6 +185,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._heartbeat = SupervisorHeartbeat(clock, every_sec=HEARTBEAT_EVERY_SEC)
         self._run = TrainerRunRecord(self.policy, clock)  # run lease, audit log, save statistics
         self._async = AsyncSaver(self.async_options)
+        self._evaluation: tuple[int, dict] | None = None  # (step, metrics) of the last evaluation
 
     @property
     def watcher(self) -> SignalWatcher | None:
@@ -211,6 +246,11 @@ class AegisCheckpointCallback(TrainerCallback):
                 f"superseded: training (re)started at step {state.global_step}, before this checkpoint",
             )
             self.store.empty_trash()
+            trim_quarantine(
+                self.store.quarantine_dir,
+                max_age_days=self.options.quarantine_max_age_days,
+                max_gb=self.options.quarantine_max_gb,
+            )
         self._agreement.setup()
         distributed.barrier()
         self.last_saved_step = None
@@ -302,7 +342,7 @@ class AegisCheckpointCallback(TrainerCallback):
             staging,
             step=state.global_step,
             reason="interval",
-            meta=manifest_meta(state, args.world_size, asynchronous=True),
+            meta=manifest_meta(state, args.world_size, asynchronous=True, metric=self._metric(state)),
             sha256=self._run.sha256,
         )
         self.last_saved_step = state.global_step
@@ -314,6 +354,15 @@ class AegisCheckpointCallback(TrainerCallback):
         if job is not None:
             folder = publish_background_save(self._require_tail(), job)
             self.last_commit_path = folder or self.last_commit_path
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics is not None:  # the metric of a checkpoint saved at this step (keep_best_k)
+            self._evaluation = (state.global_step, dict(metrics))
+        return control
+
+    def _metric(self, state) -> dict | None:
+        trainer_args = self._trainer.args if self._trainer is not None else None
+        return checkpoint_metric(trainer_args, state.global_step, self._evaluation)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if control.should_save and self.last_saved_step == state.global_step:
@@ -360,6 +409,7 @@ class AegisCheckpointCallback(TrainerCallback):
             write_sec=write_sec,
             world_size=world_size,
             sha256=self._run.sha256,
+            metric=self._metric(state),
         )
 
     def _best_checkpoint(self) -> list[Path]:

@@ -14,21 +14,34 @@ from pathlib import Path
 from ..errors import CommitError
 from ..runstate.saves import SaveTail
 from ..storage.commit import commit_checkpoint
+from ..storage.store import METRIC_META_KEY
 from .asyncsave.saver import SaveJob
 
 
-def manifest_meta(state, world_size: int, *, asynchronous: bool) -> dict:
-    """What a Trainer checkpoint's manifest records besides its files."""
-    return {
+def manifest_meta(state, world_size: int, *, asynchronous: bool, metric: dict | None = None) -> dict:
+    """What a Trainer checkpoint's manifest records besides its files (``metric``: the evaluation at this step,
+    which retention's best-k reads)."""
+    meta = {
         "epoch": state.epoch,
         "max_steps": state.max_steps,
         "world_size": world_size,
         "async": asynchronous,
     }
+    if metric is not None:
+        meta[METRIC_META_KEY] = metric
+    return meta
 
 
 def commit_trainer_save(
-    tail: SaveTail, state, folder: Path, *, reason: str, write_sec: float, world_size: int, sha256: bool
+    tail: SaveTail,
+    state,
+    folder: Path,
+    *,
+    reason: str,
+    write_sec: float,
+    world_size: int,
+    sha256: bool,
+    metric: dict | None = None,
 ) -> int:
     """Commit the folder the Trainer just wrote, then the save tail. Returns the committed size in bytes (0: not
     committed, and the folder is in quarantine)."""
@@ -38,8 +51,9 @@ def commit_trainer_save(
             folder,
             step=state.global_step,
             reason=reason,
-            meta=manifest_meta(state, world_size, asynchronous=False),
+            meta=manifest_meta(state, world_size, asynchronous=False, metric=metric),
             sha256=sha256,
+            progress=True,  # a synchronous save: the training thread waits for this read-back
         )
     except CommitError as e:
         tail.failed(step=state.global_step, reason=reason, error=e, leftover=folder, quarantine=True)

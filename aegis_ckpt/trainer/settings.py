@@ -7,13 +7,12 @@ import dataclasses
 import logging
 from typing import TypeVar
 
+from ..logsetup import apply_training_log_level
 from ..options import CheckpointOptions
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-PACKAGE_LOGGER = "aegis_ckpt"
 
 
 def build_options(cls: type[T], given_object: T | None, **flat) -> T:
@@ -27,6 +26,15 @@ def build_options(cls: type[T], given_object: T | None, **flat) -> T:
             )
         return given_object
     return cls(**given)
+
+
+def refuse_mixed(args, others: dict) -> None:
+    """``AegisArguments`` carries every option: any other option argument beside it would be ignored."""
+    given = sorted(k for k, v in others.items() if v is not None)
+    if given:
+        raise TypeError(
+            f"pass either args={type(args).__name__}(...) or the other option arguments, not both (got {given})"
+        )
 
 
 def take_over_rotation(args, options: CheckpointOptions, *, max_keep_explicit: bool) -> CheckpointOptions:
@@ -49,11 +57,10 @@ def take_over_rotation(args, options: CheckpointOptions, *, max_keep_explicit: b
 
 
 def follow_trainer_logging(args) -> None:
-    """Log like the Trainer: replicas get ``log_level_replica``; the main process changes only if ``log_level``
-    was set, so an application that configured the aegis_ckpt logger keeps its level ("passive" default). And
-    say once per run that ``save_only_model`` checkpoints cannot resume exactly."""
-    if not args.should_log or getattr(args, "log_level", "passive") != "passive":
-        logging.getLogger(PACKAGE_LOGGER).setLevel(args.get_process_log_level())
+    """Log like the Trainer (``logsetup.apply_training_log_level``: ``log_level`` / ``log_level_replica``, else
+    transformers' verbosity when set). And say once per run that ``save_only_model`` checkpoints cannot resume
+    exactly."""
+    apply_training_log_level(args)
     if getattr(args, "save_only_model", False):
         logger.warning(
             "save_only_model=True: checkpoints hold no optimizer, scheduler or RNG state, so a resumed run "

@@ -51,6 +51,9 @@ def injection_env(env: dict[str, str], checkpoint_options: dict[str, Any]) -> di
 def _ensure_log_handler() -> None:
     """An unmodified script has not configured our logger; without this, our INFO lines (injection, commits)
     would vanish."""
+    from ..logsetup import remove_default_handler
+
+    remove_default_handler()  # replaced by one that says the lines come from the injected hook
     pkg = logging.getLogger("aegis_ckpt")
     if pkg.handlers:
         return

@@ -79,7 +79,10 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
             ["train", str(TINY), "--set", "checkpoint.save_interval_sec=0"],
             "save_interval_sec must be a number > 0",
         ),
-        (["train", str(TINY), "--set", "training.max_stepz=3"], "unknown key(s) in training"),
+        (
+            ["train", str(TINY), "--set", "training.max_stepz=3"],
+            "unknown key training.max_stepz (did you mean 'max_steps'?)",
+        ),
         (["train", str(TINY), "--set", "oops"], "--set expects key=value"),
     ],
 )

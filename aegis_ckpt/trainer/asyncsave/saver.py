@@ -33,7 +33,7 @@ from typing import Any
 
 from ...options import AsyncOptions
 from ...storage.commit import Manifest, commit_checkpoint
-from ..compat import unsupported_reason
+from ..compat import overridden_save_method, unsupported_reason
 from .buffers import SnapshotBuffers
 from .hflayout import write_rng_file, write_snapshot, write_snapshot_files
 from .snapshot import TrainerSnapshot, take_snapshot
@@ -221,7 +221,14 @@ class AsyncSaver:
             return
         self.off_reason = unsupported_reason(trainer)
         if self.off_reason:
-            logger.warning("Saving synchronously (the Trainer's own save): %s.", self.off_reason)
+            # A warning only where the user can change something (pass the callback to the Trainer, or accept
+            # that a subclass's save stays synchronous); adapters, DeepSpeed, FSDP, quantized models: info.
+            actionable = trainer is None or overridden_save_method(trainer) is not None
+            logger.log(
+                logging.WARNING if actionable else logging.INFO,
+                "Saving synchronously (the Trainer's own save, committed the same way): %s.",
+                self.off_reason,
+            )
             return
         use_process, why = self._process_writer_wanted(trainer)
         if use_process != self.uses_process or (use_process and self.buffers.shm_dir is None):

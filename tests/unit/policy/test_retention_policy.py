@@ -38,3 +38,21 @@ def test_one_milestone_per_window_is_kept():
 def test_unreadable_commit_time_is_never_a_milestone():
     records = [Retained(Path("a"), 1, None), Retained(Path("b"), 2, 1000.0)]
     assert milestones(records, 60.0) == {Path("b")}
+
+
+def measured(step: int, metric: float | None, higher: bool = False) -> Retained:
+    return Retained(Path(f"checkpoint-{step}"), step, 1000.0 + step, metric=metric, higher_is_better=higher)
+
+
+def test_best_k_by_metric_are_kept_beside_the_newest():
+    records = [measured(1, 0.9), measured(2, 0.5), measured(3, 0.7), measured(4, None), measured(5, 0.8)]
+    pruned = select_prunable(records, max_keep=1, keep_best_k=2)
+    assert [r.step for r in pruned] == [1, 4]  # kept: newest (5) and the two lowest losses (2, 3)
+    higher = [measured(s, v, higher=True) for s, v in ((1, 0.9), (2, 0.5), (3, 0.7), (4, 0.1))]
+    assert [r.step for r in select_prunable(higher, max_keep=1, keep_best_k=1)] == [2, 3]
+    assert [r.step for r in select_prunable(records, max_keep=1)] == [1, 2, 3, 4]  # off by default
+
+
+def test_best_k_ties_go_to_the_newer_and_nan_never_counts():
+    records = [measured(1, 0.5), measured(2, float("nan")), measured(3, 0.5), measured(4, 0.9)]
+    assert [r.step for r in select_prunable(records, max_keep=1, keep_best_k=1)] == [1, 2]

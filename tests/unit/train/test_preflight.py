@@ -169,12 +169,12 @@ def test_already_finished_exits_3_and_checks_nothing_else(tmp_path, capsys, monk
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("preflight.require_gpu=maybe", "preflight.require_gpu must be true or false"),
+        ("preflight.require_gpu=maybe", "preflight.require_gpu: expected true or false, got 'maybe'"),
         ("preflight.disk_margin_gb=-1", "preflight.disk_margin_gb must be a number >= 0"),
         ("preflight.min_gpu_free_gb=0", "preflight.min_gpu_free_gb must be a number > 0 or null"),
-        ("preflight.gpu=1", "unknown key(s) in preflight: gpu"),
+        ("preflight.gpu=1", "unknown key preflight.gpu"),
         ("notify.webhook_url=ftp://x", "notify.webhook_url must be an http:// or https:// URL"),
-        ("notify.sound=loud", "notify.sound must be true or false"),
+        ("notify.sound=loud", "notify.sound: expected true or false, got 'loud'"),
     ],
 )
 def test_config_sections_are_validated(override, message):
