@@ -289,10 +289,13 @@ def commit_checkpoint(
                 raise
             for flush in flushes:
                 flush.result()
-        subdirs = sorted({(folder / n).parent for n in names}, key=lambda p: len(p.parts), reverse=True)
-        for d in subdirs:
+        # Every folder that holds a file, and those between it and ``folder``, deepest first and ``folder`` last
+        # (once each): the entries of the files reach the disk before the manifest's entry can.
+        folders = {folder}
+        for name in names:
+            folders.update(p for p in (folder / name).parents if p != folder and folder in p.parents)
+        for d in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             fsio.fsync_dir(d)
-        fsio.fsync_dir(folder)
         manifest = Manifest(
             step=step, files=files, committed_unix=time.time(), reason=reason, meta=dict(meta or {})
         )

@@ -17,3 +17,17 @@ def scratch(tmp_path) -> Path:
     base = Path(tempfile.mkdtemp(prefix="aegis-powercut-", dir=shm)) if shm.is_dir() else tmp_path / "scratch"
     yield base
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _mutation_from_env(monkeypatch):
+    """``AEGIS_POWERCUT_MUTATION=<name>`` runs these tests with one durability step broken (see ``mutations``):
+    the test that guards that step must then fail."""
+    import os
+
+    name = os.environ.get("AEGIS_POWERCUT_MUTATION")
+    if name:
+        from mutations import install
+
+        install(name, monkeypatch)
+    yield

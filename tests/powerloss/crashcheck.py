@@ -19,6 +19,7 @@ Tests add their own checks (caches, start-up) through ``extra``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -26,14 +27,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import xxhash
 from recorder import _REAL_OPEN, Recorder
 from simfs import FILE, SimFS, state_key
 
 from aegis_ckpt.resume import find_resume_checkpoint
 from aegis_ckpt.runstate.completion import read_completion
-from aegis_ckpt.storage.commit import read_manifest, verify_checkpoint
+from aegis_ckpt.storage.audit import read_audit
+from aegis_ckpt.storage.commit import Manifest, read_manifest, verify_checkpoint
 from aegis_ckpt.storage.layout import (
     AEGIS_DIR,
+    AUDIT_NAME,
     COMPLETED_NAME,
     FINAL_MODEL_DIR,
     MANIFEST_NAME,
@@ -53,6 +57,8 @@ class Expect:
     """A mark recorded when the save reported success: from there on the new checkpoint must be the resume point."""
     resume: bool = True
     """Run ``find_resume_checkpoint`` on every state."""
+    audit_commit: bool = True
+    """Once the save reported success, the audit log holds its ``commit`` event."""
     not_atomic: tuple[str, ...] = ()
     """Paths (relative) exempt from the old-or-new check (files documented as not durable)."""
 
@@ -86,6 +92,7 @@ def check_recording(
     report = Report(operations=len(rec.ops))
     fs = SimFS(rec.initial)
     versions: dict[str, set[bytes]] = {}
+    damaged_at_start = {f for f, ok in _intact_at_start(rec.initial).items() if not ok}
     seen: set[str] = set()
     quiet = logging.getLogger("aegis_ckpt")
     level = quiet.level
@@ -104,11 +111,13 @@ def check_recording(
                 where = f"cut after op {cut} ({op.describe()}), {family}"
                 state_dir = _materialise(files, scratch)
                 problems = _check_atomic(files, versions, expect, rec.initial)
-                problems += _check_committed(state_dir)
+                problems += _check_committed(state_dir, damaged_at_start)
                 problems += _check_completion(state_dir, final)
+                must_be_new = done_at is not None and cut >= done_at
                 if expect.resume:
-                    must_be_new = done_at is not None and cut >= done_at
                     problems += _check_resume(state_dir, rec.initial, final, expect, must_be_new)
+                if must_be_new and expect.audit_commit and expect.new_step is not None:
+                    problems += _check_audit(state_dir, expect.new_step)
                 if extra is not None:
                     problems += extra(state_dir, cut, family)
                 for p in problems:
@@ -190,9 +199,11 @@ def _manifest_folders(state_dir: Path) -> list[Path]:
     return [p for p in folders if (p / MANIFEST_NAME).is_file()]
 
 
-def _check_committed(state_dir: Path) -> list[str]:
+def _check_committed(state_dir: Path, damaged_at_start: set[str]) -> list[str]:
     problems = []
     for folder in _manifest_folders(state_dir):
+        if folder.relative_to(state_dir).as_posix() in damaged_at_start:
+            continue  # damaged before the recording began (the test's doing), not by a cut
         try:
             read_manifest(folder)
         except (OSError, ValueError, KeyError, TypeError):
@@ -226,6 +237,14 @@ def _check_completion(state_dir: Path, final: dict[str, bytes | None]) -> list[s
     return problems
 
 
+# ---- audit log ----------------------------------------------------------------------------------------------------
+def _check_audit(state_dir: Path, step: int) -> list[str]:
+    events = read_audit(state_dir / AEGIS_DIR / AUDIT_NAME).events
+    if any(e.get("event") == "commit" and e.get("step") == step for e in events):
+        return []
+    return [f"the audit log lost the commit event of step {step} (appended before the save reported success)"]
+
+
 # ---- resume ----------------------------------------------------------------------------------------------------------
 def _subtree(files: dict[str, bytes | None], prefix: str) -> dict[str, bytes]:
     head = prefix.rstrip("/") + "/"
@@ -242,12 +261,29 @@ def _subtree_of_dir(folder: Path) -> dict[str, bytes]:
     return out
 
 
+def _intact_at_start(initial: dict[str, bytes | None]) -> dict[str, bool]:
+    """Folder (relative path) -> whether it was intact, for every folder of the starting point that has a
+    manifest that parses (checked in memory)."""
+    out = {}
+    for rel, body in initial.items():
+        if not rel.endswith("/" + MANIFEST_NAME) or body is None:
+            continue
+        folder = rel[: -len(MANIFEST_NAME) - 1]
+        try:
+            manifest = Manifest.from_json_dict(json.loads(body))
+        except (ValueError, KeyError, TypeError):
+            continue
+        files = _subtree(initial, folder)
+        out[folder] = all(
+            name in files and xxhash.xxh3_128_hexdigest(files[name]) == digest.xxh3_128
+            for name, digest in manifest.files.items()
+        )
+    return out
+
+
 def _newest_committed(initial: dict[str, bytes | None]) -> int | None:
-    steps = [
-        parse_checkpoint_step(rel.split("/")[0])
-        for rel in initial
-        if rel.endswith("/" + MANIFEST_NAME) and rel.count("/") == 1
-    ]
+    """The newest checkpoint of the starting point that is committed and intact."""
+    steps = [parse_checkpoint_step(f) for f, ok in _intact_at_start(initial).items() if ok and "/" not in f]
     steps = [s for s in steps if s is not None]
     return max(steps) if steps else None
 

@@ -18,6 +18,10 @@ bracket what real file systems do (the strict POSIX promise, ext4/xfs journalled
 ``torn``
     as ``meta``, but the unflushed writes of one file reached the disk partly: all but the last, and the first
     half of the last (one variant for each of the two files written most recently).
+``reordered``
+    after a metadata operation: only what was flushed, plus that one last change of a directory entry (POSIX
+    does not order unflushed directory updates: a rename may reach the disk before the creations that came
+    before it).
 ``full``
     everything reached the disk (what a killed process leaves).
 """
@@ -81,6 +85,7 @@ class SimFS:
         self.inodes: dict[int, Inode] = {0: Inode(DIR)}
         self._next = 1
         self.applied = 0
+        self._last_entries: list[tuple[int, str, int | None]] = []  # directory entries the last op changed
         for rel in sorted(files, key=lambda r: r.count("/")):
             content = files[rel]
             parent = self._lookup_parent(rel)
@@ -127,13 +132,16 @@ class SimFS:
     def apply(self, op: Op) -> None:
         index = self.applied
         self.applied += 1
+        self._last_entries = []
         kind = op.kind
         if kind == "mark":
             return
         if kind in ("create", "mkdir"):
-            parent = self.inodes[self._lookup_parent(op.path)]
+            parent_ino = self._lookup_parent(op.path)
+            parent = self.inodes[parent_ino]
             if _name(op.path) not in parent.children:
                 parent.children[_name(op.path)] = self._new(FILE if kind == "create" else DIR)
+                self._last_entries = [(parent_ino, _name(op.path), parent.children[_name(op.path)])]
         elif kind == "write":
             node = self.inodes[self.lookup(op.path)]
             end = op.offset + len(op.data)
@@ -162,13 +170,14 @@ class SimFS:
                 node.durable_children = dict(node.children)
         elif kind == "rename":
             ino = self.lookup(op.path)
-            src_parent = self.inodes[self._lookup_parent(op.path)]
-            dst_parent = self.inodes[self._lookup_parent(op.dst)]
-            del src_parent.children[_name(op.path)]
-            dst_parent.children[_name(op.dst)] = ino
+            src_ino, dst_ino = self._lookup_parent(op.path), self._lookup_parent(op.dst)
+            del self.inodes[src_ino].children[_name(op.path)]
+            self.inodes[dst_ino].children[_name(op.dst)] = ino
+            self._last_entries = [(src_ino, _name(op.path), None), (dst_ino, _name(op.dst), ino)]
         elif kind in ("unlink", "rmdir", "rmtree"):
-            parent = self.inodes[self._lookup_parent(op.path)]
-            parent.children.pop(_name(op.path), None)
+            parent_ino = self._lookup_parent(op.path)
+            if self.inodes[parent_ino].children.pop(_name(op.path), None) is not None:
+                self._last_entries = [(parent_ino, _name(op.path), None)]
         else:
             raise ValueError(f"unknown operation {kind!r}")
 
@@ -177,6 +186,18 @@ class SimFS:
         """(family, files) for every family of crash state after the operations applied so far."""
         yield "durable", self._tree(durable_entries=True, contents=lambda ino, node: node.durable)
         yield "meta", self._tree(durable_entries=False, contents=lambda ino, node: node.durable)
+        if self._last_entries:
+            overlay: dict[int, dict] = {}
+            for parent, name, child in self._last_entries:
+                entries = overlay.setdefault(parent, dict(self.inodes[parent].durable_children))
+                if child is None:
+                    entries.pop(name, None)
+                else:
+                    entries[name] = child
+            yield (
+                "reordered",
+                self._tree(durable_entries=True, contents=lambda ino, node: node.durable, overlay=overlay),
+            )
         reachable = self._tree_inodes()
         written = sorted(
             (ino for ino in reachable if self.inodes[ino].kind == FILE and self.inodes[ino].pending),
@@ -204,7 +225,7 @@ class SimFS:
             stack.extend(self.inodes[ino].children.values())
         return seen
 
-    def _tree(self, *, durable_entries: bool, contents) -> dict[str, bytes | None]:
+    def _tree(self, *, durable_entries: bool, contents, overlay=None) -> dict[str, bytes | None]:
         out: dict[str, bytes | None] = {}
         stack: list[tuple[str, int, int]] = [("", 0, 0)]
         while stack:
@@ -218,6 +239,8 @@ class SimFS:
             if depth > 32:  # a directory reachable from itself through durable entries cannot happen; be safe
                 continue
             entries = node.durable_children if durable_entries else node.children
+            if overlay and ino in overlay:
+                entries = overlay[ino]
             for name, child in entries.items():
                 stack.append((f"{rel}/{name}" if rel else name, child, depth + 1))
         return out
