@@ -84,16 +84,23 @@ Extra = Callable[[Path, int, str], list[str]]
 
 
 def check_recording(
-    rec: Recorder, expect: Expect, scratch: Path, extra: Extra | None = None, *, max_problems: int = 5
+    rec: Recorder,
+    expect: Expect,
+    scratch: Path,
+    extra: Extra | None = None,
+    *,
+    max_problems: int = 5,
+    cuts: range | None = None,
 ) -> Report:
-    """Check every distinct crash state of ``rec``; returns the count and the first problems found."""
+    """Check every distinct crash state of ``rec`` (of the cuts in ``cuts`` only, when given: the operations
+    before are replayed, not checked); returns the count and the first problems found."""
     final = _final_tree(rec)
     done_at = rec.index_of_mark(expect.done_mark) if expect.done_mark else None
     report = Report(operations=len(rec.ops))
     fs = SimFS(rec.initial)
     versions: dict[str, set[bytes]] = {}
     damaged_at_start = {f for f, ok in _intact_at_start(rec.initial).items() if not ok}
-    seen: set[str] = set()
+    seen: set[tuple[str, bool]] = set()
     quiet = logging.getLogger("aegis_ckpt")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
@@ -101,9 +108,15 @@ def check_recording(
         for cut, op in enumerate(rec.ops):
             _note_versions(fs, op, versions, rec.initial)
             fs.apply(op)
+            if cuts is not None and cut not in cuts:
+                continue
+            must_be_new = done_at is not None and cut >= done_at
             for family, files in fs.crash_states():
                 report.states += 1
-                key = state_key(files)
+                key = (
+                    state_key(files),
+                    must_be_new,
+                )  # the same files are held to more once the save returned
                 if key in seen:
                     continue
                 seen.add(key)
@@ -113,7 +126,6 @@ def check_recording(
                 problems = _check_atomic(files, versions, expect, rec.initial)
                 problems += _check_committed(state_dir, damaged_at_start)
                 problems += _check_completion(state_dir, final)
-                must_be_new = done_at is not None and cut >= done_at
                 if expect.resume:
                     problems += _check_resume(state_dir, rec.initial, final, expect, must_be_new)
                 if must_be_new and expect.audit_commit and expect.new_step is not None:
