@@ -366,8 +366,9 @@ def _first_difference(a: bytes, b: bytes) -> int:
     n = min(len(a), len(b))
     chunk = 4096
     for start in range(0, n, chunk):
-        if a[start : start + chunk] != b[start : start + chunk]:
-            return next(i for i in range(start, min(start + chunk, n)) if a[i] != b[i])
+        end = min(start + chunk, n)
+        if a[start:end] != b[start:end]:
+            return next(i for i in range(start, end) if a[i] != b[i])
     return n
 
 
