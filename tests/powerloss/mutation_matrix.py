@@ -62,7 +62,10 @@ def main(names: list[str]) -> int:
         results = [(node.split("::")[1], run(name, node)) for node in TARGETS[name]]
         caught = [test for test, failed in results if failed]
         missed = [test for test, failed in results if not failed]
-        print(f"| {name} | caught by: {', '.join(caught) or '-'} | not by: {', '.join(missed) or '-'} |", flush=True)
+        print(
+            f"| {name} | caught by: {', '.join(caught) or '-'} | not by: {', '.join(missed) or '-'} |",
+            flush=True,
+        )
     return 0
 
 
