@@ -19,15 +19,19 @@ def scratch(tmp_path) -> Path:
     shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture(autouse=True)
-def _mutation_from_env(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _mutation_from_env():
     """``AEGIS_POWERCUT_MUTATION=<name>`` runs these tests with one durability step broken (see ``mutations``):
-    the test that guards that step must then fail."""
+    the test that guards that step must then fail. Session-wide, so that recordings made by module fixtures run
+    under the mutation too."""
     import os
 
     name = os.environ.get("AEGIS_POWERCUT_MUTATION")
-    if name:
-        from mutations import install
+    if not name:
+        yield
+        return
+    from mutations import install
 
-        install(name, monkeypatch)
-    yield
+    with pytest.MonkeyPatch.context() as patch:
+        install(name, patch)
+        yield

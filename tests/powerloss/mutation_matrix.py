@@ -35,11 +35,11 @@ TARGETS = {
     "atomic write: no flush of the temp file": [SYNC],
     "atomic write: no flush of the folder after the rename": [SYNC],
     "atomic write: rename before flush": [SYNC],
-    "publish: no flush of the output dir after the rename": [ASYNC, LOOP],
+    "publish: no flush of the output dir after the rename": [ASYNC, LOOP, FINAL],
     "audit: no flush of the appended line": [SYNC],
     "audit: no flush of the folder after creating the log": [LOOP],
     "publish_dir: no flush of the files": [TOKENIZER],
-    "publish_dir: no flush of the parent after the rename": [TOKENIZER, FINAL],
+    "publish_dir: no flush of the parent after the rename": [TOKENIZER],
 }
 
 

@@ -129,7 +129,7 @@ def _cut_points(rec: Recorder) -> dict[str, int]:
         "before the first step": tokenizer + 1,
         "during the final checkpoint's commit": manifest - 1,
         "during the final-model export": export,
-        "right after the completion record": completed,
+        "right after the completion record": completed + 1,  # its folder flushed: the record is durable
     }
 
 
