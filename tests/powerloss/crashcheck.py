@@ -91,16 +91,18 @@ def check_recording(
     *,
     max_problems: int = 5,
     cuts: range | None = None,
+    per_cut: bool = False,
 ) -> Report:
     """Check every distinct crash state of ``rec`` (of the cuts in ``cuts`` only, when given: the operations
-    before are replayed, not checked); returns the count and the first problems found."""
+    before are replayed, not checked); returns the count and the first problems found. ``per_cut``: check a
+    state again at every cut it occurs (for ``extra`` checks whose verdict depends on the cut)."""
     final = _final_tree(rec)
     done_at = rec.index_of_mark(expect.done_mark) if expect.done_mark else None
     report = Report(operations=len(rec.ops))
     fs = SimFS(rec.initial)
     versions: dict[str, set[bytes]] = {}
     damaged_at_start = {f for f, ok in _intact_at_start(rec.initial).items() if not ok}
-    seen: set[tuple[str, bool]] = set()
+    seen: set[tuple] = set()
     quiet = logging.getLogger("aegis_ckpt")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
@@ -113,10 +115,8 @@ def check_recording(
             must_be_new = done_at is not None and cut >= done_at
             for family, files in fs.crash_states():
                 report.states += 1
-                key = (
-                    state_key(files),
-                    must_be_new,
-                )  # the same files are held to more once the save returned
+                # The same files are held to more once the save returned (and by some extra checks, later on).
+                key = (state_key(files), must_be_new, cut if per_cut else None)
                 if key in seen:
                     continue
                 seen.add(key)
