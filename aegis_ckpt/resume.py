@@ -29,6 +29,7 @@ from .errors import AegisError, CommitError, ConfigError
 from .logsetup import follow_transformers_verbosity
 from .options import VERIFY_MODES
 from .runstate.lease import ensure_not_locked
+from .storage import fsio
 from .storage.commit import commit_checkpoint, is_committed, read_manifest, verify_checkpoint
 from .storage.layout import AEGIS_DIR, JIT_INCOMPLETE_MARKER, SCAN_LOCK_NAME, checkpoint_dir_name
 from .storage.plaincheck import check_plain_checkpoint
@@ -214,7 +215,7 @@ def find_resume_checkpoint(
         # aside. Refuse before touching anything (RunLockedError says who holds it).
         ensure_not_locked(output_dir)
         lock_dir = output_dir / AEGIS_DIR
-        lock_dir.mkdir(exist_ok=True)
+        fsio.mkdir(lock_dir, exist_ok=True)
         # Several processes (ranks started without a process group, or two tools) may scan at once: serialize.
         with FileLock(str(lock_dir / SCAN_LOCK_NAME)):
             report = scan_checkpoints(

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import AegisError
 from ..rngstate import capture_plain_rng_state, restore_plain_rng_state
+from ..storage import fsio
 from ..storage.layout import (
     ADAPTER_WEIGHTS,
     MODEL_INDEX,
@@ -85,7 +86,9 @@ def save_training_state(
         torch.save({name: obj.state_dict() for name, obj in extra.items()}, folder / EXTRA_STATE_NAME)
     torch.save(capture_plain_rng_state(), folder / RNG_STATE_NAME)
     body = {"format": LOOP_STATE_FORMAT, "version": 1, **loop_state}
-    (folder / LOOP_STATE_NAME).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    fsio.write_bytes(
+        folder / LOOP_STATE_NAME, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    )
 
 
 # ---- restore --------------------------------------------------------------------------------------------------------

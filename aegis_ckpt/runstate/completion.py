@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..storage.commit import atomic_write_json
+from ..storage import fsio
 from ..storage.layout import AEGIS_DIR, COMPLETED_NAME
 
 
@@ -20,8 +20,8 @@ def completion_path(output_dir: str | os.PathLike) -> Path:
 def mark_completed(output_dir: str | os.PathLike, *, step: int, checkpoint: str | None) -> None:
     """Record durably that training reached its last step and its final checkpoint is committed."""
     path = completion_path(output_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
+    fsio.makedirs_durable(path.parent)
+    fsio.atomic_write_json(
         path,
         {
             "step": step,

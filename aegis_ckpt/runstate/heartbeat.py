@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+from ..storage import fsio
+
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_ENV = "AEGIS_HEARTBEAT_FILE"
@@ -26,9 +28,8 @@ def heartbeat_path_from_env() -> Path | None:
 def write_heartbeat(path: Path, *, step: int, phase: str) -> None:
     """Rewrite the heartbeat file: ``{"unix": ..., "pid": ..., "step": ..., "phase": ...}``. Not fsynced: it
     only has to be visible to a supervisor on the same machine, and a lost heartbeat costs nothing."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"unix": time.time(), "pid": os.getpid(), "step": step, "phase": phase}))
-    os.replace(tmp, path)
+    record = {"unix": time.time(), "pid": os.getpid(), "step": step, "phase": phase}
+    fsio.atomic_write_bytes(path, json.dumps(record).encode("utf-8"), durable=False)
 
 
 class SupervisorHeartbeat:

@@ -24,7 +24,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..errors import RunLockedError
-from ..storage.commit import atomic_write_json
+from ..storage import fsio
 from ..storage.layout import AEGIS_DIR, RUN_LOCK_NAME, RUN_RECORD_NAME
 from ..system.boot import current_boot_id, process_create_time, same_boot
 from ..system.slurmjob import current_slurm_job
@@ -139,7 +139,7 @@ class RunLease:
 
     def acquire(self, *, step: int = 0, has_checkpoints: bool = False) -> RunStart:
         """Take the lease (refusing a live holder), classify how the previous session ended, record ours."""
-        (self.output_dir / AEGIS_DIR).mkdir(parents=True, exist_ok=True)
+        fsio.makedirs_durable(self.output_dir / AEGIS_DIR)
         lock = _lock(self.output_dir)
         now = time.time()
         try:
@@ -245,7 +245,7 @@ class RunLease:
         return float(self.history.get("running_sec", 0.0)) + ongoing
 
     def _write(self) -> None:
-        atomic_write_json(
+        fsio.atomic_write_json(
             run_record_path(self.output_dir),
             {"format": RUN_RECORD_FORMAT, "version": 1, "session": self.session, "history": self.history},
         )

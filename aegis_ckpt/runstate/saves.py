@@ -13,11 +13,11 @@ after a failed commit, and an asynchronous save feeds it when the snapshot is ta
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..options import CheckpointOptions
+from ..storage import fsio
 from ..storage.commit import Manifest
 from ..storage.store import CheckpointStore
 from .recorder import RunRecorder
@@ -117,7 +117,7 @@ class SaveTail:
         if quarantine:
             self.store.quarantine(leftover, f"commit failed: {error}")
         else:
-            shutil.rmtree(leftover, ignore_errors=True)
+            fsio.rmtree(leftover, ignore_errors=True)
 
     @staticmethod
     def _log_failure(step: int, error: BaseException, background: bool) -> None:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..storage.commit import atomic_write_json
+from ..storage import fsio
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ class SaveStats:
         if interval_sec is not None:
             self.interval_sec = interval_sec
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.path, self.to_json_dict())
+            fsio.makedirs_durable(self.path.parent)
+            fsio.atomic_write_json(self.path, self.to_json_dict())
         except OSError as e:
             logger.warning("Could not write save statistics %s: %s", self.path, e)
 

@@ -7,7 +7,8 @@ committed file. The log holds names, numbers and hashes only: never tensor value
 them; anything else is dropped and named by its type.
 
 Appends open the file with ``O_APPEND``, write one whole line in a single call and fsync it, so concurrent
-writers do not interleave and a line survives a power cut once ``append`` returned. A crash can still leave a
+writers do not interleave and a line survives a power cut once ``append`` returned (the folder is flushed too
+when the append created the file). A crash can still leave a
 torn last line: ``read_audit`` skips it and reports it instead of failing, and the next append starts on a new
 line so that no later event is lost with it.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import fsio
 from .layout import AUDIT_NAME
 
 logger = logging.getLogger(__name__)
@@ -93,8 +95,9 @@ class AuditLog:
         record.update({k: _clean(v) for k, v in fields.items()})
         line = (json.dumps(record, sort_keys=False, separators=(",", ":")) + "\n").encode("utf-8")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+            fsio.makedirs_durable(self.path.parent)
+            created = not self.path.exists()
+            fd = fsio.open_fd(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0))
             try:
                 # A crash may have left a torn line without its newline: start on a fresh line, so this event is
                 # not glued to the fragment. (O_APPEND writes at the end whatever the read position.)
@@ -103,10 +106,12 @@ class AuditLog:
                     os.lseek(fd, end - 1, os.SEEK_SET)
                     if os.read(fd, 1) != b"\n":
                         line = b"\n" + line
-                os.write(fd, line)
-                os.fsync(fd)
+                fsio.write_fd(fd, line)
+                fsio.fsync_fd(fd)
             finally:
                 os.close(fd)
+            if created:  # the new file's name must survive a power cut as well as its first line
+                fsio.fsync_dir(self.path.parent)
         except OSError as e:
             logger.warning("Could not append the %s event to %s: %s", event, self.path, e)
 

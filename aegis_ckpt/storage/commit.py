@@ -11,7 +11,8 @@ after every file was flushed to disk, and it lists each file with its size and x
 A crash before step 3 completes leaves a folder without a manifest: uncommitted, never used for resume. A crash
 after it leaves a complete, durable checkpoint. ``verify_checkpoint`` is the read side of the same contract.
 
-The module-level functions ``fsync_file`` and ``fsync_dir`` are the seams where tests inject faults.
+Every flush, rename and deletion goes through ``storage.fsio`` (the seam where tests inject faults and where the
+power-loss tests switch single calls off); its helpers are importable from here as well.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +34,8 @@ import xxhash
 
 from ..errors import CommitError
 from ..progress import byte_progress
+from . import fsio
+from .fsio import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_file  # noqa: F401 - re-exported
 from .layout import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
@@ -41,52 +43,10 @@ logger = logging.getLogger(__name__)
 MANIFEST_FORMAT = "aegis-ckpt-manifest"
 MANIFEST_VERSION = 1
 HASH_NAME = "xxh3_128"
-_TMP_PREFIX = ".aegis_tmp-"
+_TMP_PREFIX = fsio.TMP_PREFIX
 _READ_CHUNK_BYTES = 16 * 1024 * 1024
 READ_AHEAD_MIN_BYTES = 32 * 1024 * 1024  # verification reads larger files with a reader thread
 _FSYNC_THREADS = 4
-_IS_WINDOWS = sys.platform == "win32"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Durability helpers (the seams)
-# --------------------------------------------------------------------------------------------------------------
-def fsync_file(path: str | os.PathLike) -> None:
-    """Flush one file's data and metadata to stable storage."""
-    # Windows only flushes through a handle opened for writing; POSIX accepts a read-only descriptor.
-    flags = (os.O_RDWR | getattr(os, "O_BINARY", 0)) if _IS_WINDOWS else os.O_RDONLY
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Make a directory's entries (creations, renames) durable. A no-op where the OS cannot do it (Windows)."""
-    if _IS_WINDOWS:
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one."""
-    path = Path(path)
-    tmp = path.with_name(f"{_TMP_PREFIX}{os.getpid()}-{path.name}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -308,8 +268,8 @@ def commit_checkpoint(
     stale = folder / MANIFEST_NAME
     if stale.exists():
         # Re-committing a folder that was overwritten in place: withdraw the old promise first, durably.
-        stale.unlink()
-        fsync_dir(folder)
+        fsio.unlink(stale)
+        fsio.fsync_dir(folder)
     try:
         names = list_checkpoint_files(folder)
         if not names:
@@ -330,7 +290,7 @@ def commit_checkpoint(
             byte_progress(total, f"Committing {folder.name}") as on_read,
             ThreadPoolExecutor(max_workers=_FSYNC_THREADS, thread_name_prefix="aegis-fsync") as pool,
         ):
-            flushes = [pool.submit(fsync_file, folder / name) for name in names]
+            flushes = [pool.submit(fsio.fsync_file, folder / name) for name in names]
             try:
                 for name in names:
                     digest = trusted.get(name)
@@ -350,15 +310,18 @@ def commit_checkpoint(
                 raise
             for flush in flushes:
                 flush.result()
-        subdirs = sorted({(folder / n).parent for n in names}, key=lambda p: len(p.parts), reverse=True)
-        for d in subdirs:
-            fsync_dir(d)
-        fsync_dir(folder)
+        # Every folder that holds a file, and those between it and ``folder``, deepest first and ``folder`` last
+        # (once each): the entries of the files reach the disk before the manifest's entry can.
+        folders = {folder}
+        for name in names:
+            folders.update(p for p in (folder / name).parents if p != folder and folder in p.parents)
+        for d in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            fsio.fsync_dir(d)
         manifest = Manifest(
             step=step, files=files, committed_unix=time.time(), reason=reason, meta=dict(meta or {})
         )
-        atomic_write_json(folder / MANIFEST_NAME, manifest.to_json_dict())
-        fsync_dir(folder.parent)
+        fsio.atomic_write_json(folder / MANIFEST_NAME, manifest.to_json_dict())
+        fsio.fsync_dir(folder.parent)
     except CommitError:
         raise
     except OSError as e:

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from . import fsio
 from .commit import FileDigest
 
 logger = logging.getLogger(__name__)
@@ -94,13 +95,13 @@ class DirectFile:
         self.direct = False
         if direct and _HAS_O_DIRECT:
             try:
-                self._fd = os.open(self.path, flags | os.O_DIRECT, 0o644)
+                self._fd = fsio.open_fd(self.path, flags | os.O_DIRECT)
                 self.direct = True
             except OSError as e:
                 if e.errno != errno.EINVAL:
                     raise
         if not self.direct:
-            self._fd = os.open(self.path, flags, 0o644)
+            self._fd = fsio.open_fd(self.path, flags)
         self.closed = False
 
     # -- file-object protocol used by torch.save -------------------------------------------------------------
@@ -166,7 +167,7 @@ class DirectFile:
         done = 0
         while done < length:
             try:
-                done += os.write(self._fd, view[done : done + IN_PLACE_WRITE_BYTES])
+                done += fsio.write_fd(self._fd, view[done : done + IN_PLACE_WRITE_BYTES])
             except OSError as e:
                 if not (self.direct and e.errno == errno.EINVAL):
                     raise
@@ -190,7 +191,7 @@ class DirectFile:
                     padded = -(-self._fill // ALIGNMENT) * ALIGNMENT
                     self._buf.view[self._fill : padded] = bytes(padded - self._fill)
                     self._write_out(padded)
-                    os.ftruncate(self._fd, self._size)
+                    fsio.truncate_fd(self._fd, self._size)
                 else:
                     self._write_out(self._fill)
                 self._fill = 0

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import PreflightError
+from . import fsio
 
 # ---- the output directory -----------------------------------------------------------------------------------
 CHECKPOINT_PREFIX = "checkpoint"
@@ -84,17 +85,17 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     if path.exists() and not path.is_dir():
         raise PreflightError(f"output_dir {path} exists and is a file, not a directory: choose another path")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        fsio.makedirs_durable(path)
     except OSError as e:
         raise PreflightError(f"cannot create output_dir {path}: {e.strerror or e}") from e
     try:
         fd, probe = tempfile.mkstemp(prefix=".aegis-write-probe-", dir=path)
         try:
-            os.write(fd, b"probe")
-            os.fsync(fd)
+            fsio.write_fd(fd, b"probe")
+            fsio.fsync_fd(fd)
         finally:
             os.close(fd)
-            os.unlink(probe)
+            fsio.unlink(probe)
     except OSError as e:
         raise PreflightError(f"output_dir {path} is not writable: {e.strerror or e}") from e
     return path

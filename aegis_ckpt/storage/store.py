@@ -25,16 +25,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CommitError
 from ..policy.retention import Retained, select_prunable
-from . import commit
+from . import fsio
 from .audit import AuditLog
-from .commit import atomic_write_json, is_committed, read_manifest, verify_checkpoint
+from .commit import is_committed, read_manifest, verify_checkpoint
 from .layout import (
     AEGIS_DIR,
     CHECKPOINT_PREFIX,
@@ -120,8 +119,8 @@ class CheckpointStore:
     def mark_managed(self) -> None:
         if self.is_managed():
             return
-        self.aegis_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
+        fsio.makedirs_durable(self.aegis_dir)
+        fsio.atomic_write_json(
             self.aegis_dir / STORE_MARKER,
             {"format": "aegis-ckpt-store", "version": 1, "created_unix": time.time()},
         )
@@ -133,23 +132,23 @@ class CheckpointStore:
         folder = Path(folder)
         if not folder.exists():
             return None
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        fsio.makedirs_durable(self.quarantine_dir)
         target = self.quarantine_dir / f"{_utc_stamp()}-{folder.name}"
         n = 1
         while target.exists():
             n += 1
             target = self.quarantine_dir / f"{_utc_stamp()}-{folder.name}.{n}"
         try:
-            os.replace(folder, target)
+            fsio.replace(folder, target)
         except OSError as e:
             logger.error(
                 "Could not move %s to quarantine (%s); reason it was set aside: %s", folder, e, reason
             )
             return None
-        commit.fsync_dir(self.output_dir)
-        commit.fsync_dir(self.quarantine_dir)
+        fsio.fsync_dir(folder.parent)
+        fsio.fsync_dir(self.quarantine_dir)
         try:
-            atomic_write_json(
+            fsio.atomic_write_json(
                 target / QUARANTINE_RECORD,
                 {"original_path": str(folder), "reason": reason, "moved_unix": time.time()},
             )
@@ -247,17 +246,17 @@ class CheckpointStore:
                 )
                 removed.append(entry.path)
         if removed:
-            commit.fsync_dir(self.output_dir)
+            fsio.fsync_dir(self.output_dir)
         self.empty_trash()
         return removed
 
     def _discard(self, folder: Path) -> bool:
-        self.trash_dir.mkdir(parents=True, exist_ok=True)
+        fsio.makedirs_durable(self.trash_dir)
         target = (
             self.trash_dir / f"pruned-{folder.name.replace(CHECKPOINT_PREFIX + '-', '')}-{time.time_ns()}"
         )
         try:
-            os.replace(folder, target)
+            fsio.replace(folder, target)
         except OSError as e:
             # A failed delete (e.g. a file still open on Windows) must not stop training; retry next prune.
             logger.warning("Could not prune %s now (%s); will retry after the next commit", folder, e)
@@ -268,7 +267,7 @@ class CheckpointStore:
         if not self.trash_dir.is_dir():
             return
         for p in self.trash_dir.iterdir():
-            shutil.rmtree(p, ignore_errors=True)
+            fsio.rmtree(p, ignore_errors=True)
             if p.exists():
                 logger.warning("Could not delete %s yet; will retry later", p)
 
@@ -284,8 +283,8 @@ class CheckpointStore:
         """An empty staging folder for ``step`` (a leftover of an interrupted save is removed first)."""
         path = self.staging_path(step)
         if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
+            fsio.rmtree(path)
+        fsio.makedirs_durable(path)
         return path
 
     def publish(self, staged: Path, step: int, *, replace: bool = True) -> Path | None:
@@ -318,7 +317,7 @@ class CheckpointStore:
             raise CommitError(f"refusing to publish {staged}: it is not committed")
         if target.exists() and not replace:
             logger.debug("%s already exists; dropping the staged copy of the same step", target.name)
-            shutil.rmtree(staged, ignore_errors=True)
+            fsio.rmtree(staged, ignore_errors=True)
             return None
         if target.exists():
             if is_committed(target):
@@ -329,13 +328,13 @@ class CheckpointStore:
                 is None
             ):
                 raise CommitError(f"cannot replace {target}: it could not be moved to quarantine")
-            commit.fsync_dir(self.output_dir)
+            fsio.fsync_dir(self.output_dir)
         try:
-            os.replace(staged, target)
+            fsio.replace(staged, target)
         except OSError as e:
             raise CommitError(f"cannot move {staged} to {target}: {e}") from e
-        commit.fsync_dir(staged.parent)
-        commit.fsync_dir(self.output_dir)
+        fsio.fsync_dir(target.parent)  # the new name first: until then the old one (in staging) stands
+        fsio.fsync_dir(staged.parent)
         return target
 
     def recover_staging(self) -> list[Path]:
@@ -360,7 +359,7 @@ class CheckpointStore:
                 published.append(self.publish(folder, step))
                 logger.warning("Recovered %s: committed before the crash, now in place", published[-1].name)
                 continue
-            shutil.rmtree(folder, ignore_errors=True)
+            fsio.rmtree(folder, ignore_errors=True)
             logger.warning("Removed %s: a save interrupted before it committed", folder)
             self.audit.append(
                 "save_failed", step=step, reason="interrupted before commit (found in staging at start)"

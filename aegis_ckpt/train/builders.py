@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..storage import fsio
 from .config import DataConfig, ModelConfig, TokenizerConfig
 from .config import LoraConfig as LoraOptions
 
@@ -107,17 +107,40 @@ def build_tokenizer(cfg: TokenizerConfig, model: ModelConfig, texts: list[str], 
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
     cache = output_dir / TOKENIZER_CACHE_DIR
-    if (cache / "tokenizer.json").is_file():
-        from transformers import PreTrainedTokenizerFast
-
-        return PreTrainedTokenizerFast.from_pretrained(str(cache))
+    cached = load_cached_tokenizer(cache)
+    if cached is not None:
+        return cached
     tokenizer = train_bpe_tokenizer(texts, cfg.vocab_size)
-    tmp = output_dir / f".{TOKENIZER_CACHE_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(cache, ignore_errors=True)
-    os.replace(tmp, cache)
+    save_tokenizer_cache(tokenizer, cache)
     return tokenizer
+
+
+def load_cached_tokenizer(cache: Path):
+    """The tokenizer kept in ``cache``, or None when there is none or it does not load. A cache that does not load
+    (a file cut short by a crash of an older version, a disk error) is rebuilt from the text rather than stopping
+    every restart: training the tokenizer again is deterministic and gives the same one."""
+    if not (cache / "tokenizer.json").is_file():
+        return None
+    from transformers import PreTrainedTokenizerFast
+
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(str(cache))
+    except Exception as e:  # noqa: BLE001 - JSON, tokenizers (Rust) and OS errors alike mean: build it again
+        logger.warning("The tokenizer cache %s does not load (%s); building the tokenizer again", cache, e)
+        return None
+
+
+def save_tokenizer_cache(tokenizer, cache: Path) -> None:
+    """Keep the trained tokenizer in ``cache``, durably and all at once: written into a temporary folder, flushed,
+    renamed into place, the output folder flushed. After a power cut the cache is complete or absent."""
+    for leftover in cache.parent.glob(f".{TOKENIZER_CACHE_DIR}.tmp-*"):
+        fsio.rmtree(leftover, ignore_errors=True)
+    tmp = cache.parent / f".{TOKENIZER_CACHE_DIR}.tmp-{os.getpid()}"
+    tokenizer.save_pretrained(str(tmp))
+    if cache.exists():  # a cache that did not load
+        fsio.rmtree(cache)
+        fsio.fsync_dir(cache.parent)
+    fsio.publish_dir(tmp, cache)
 
 
 # ---- dataset ---------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ without training again (``.aegis/completed.json``).
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from ..resume import find_resume_checkpoint
 from ..runstate.completion import mark_completed, read_completion
 from ..runstate.lease import ensure_not_locked
 from ..runstate.saves import SaveTail
+from ..storage import fsio
 from ..storage.commit import commit_checkpoint
 from ..storage.layout import FINAL_MODEL_DIR, check_output_dir
 from ..storage.store import CheckpointStore
@@ -57,7 +57,7 @@ def _export_final_model(
     staging = store.final_model_staging()
     main = trainer.args.should_save
     if main:
-        shutil.rmtree(staging, ignore_errors=True)
+        fsio.rmtree(staging, ignore_errors=True)
     distributed.barrier()
     started = time.perf_counter()
     trainer.save_model(str(staging))  # every rank takes part (FSDP/DeepSpeed gather); the main one writes

@@ -33,7 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -53,6 +52,7 @@ from ..exitcodes import (
     normalize_exit_code,
 )
 from ..runstate.heartbeat import HEARTBEAT_ENV, HeartbeatWatcher
+from ..storage import fsio
 from ..system.platform import signal_name
 from ..system.process import ProcessControl, default_process_control
 
@@ -314,7 +314,7 @@ class Supervisor:
                     signal.signal(signum, handler)  # type: ignore[arg-type]
                 except (ValueError, OSError, TypeError):
                     pass
-            shutil.rmtree(self._workdir, ignore_errors=True)
+            fsio.rmtree(self._workdir, ignore_errors=True)
 
     def _loop(self) -> int:
         opts = self.options

@@ -10,7 +10,7 @@ from tinylib import ClockTicker
 from transformers.trainer_utils import get_last_checkpoint
 
 from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
-from aegis_ckpt.storage import commit
+from aegis_ckpt.storage import fsio
 from aegis_ckpt.storage.commit import verify_checkpoint
 from aegis_ckpt.storage.store import CheckpointStore
 
@@ -25,7 +25,7 @@ def test_kill_between_rename_into_trash_and_delete(
     tmp_path, make_trainer, fake_clock, monkeypatch, reference_weights
 ):
     trash = tmp_path / ".aegis" / "trash"
-    real_fsync_dir = commit.fsync_dir
+    real_fsync_dir = fsio.fsync_dir
     hits = []
 
     def dying_fsync_dir(path):
@@ -35,7 +35,7 @@ def test_kill_between_rename_into_trash_and_delete(
             raise SimulatedKill
         real_fsync_dir(path)
 
-    monkeypatch.setattr(commit, "fsync_dir", dying_fsync_dir)
+    monkeypatch.setattr(fsio, "fsync_dir", dying_fsync_dir)
     cb = AegisCheckpointCallback(async_save=False, save_interval_sec=4.5, max_keep=1, clock=fake_clock)
     trainer = make_trainer(tmp_path, callbacks=[ClockTicker(fake_clock, 1.0), cb], max_steps=20)
     with pytest.raises(SimulatedKill):

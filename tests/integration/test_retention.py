@@ -11,7 +11,7 @@ import tinylib
 from tinylib import ClockTicker, SaveRecorder
 
 from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
-from aegis_ckpt.storage import commit
+from aegis_ckpt.storage import fsio
 from aegis_ckpt.storage.commit import verify_checkpoint
 from aegis_ckpt.storage.store import CheckpointStore
 
@@ -81,9 +81,9 @@ def test_save_total_limit_becomes_max_keep_when_max_keep_is_not_given(
 def test_failed_commit_keeps_older_checkpoints_and_training_goes_on(
     tmp_path, make_trainer, fake_clock, monkeypatch, caplog
 ):
-    """An I/O error at the ``commit.fsync_file`` seam during the save at step 6: that save is not committed,
+    """An I/O error at the ``fsio.fsync_file`` seam during the save at step 6: that save is not committed,
     nothing older is pruned because of it, training continues, and later saves commit normally."""
-    real = commit.fsync_file
+    real = fsio.fsync_file
     failing_step = {"armed": False}
 
     class ArmAtStep6(SaveRecorder):
@@ -95,7 +95,7 @@ def test_failed_commit_keeps_older_checkpoints_and_training_goes_on(
             raise OSError(errno.EIO, "Input/output error", str(path))
         real(path)
 
-    monkeypatch.setattr(commit, "fsync_file", flaky)
+    monkeypatch.setattr(fsio, "fsync_file", flaky)
     after = SaveRecorder()
     cb = AegisCheckpointCallback(async_save=False, save_interval_sec=2.5, max_keep=2, clock=fake_clock)
     trainer = make_trainer(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import aegis_ckpt.storage.commit as commit_module
+import aegis_ckpt.storage.fsio as fsio_module
 from aegis_ckpt import (
     EmergencyCheckpointManager,
     EnhancedAutoCheckpointManager,
@@ -266,7 +266,7 @@ def test_exception_saves_when_consistent_and_always_reraises(tmp_path, aegis_log
     def broken_fsync(path):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(commit_module, "fsync_file", broken_fsync)
+    monkeypatch.setattr(fsio_module, "fsync_file", broken_fsync)
     ckpt = RollingCheckpointManager(tmp_path / "c")
     ckpt.register_model(model, tokenizer)
     with pytest.raises(KeyError, match="original"), EmergencyCheckpointManager(ckpt).protect():
@@ -277,7 +277,7 @@ def test_exception_saves_when_consistent_and_always_reraises(tmp_path, aegis_log
     assert not list((tmp_path / "c").glob("checkpoint-*"))
     monkeypatch.undo()
     with pytest.raises(CommitError):  # a manual save reports its failure to the caller
-        monkeypatch.setattr(commit_module, "fsync_file", broken_fsync)
+        monkeypatch.setattr(fsio_module, "fsync_file", broken_fsync)
         with RollingCheckpointManager(tmp_path / "d") as ckpt:
             ckpt.register_model(model, tokenizer)
             ckpt.save_checkpoint("manual")

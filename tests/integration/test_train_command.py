@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from aegis_ckpt.cli import main as cli_main
-from aegis_ckpt.storage import commit
+from aegis_ckpt.storage import fsio
 from aegis_ckpt.storage.commit import is_committed
 from aegis_ckpt.train import runner
 
@@ -250,7 +250,7 @@ def test_final_model_is_durable_before_the_run_is_recorded_complete(tmp_path, mo
     final_model/ in place is followed by an fsync of the output directory, and only then is completion written."""
     out = tmp_path / "run"
     events: list[tuple[str, bool]] = []
-    real_fsync_dir = commit.fsync_dir
+    real_fsync_dir = fsio.fsync_dir
     real_mark_completed = runner.mark_completed
 
     def fsync_dir(path):
@@ -262,7 +262,7 @@ def test_final_model_is_durable_before_the_run_is_recorded_complete(tmp_path, mo
         events.append(("completed", is_committed(out / "final_model")))
         return real_mark_completed(output_dir, **kw)
 
-    monkeypatch.setattr(commit, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(fsio, "fsync_dir", fsync_dir)
     monkeypatch.setattr(runner, "mark_completed", mark_completed)
     (out / "final_model").mkdir(parents=True)  # an older export of an interrupted finish is replaced
     (out / "final_model" / "stale.txt").write_text("old")

@@ -8,7 +8,7 @@ position (step) alone says which batch comes next.
     python custom_loop.py OUT --steps 200 --interval 0.2 [--api rolling|enhanced] [--slow-fsync SEC]
 
 At the end the final weights are written to OUT/final_weights.safetensors (outside the checkpoint machinery).
-``--slow-fsync`` wraps the commit seam ``aegis_ckpt.storage.commit.fsync_file`` with a delay, so that saves take long
+``--slow-fsync`` wraps the commit seam ``aegis_ckpt.storage.fsio.fsync_file`` with a delay, so that saves take long
 enough for random kills to land inside them.
 """
 
@@ -63,15 +63,15 @@ def main() -> int:
 
     hf_logging.disable_progress_bar()
     if ns.slow_fsync:
-        import aegis_ckpt.storage.commit as commit
+        import aegis_ckpt.storage.fsio as fsio
 
-        real_fsync = commit.fsync_file
+        real_fsync = fsio.fsync_file
 
         def slow_fsync(path):
             time.sleep(ns.slow_fsync)
             real_fsync(path)
 
-        commit.fsync_file = slow_fsync
+        fsio.fsync_file = slow_fsync
 
     from safetensors.torch import save_model
     from transformers import get_linear_schedule_with_warmup

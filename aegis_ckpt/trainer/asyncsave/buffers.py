@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...storage import fsio
+
 PAGE_ALIGNED_MIN_BYTES = 64 * 1024
 
 
@@ -71,8 +73,8 @@ class SnapshotBuffers:
         old = self._files.pop(key, None)
         if old is not None:
             self._forget_storage(self._buffers[key])
-            old.unlink(missing_ok=True)
-        self.shm_dir.mkdir(parents=True, exist_ok=True)
+            fsio.unlink(old, missing_ok=True)
+        fsio.mkdir(self.shm_dir, parents=True, exist_ok=True)
         path = self.shm_dir / f"b{self._next_file}"
         self._next_file += 1
         numel = max(tensor.numel(), 1)
@@ -108,12 +110,10 @@ class SnapshotBuffers:
         self._arena = PageArena()  # its maps go with the last tensor that uses them
         self._by_storage.clear()
         for path in self._files.values():
-            path.unlink(missing_ok=True)
+            fsio.unlink(path, missing_ok=True)
         self._files.clear()
         if self.shm_dir is not None:
-            import shutil
-
-            shutil.rmtree(self.shm_dir, ignore_errors=True)
+            fsio.rmtree(self.shm_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)

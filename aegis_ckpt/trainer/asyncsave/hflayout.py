@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...storage import fsio
 from ...storage.layout import (
     OPTIMIZER_NAME,
     SCALER_NAME,
@@ -43,7 +44,7 @@ def write_snapshot(
     import torch
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    fsio.mkdir(folder, parents=True, exist_ok=True)
     capture = (
         _capture_safetensors_writes(defer_large) if defer_large is not None else contextlib.nullcontext()
     )
@@ -62,7 +63,7 @@ def write_snapshot(
     if snap.scaler_state is not None:
         torch.save(snap.scaler_state, folder / SCALER_NAME)
     write_rng_file(snap, folder)
-    (folder / TRAINER_STATE_NAME).write_text(snap.trainer_state_json, encoding="utf-8")
+    fsio.write_bytes(folder / TRAINER_STATE_NAME, snap.trainer_state_json.encode("utf-8"))
 
 
 def write_snapshot_files(snap: TrainerSnapshot, folder: str | os.PathLike, *, buffer, sha256: bool = False):

@@ -332,14 +332,14 @@ class AsyncSaver:
         main process) on this thread, and the main process's writer commits once all of them are there.
         Returns the bytes copied."""
         from ... import distributed
-        from ...storage.commit import fsync_file
+        from ...storage import fsio
 
         started = time.perf_counter()
         distributed.barrier()  # the main process has emptied and created the staging folder
         snapshot = take_snapshot(trainer, self.buffers)
         if not snapshot.is_main:
             write_rng_file(snapshot, staging)
-            fsync_file(staging / snapshot.rng_file)
+            fsio.fsync_file(staging / snapshot.rng_file)
         distributed.barrier()
         snapshot_sec = time.perf_counter() - started
         if snapshot.is_main:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...storage import fsio
 from ...system.platform import PACKAGE_DIR
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def remove_stale_shared_memory(root: Path) -> None:
     for entry in root.glob(f"{SHM_PREFIX}*"):
         pid_text = entry.name[len(SHM_PREFIX) :].split("-", 1)[0]
         if pid_text.isdigit() and not psutil.pid_exists(int(pid_text)):
-            shutil.rmtree(entry, ignore_errors=True)
+            fsio.rmtree(entry, ignore_errors=True)
             logger.info("Removed %s, left by a process that no longer runs", entry)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from ...errors import ConfigError
+from ...storage import fsio
 
 CRON_MARKER_PREFIX = "# aegis-ckpt:"
 TASK_FOLDER = "aegis-ckpt"
@@ -69,15 +70,16 @@ class SystemOps:
             return None
 
     def write_text(self, path: PurePath, text: str, *, encoding: str = "utf-8", newline: str = "\n") -> None:
-        """Write ``text`` (creating the folder), with the line ends the file's reader expects."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding=encoding, newline=newline) as f:
-            f.write(text)
+        """Write ``text`` (creating the folder), with the line ends the file's reader expects; durably and all at
+        once, so that a power cut right after installing never leaves a half unit file or task."""
+        fsio.makedirs_durable(Path(path).parent)
+        fsio.atomic_write_bytes(path, text.replace("\n", newline).encode(encoding))
 
     def remove(self, path: PurePath) -> bool:
         """Delete a file; False when it was already gone."""
         try:
-            Path(path).unlink()
+            fsio.unlink(path)
+            fsio.fsync_dir(Path(path).parent)
             return True
         except FileNotFoundError:
             return False

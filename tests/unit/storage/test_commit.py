@@ -1,6 +1,6 @@
 """The commit protocol (guarantee 1): manifest written last, listing every file with size and xxh3 checksum;
-``verify_checkpoint`` is its read side. Faults are injected only at the ``commit.fsync_file`` /
-``commit.fsync_dir`` seams."""
+``verify_checkpoint`` is its read side. Faults are injected only at the ``fsio.fsync_file`` /
+``fsio.fsync_dir`` seams."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import xxhash
 
 from aegis_ckpt.errors import CommitError
 from aegis_ckpt.resume import find_resume_checkpoint
-from aegis_ckpt.storage import commit
+from aegis_ckpt.storage import commit, fsio
 from aegis_ckpt.storage.commit import commit_checkpoint, is_committed, read_manifest, verify_checkpoint
 from aegis_ckpt.storage.layout import MANIFEST_NAME
 
@@ -55,7 +55,7 @@ def test_manifest_is_written_last_after_every_file_and_folder_is_fsynced(
     (folder / "sub").mkdir()
     (folder / "sub" / "x.bin").write_bytes(b"x")
     events: list[tuple[str, str, bool]] = []
-    real_file, real_dir = commit.fsync_file, commit.fsync_dir
+    real_file, real_dir = fsio.fsync_file, fsio.fsync_dir
 
     def rec_file(path):
         events.append(("file", Path(path).relative_to(folder).as_posix(), is_committed(folder)))
@@ -65,8 +65,8 @@ def test_manifest_is_written_last_after_every_file_and_folder_is_fsynced(
         events.append(("dir", str(Path(path)), is_committed(folder)))
         real_dir(path)
 
-    monkeypatch.setattr(commit, "fsync_file", rec_file)
-    monkeypatch.setattr(commit, "fsync_dir", rec_dir)
+    monkeypatch.setattr(fsio, "fsync_file", rec_file)
+    monkeypatch.setattr(fsio, "fsync_dir", rec_dir)
     commit_checkpoint(folder, step=3)
 
     synced_files = {name for kind, name, _ in events if kind == "file"}
@@ -156,7 +156,7 @@ def test_recommit_withdraws_the_old_manifest_before_anything_else(tmp_path, plai
     def broken(path):
         raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(commit, "fsync_file", broken)
+    monkeypatch.setattr(fsio, "fsync_file", broken)
     with pytest.raises(CommitError):
         commit_checkpoint(folder, step=6)
     assert not is_committed(folder)
@@ -174,7 +174,7 @@ def test_fault_during_commit_leaves_folder_uncommitted_and_older_ones_intact(
         calls.append(path)
         raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(commit, seam, broken)
+    monkeypatch.setattr(fsio, seam, broken)
     with pytest.raises(CommitError, match="Input/output error"):
         commit_checkpoint(newest, step=30)
     monkeypatch.undo()
