@@ -10,14 +10,21 @@ Folders without a manifest are handled by where they come from:
   interrupted save: quarantined;
 * in a directory only the plain Trainer wrote to, such folders are left alone and ignored unless the caller opts
   in with ``allow_unverified=True``, in which case they must pass structural checks (``plaincheck``).
+
+A committed folder must also be loadable: its ``trainer_state.json`` (when it has one) must be what the Trainer
+can resume from, or every restart would fail on it. A ``checkpoint-<step>`` that is a symbolic link is set aside
+without being followed (``storage.confine``). The whole scan runs under the run lease's lock: a live run refuses
+it, and no run can start writing while it moves folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +32,17 @@ from filelock import FileLock
 
 from .errors import AegisError, ConfigError
 from .options import VERIFY_MODES
-from .runstate.lease import ensure_not_locked
+from .runstate.lease import holding_run_lock
 from .storage.commit import is_committed, read_manifest, verify_checkpoint
-from .storage.layout import AEGIS_DIR, JIT_INCOMPLETE_MARKER, SCAN_LOCK_NAME, checkpoint_dir_name
-from .storage.plaincheck import check_plain_checkpoint
+from .storage.confine import check_folder
+from .storage.layout import (
+    AEGIS_DIR,
+    JIT_INCOMPLETE_MARKER,
+    SCAN_LOCK_NAME,
+    TRAINER_STATE_NAME,
+    checkpoint_dir_name,
+)
+from .storage.plaincheck import check_plain_checkpoint, check_trainer_state
 from .storage.store import CheckpointStore
 
 logger = logging.getLogger(__name__)
@@ -59,14 +73,32 @@ def _distributed_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
+def _trainer_state_fields() -> frozenset[str] | None:
+    """The fields ``TrainerState`` accepts (``TrainerState(**json)`` refuses others), if transformers is here."""
+    try:
+        from transformers import TrainerState
+    except ImportError:
+        return None
+    return frozenset(f.name for f in dataclasses.fields(TrainerState))
+
+
+def _load_problem(folder: Path, step: int, files) -> str | None:
+    """Why the Trainer could not load a verified folder, as far as a cheap look tells; None when it can."""
+    if TRAINER_STATE_NAME not in files:
+        return None  # a custom-loop checkpoint, or a layout without it: nothing the Trainer reads
+    return check_trainer_state(folder, step, known_fields=_trainer_state_fields())
+
+
 def scan_checkpoints(
     output_dir: str | os.PathLike,
     *,
     verify: str = "full",
     allow_unverified: bool = False,
     quarantine: bool = True,
+    exclude: Collection[str | os.PathLike] = (),
 ) -> ScanReport:
-    """Examine checkpoint folders newest first and pick the resume point (see module docstring)."""
+    """Examine checkpoint folders newest first and pick the resume point (see module docstring). Folders in
+    ``exclude`` (ones that failed to load in this process) are passed over and left where they are."""
     if verify not in VERIFY_MODES:
         raise ConfigError(f"verify must be one of {VERIFY_MODES} (got {verify!r}).")
     started = time.perf_counter()
@@ -76,6 +108,7 @@ def scan_checkpoints(
         store.recover_staging()
     managed = store.is_managed()
     full = verify == "full"
+    excluded = {os.path.abspath(p) for p in exclude}
 
     def set_aside(entry, reason: str) -> None:
         if quarantine:
@@ -90,6 +123,13 @@ def scan_checkpoints(
         if report.chosen is not None:
             report.candidates.append(CandidateReport(entry.step, str(entry.path), "older"))
             continue
+        if os.path.abspath(entry.path) in excluded:
+            report.candidates.append(CandidateReport(entry.step, str(entry.path), "excluded"))
+            continue
+        unsafe = check_folder(entry.path)
+        if unsafe:
+            set_aside(entry, "unsafe: " + unsafe)
+            continue
         if entry.is_committed:
             result = verify_checkpoint(entry.path, full=full)
             if result.ok and result.manifest is not None and result.manifest.step != entry.step:
@@ -97,6 +137,11 @@ def scan_checkpoints(
                 result.problems.append(
                     f"manifest is for step {result.manifest.step}, folder name says {entry.step}"
                 )
+            if result.ok and result.manifest is not None:
+                problem = _load_problem(entry.path, entry.step, result.manifest.files)
+                if problem:
+                    result.ok = False
+                    result.problems.append(f"cannot be loaded: {problem}")
             if result.ok:
                 report.chosen = str(entry.path)
                 report.candidates.append(
@@ -141,6 +186,7 @@ def find_resume_checkpoint(
     verify: str = "full",
     *,
     allow_unverified: bool = False,
+    exclude: Collection[str | os.PathLike] = (),
 ) -> str | None:
     """Return the newest intact checkpoint in ``output_dir`` for ``Trainer.train(resume_from_checkpoint=...)``.
 
@@ -151,6 +197,8 @@ def find_resume_checkpoint(
             ``"full"`` re-hashes every file of the candidate against its manifest; ``"quick"`` compares sizes.
         allow_unverified (`bool`, *optional*, defaults to `False`):
             Also accept checkpoints without a manifest (saved by a plain Trainer) that pass structural checks.
+        exclude (`Collection[str]`, *optional*):
+            Checkpoint folders to pass over (e.g. one the Trainer failed to load); they are not moved.
 
     Returns:
         The path of the checkpoint folder, or ``None`` when there is nothing to resume from (a fresh start).
@@ -173,13 +221,12 @@ def find_resume_checkpoint(
     chosen: str | None = None
     if rank == 0 and output_dir.is_dir():
         # A live run owns this directory: its in-progress save would look like an interrupted one and be moved
-        # aside. Refuse before touching anything (RunLockedError says who holds it).
-        ensure_not_locked(output_dir)
-        lock_dir = output_dir / AEGIS_DIR
-        lock_dir.mkdir(exist_ok=True)
-        # Several processes (ranks started without a process group, or two tools) may scan at once: serialize.
-        with FileLock(str(lock_dir / SCAN_LOCK_NAME)):
-            report = scan_checkpoints(output_dir, verify=verify, allow_unverified=allow_unverified)
+        # aside. Hold its lease's lock for the whole scan (RunLockedError says who holds it), so no run can begin
+        # writing between a check and the moves.
+        with holding_run_lock(output_dir), FileLock(str(output_dir / AEGIS_DIR / SCAN_LOCK_NAME)):
+            report = scan_checkpoints(
+                output_dir, verify=verify, allow_unverified=allow_unverified, exclude=exclude
+            )
         chosen = report.chosen
         if chosen:
             logger.info("Resuming from %s (%s verification, %.2f s)", chosen, verify, report.seconds)

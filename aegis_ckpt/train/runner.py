@@ -14,11 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from .. import distributed
 from ..errors import ConfigError
 from ..resume import find_resume_checkpoint
 from ..runstate.completion import mark_completed, read_completion
-from ..runstate.lease import ensure_not_locked
+from ..runstate.lease import holding_run_lock
 from ..storage.commit import commit_checkpoint
 from ..storage.layout import AEGIS_DIR, FINAL_MODEL_DIR, STAGING_FINAL_DIR, check_output_dir
 from ..storage.store import CheckpointStore
@@ -61,11 +63,46 @@ def _export_final_model(trainer, tokenizer, output_dir: Path, step: int) -> Path
     return final
 
 
+class _LoadProbe(TrainerCallback):
+    """Tells a failure to load the resume checkpoint (before ``on_train_begin``) from a failure in training, and
+    sets aside the newer folders that failed to load once an older one got training going."""
+
+    def __init__(self, store: CheckpointStore, failed: dict[str, str]):
+        self.store = store
+        self.failed = failed
+        self.began = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = True
+        if args.should_save:
+            for folder, reason in self.failed.items():
+                self.store.quarantine(folder, reason)
+        return control
+
+
+def _is_main_launcher_rank() -> bool:
+    """Rank 0 of a torchrun/accelerate launch (or a single process): the one that holds the run lease."""
+    try:
+        return int(os.environ.get("RANK") or 0) == 0
+    except ValueError:
+        return True
+
+
 def run_training(cfg: TrainConfig) -> TrainResult:
-    """Run (or continue) the training a config describes. Raises ``AegisError`` subclasses on bad input."""
+    """Run (or continue) the training a config describes. Raises ``AegisError`` subclasses on bad input.
+
+    The run lease is taken first, before the completion check, the tokenizer cache and the resume scan, and
+    held to the end: a second ``aegis-ckpt train`` on the same output dir is refused at once
+    (``RunLockedError``, naming the holder) and changes nothing there."""
     started = time.perf_counter()
     output_dir = check_output_dir(cfg.output_dir)
-    ensure_not_locked(output_dir)  # a live run owns this directory: refuse before writing anything into it
+    if not _is_main_launcher_rank():
+        return _run_holding_lease(cfg, output_dir, started)
+    with holding_run_lock(output_dir):
+        return _run_holding_lease(cfg, output_dir, started)
+
+
+def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> TrainResult:
     done = read_completion(output_dir)
     if done is not None:
         final = output_dir / FINAL_MODEL_DIR
@@ -73,7 +110,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             "already_finished", int(done.get("step", 0)), output_dir, final if final.is_dir() else None
         )
 
-    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     try:
         args = TrainingArguments(**cfg.training)
@@ -83,6 +120,46 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     texts = read_texts(cfg.data)
     tokenizer = build_tokenizer(cfg.tokenizer, cfg.model, texts, output_dir)
     dataset = build_dataset(texts, tokenizer, cfg.data)
+    failed: dict[str, str] = {}
+    while True:
+        trainer, probe = _build_trainer(cfg, args, tokenizer, dataset, output_dir, failed)
+        resume = find_resume_checkpoint(
+            output_dir,
+            verify=cfg.resume.verify,
+            allow_unverified=cfg.resume.allow_unverified,
+            exclude=list(failed),
+        )
+        if resume:
+            logger.info("Continuing from %s", resume)
+        else:
+            logger.info("Starting a new run in %s", output_dir)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except Exception as e:
+            if probe.began or not resume:
+                raise
+            # The checkpoint verified but the Trainer could not load it: try the next older one (and set this
+            # one aside once that one loads), instead of failing the same way on every restart.
+            reason = f"verified but could not be loaded: {type(e).__name__}: {e}".splitlines()[0]
+            logger.error("%s %s; trying the next older checkpoint", Path(resume).name, reason)
+            failed[resume] = reason
+            set_seed(args.seed)
+            continue
+        break
+
+    step = trainer.state.global_step
+    final = _export_final_model(trainer, tokenizer, output_dir, step)
+    if trainer.args.should_save:
+        newest = CheckpointStore(output_dir).committed()
+        mark_completed(output_dir, step=step, checkpoint=str(newest[-1].path) if newest else None)
+    return TrainResult("finished", step, output_dir, final, resume, time.perf_counter() - started)
+
+
+def _build_trainer(cfg: TrainConfig, args, tokenizer, dataset, output_dir: Path, failed: dict[str, str]):
+    """A model and a Trainer with the aegis callback (built anew for each resume attempt: a failed load may have
+    changed the weights), and the probe that tells load failures apart."""
+    from transformers import DataCollatorForLanguageModeling, Trainer
+
     model = build_model(cfg.model, tokenizer, cfg.data.block_size)
     total, trainable = count_parameters(model)
     logger.info(
@@ -93,33 +170,19 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         len(dataset),
         cfg.data.block_size,
     )
-
     callback = AegisCheckpointCallback(
         options=cfg.checkpoint,
         emergency=cfg.emergency,
         async_options=cfg.async_save,
         write_completion_marker=False,
     )
+    probe = _LoadProbe(CheckpointStore(output_dir), failed)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=[probe, callback],
     )
-    resume = find_resume_checkpoint(
-        output_dir, verify=cfg.resume.verify, allow_unverified=cfg.resume.allow_unverified
-    )
-    if resume:
-        logger.info("Continuing from %s", resume)
-    else:
-        logger.info("Starting a new run in %s", output_dir)
-    trainer.train(resume_from_checkpoint=resume)
-
-    step = trainer.state.global_step
-    final = _export_final_model(trainer, tokenizer, output_dir, step)
-    if trainer.args.should_save:
-        newest = CheckpointStore(output_dir).committed()
-        mark_completed(output_dir, step=step, checkpoint=str(newest[-1].path) if newest else None)
-    return TrainResult("finished", step, output_dir, final, resume, time.perf_counter() - started)
+    return trainer, probe
