@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 
 from .. import __version__
 from ..errors import AegisError, ConfigError, PreflightError, RunLockedError
-from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
+from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE
+from ..system.redact import RedactingFormatter, redact
 
 
 def _setup_logging(verbose: bool, timestamps: bool = False) -> None:
@@ -17,7 +20,8 @@ def _setup_logging(verbose: bool, timestamps: bool = False) -> None:
     fmt = "[aegis-ckpt] %(levelname)s %(message)s"
     if timestamps:  # the supervisor's decisions end up in a log file read hours later
         fmt = "%(asctime)s " + fmt
-    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
+    # Webhook URLs and tokens never reach a log line (system.redact).
+    handler.setFormatter(RedactingFormatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
     pkg = logging.getLogger("aegis_ckpt")
     pkg.handlers[:] = [handler]
     pkg.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -349,7 +353,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_at_once_on_interrupt(signum, frame) -> None:
+    """Ctrl+C while the interpreter winds down after ``main`` returned: leave with 130 right away."""
+    os._exit(EXIT_SIGNAL_BASE + int(signum))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``aegis-ckpt`` entry point. Ctrl+C at any moment exits 130 with one line and no traceback: during
+    training the emergency checkpoint path handles it; before or after, this does."""
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:
+        print("aegis-ckpt: interrupted (SIGINT): exiting with code 130", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + int(signal.SIGINT)
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, _exit_at_once_on_interrupt)
+
+
+def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     _setup_logging(ns.verbose, timestamps=getattr(ns, "timestamps", False))
@@ -357,10 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         return ns.func(ns)
     except (ConfigError, PreflightError, RunLockedError) as e:
         # RunLockedError: restarting will not help while the other process runs; a supervisor must not loop.
-        print(f"aegis-ckpt: error: {e}", file=sys.stderr)
+        print(f"aegis-ckpt: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except AegisError as e:
-        print(f"aegis-ckpt: error: {e}", file=sys.stderr)
+        print(f"aegis-ckpt: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_FAILURE
 
 

@@ -210,6 +210,27 @@ class SignalWatcher:
         return 1
 
 
+def exit_on_next_interrupt(code: int) -> None:
+    """While the process is already on its way out with ``code`` (after an emergency checkpoint, or a stop
+    before the first step), a further Ctrl+C raises ``SystemExit(code)`` instead of ``KeyboardInterrupt``: the
+    exit stays 130 with no traceback. The handler gives way to the previous one after it fired once, so an
+    interactive session that catches the exit gets its usual Ctrl+C back."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame) -> None:
+        if signal.getsignal(signal.SIGINT) is on_interrupt:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        _write_stderr(f"[aegis-ckpt] {signal_name(signum)} again while exiting: exiting with code {code}\n")
+        raise SystemExit(code)
+
+    try:
+        signal.signal(signal.SIGINT, on_interrupt)
+    except (OSError, ValueError):
+        pass
+
+
 def _write_stderr(text: str) -> None:
     """Signal-handler-safe output: one write call, no logging locks (a handler may interrupt a log call)."""
     try:
