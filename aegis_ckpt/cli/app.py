@@ -30,9 +30,10 @@ def _setup_logging(verbose: bool, timestamps: bool = False) -> None:
 
 def cmd_train(ns: argparse.Namespace) -> int:
     from ..train.config import load_config
-    from ..train.runner import run_training
 
     cfg = load_config(ns.config, ns.set)
+    from ..train.runner import run_training  # torch and transformers: only once the config is known good
+
     result = run_training(cfg)
     if result.status == "already_finished":
         print(

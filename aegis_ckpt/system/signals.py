@@ -17,6 +17,7 @@ Python's ``signal`` module never sees.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -228,7 +229,17 @@ def exit_on_next_interrupt(code: int) -> None:
     try:
         signal.signal(signal.SIGINT, on_interrupt)
     except (OSError, ValueError):
-        pass
+        return
+    # Once the interpreter winds down (atexit callbacks, thread joins), raising is no longer a clean way out.
+    atexit.register(_exit_at_once_on_interrupt, code)
+
+
+def _exit_at_once_on_interrupt(code: int) -> None:
+    def leave(signum, frame) -> None:
+        _exit_now(code)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, leave)
 
 
 def _write_stderr(text: str) -> None:

@@ -8,6 +8,7 @@ checkpoint, while the process is on its way out.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -89,18 +90,31 @@ def assert_clean_stop(proc: subprocess.Popen, log: Path) -> str:
     return text
 
 
-def burst_after_emergency_checkpoint(proc: subprocess.Popen, out: Path, log: Path) -> str:
-    """One Ctrl+C once a checkpoint committed; once the emergency checkpoint is reported, keep pressing."""
+def run_exited(out: Path) -> bool:
+    try:
+        record = json.loads((out / AEGIS_DIR / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("session", {}).get("state") == "exited"
+
+
+def burst_after_emergency_checkpoint(proc: subprocess.Popen, out: Path, log: Path) -> None:
+    """One Ctrl+C once a checkpoint committed; once the emergency checkpoint is committed and the run recorded as
+    ended (the process is on its way out), keep pressing until it is gone."""
     wait_for(lambda: committed(out), proc, log)
     proc.send_signal(signal.SIGINT)
-    wait_for(lambda: "emergency checkpoint" in log.read_text(), proc, log)
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and not run_exited(out):
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.002)
     while proc.poll() is None:
         try:
             os.kill(proc.pid, signal.SIGINT)
         except ProcessLookupError:
             break
         time.sleep(0.005)
-    return assert_clean_stop(proc, log)
+    text = assert_clean_stop(proc, log)
+    assert "emergency checkpoint" in text and "committed at step" in text, text[-3000:]
 
 
 def test_cli_ctrl_c_before_the_first_step(tmp_path):
@@ -116,8 +130,7 @@ def test_cli_ctrl_c_before_the_first_step(tmp_path):
 
 def test_cli_ctrl_c_again_after_the_emergency_checkpoint(tmp_path):
     out, log = tmp_path / "out", tmp_path / "log"
-    text = burst_after_emergency_checkpoint(cli_train(out, log), out, log)
-    assert "committed at step" in text
+    burst_after_emergency_checkpoint(cli_train(out, log), out, log)
 
 
 def test_callback_ctrl_c_inside_train_before_the_first_step(tmp_path):
@@ -132,5 +145,5 @@ def test_callback_ctrl_c_inside_train_before_the_first_step(tmp_path):
 
 def test_callback_ctrl_c_again_after_the_emergency_checkpoint(tmp_path):
     out, log = tmp_path / "out", tmp_path / "log"
-    text = burst_after_emergency_checkpoint(script_train(out, log), out, log)
-    assert "AFTER TRAIN" not in text
+    burst_after_emergency_checkpoint(script_train(out, log), out, log)
+    assert "AFTER TRAIN" not in log.read_text()

@@ -121,7 +121,7 @@ def test_config_errors_after_the_training_section_never_show_the_secret(tmp_path
 
 
 def test_redaction_rules():
-    assert redact(f"see {URL} now") == "see http://127.0.0.1/*** now"
+    assert redact(f"see {URL} now") == "see http://127.0.0.1:9/*** now"
     assert redact("https://user:pw@example.com") == "https://example.com/***"
     assert redact("https://example.com") == "https://example.com"  # nothing secret in a bare host
     assert redact("token abc123xyz here", {"MY_API_TOKEN": "abc123xyz"}) == "token *** here"
