@@ -102,7 +102,6 @@ def test_supervised_command_line_is_logged_without_secrets():
         URL,
         "--hf-token=hf_HubTokenSecret77",
         f"--notify={URL}",
-        env={"HF_TOKEN": "hf_HubTokenSecret77"},
     )
     assert "attempt 1: started pid" in text and "exit code 3" in text, text
     assert_no_secret(text)
