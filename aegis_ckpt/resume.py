@@ -40,9 +40,10 @@ from .storage.layout import (
     JIT_INCOMPLETE_MARKER,
     SCAN_LOCK_NAME,
     TRAINER_STATE_NAME,
+    WEIGHT_INDEXES,
     checkpoint_dir_name,
 )
-from .storage.plaincheck import check_plain_checkpoint, check_trainer_state
+from .storage.plaincheck import check_plain_checkpoint, check_trainer_state, read_index_shards
 from .storage.store import CheckpointStore
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,18 @@ def _trainer_state_fields() -> frozenset[str] | None:
 
 
 def _load_problem(folder: Path, step: int, files) -> str | None:
-    """Why the Trainer could not load a verified folder, as far as a cheap look tells; None when it can."""
+    """Why the Trainer could not load a verified folder, as far as a cheap look tells; None when it can. The
+    weight index is read too: the Trainer joins its shard names onto the folder, so each must be a file the
+    manifest lists (and therefore confined and verified)."""
+    for index_name in WEIGHT_INDEXES:
+        if index_name in files:
+            try:
+                shards = read_index_shards(folder, index_name)
+            except (OSError, ValueError) as e:
+                return f"{index_name} unreadable: {e}"
+            unlisted = sorted(s for s in shards if s not in files)
+            if unlisted:
+                return f"{index_name} names shard(s) the manifest does not list: {', '.join(unlisted[:3])}"
     if TRAINER_STATE_NAME not in files:
         return None  # a custom-loop checkpoint, or a layout without it: nothing the Trainer reads
     return check_trainer_state(folder, step, known_fields=_trainer_state_fields())

@@ -51,13 +51,12 @@ ExceptionSaver = Callable[[BaseException], None]
 class TrainGuard:
     """Wraps ``trainer.train`` of one Trainer instance so an escaping exception triggers ``save`` first.
 
-    ``on_interrupt`` (when signals are ours to handle) takes a ``KeyboardInterrupt`` instead: one can only escape
-    while the signal watcher is not armed (before the first step, after the last), where there is nothing to
-    save, and it must end the process like every other stop (exit 130, one line), not as a crash."""
+    ``on_interrupt`` (when signals are ours to handle) is asked first about a ``KeyboardInterrupt``: a Ctrl+C
+    while the signal watcher is not armed (before the first step, after the last) has nothing to save and must end
+    the process like every other stop (exit 130, one line), not as a crash. It returns when the interrupt is
+    something else (raised by code during the steps), which then takes the exception path."""
 
-    def __init__(
-        self, save: ExceptionSaver, on_interrupt: Callable[[KeyboardInterrupt], NoReturn] | None = None
-    ):
+    def __init__(self, save: ExceptionSaver, on_interrupt: Callable[[KeyboardInterrupt], None] | None = None):
         self._save = save
         self._on_interrupt = on_interrupt
         self._trainer = None
@@ -304,11 +303,15 @@ class EmergencyStop:
         )  # a save in flight finishes in its staging folder; the next run publishes it
         raise SystemExit(code) from error
 
-    def _exit_after_interrupt(self, exc: KeyboardInterrupt) -> NoReturn:
+    def _exit_after_interrupt(self, exc: KeyboardInterrupt) -> None:
         """Ctrl+C outside the armed window (loading before the first step, or after the last): nothing to save,
-        so record the stop and exit like every other stop, 130, with one line and no traceback."""
+        so record the stop and exit like every other stop, 130, with one line and no traceback. While the
+        watcher is armed, a Ctrl+C never raises: such a ``KeyboardInterrupt`` was raised by code, and returns to
+        the exception path (an emergency checkpoint, then the traceback)."""
         import signal
 
+        if self.watcher is not None:
+            return
         code = exit_code_for_signal(signal.SIGINT)
         step = self._trainer.state.global_step if self._trainer is not None else 0
         self.disarm()

@@ -147,3 +147,18 @@ def test_callback_ctrl_c_again_after_the_emergency_checkpoint(tmp_path):
     out, log = tmp_path / "out", tmp_path / "log"
     burst_after_emergency_checkpoint(script_train(out, log), out, log)
     assert "AFTER TRAIN" not in log.read_text()
+
+
+def test_callback_ctrl_c_again_while_the_script_cleans_up_after_the_stop(tmp_path):
+    """After the emergency checkpoint the script's own ``finally`` block runs (slowly); a Ctrl+C there is still a
+    stop: 130, one more line, no traceback."""
+    out, log = tmp_path / "out", tmp_path / "log"
+    proc = script_train(out, log, "--slow-cleanup")
+    wait_for(lambda: committed(out), proc, log)
+    proc.send_signal(signal.SIGINT)
+    wait_for(lambda: (tmp_path / "status.cleanup").exists(), proc, log)
+    proc.send_signal(signal.SIGINT)
+    text = assert_clean_stop(proc, log)
+    assert "emergency checkpoint" in text and "SIGINT again while exiting: exiting with code 130" in text, (
+        text
+    )

@@ -326,6 +326,18 @@ def test_weight_index_names_are_confined(tmp_path, plain_checkpoint):
     assert any("weight_map is not a mapping" in p for p in check_plain_checkpoint(folder, 4))
 
 
+def test_a_committed_weight_index_naming_files_outside_is_refused(world):
+    """The index matches its manifest entry byte for byte; the Trainer would join its names onto the folder."""
+    out, hostile, outside = world
+    before = snapshot(outside)
+    (hostile / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "../../outside/secret.txt"}}), encoding="utf-8"
+    )
+    commit_checkpoint(hostile, step=2, reason="test")
+    assert verify_checkpoint(hostile).ok
+    assert_set_aside(out, outside, before, "model.safetensors.index.json unreadable")
+
+
 def test_unverified_folders_with_links_are_refused_before_anything_is_read(tmp_path, plain_checkpoint):
     outside = tmp_path / "outside"
     outside.mkdir()
