@@ -43,8 +43,12 @@ SIGBREAK on Windows, where the console events below cover close, logoff and shut
 
 
 def _is_chainable(handler) -> bool:
-    """Previous handlers worth calling after ours: user callables, not the defaults we stand in for."""
+    """Previous handlers worth calling after ours: user callables, not the defaults we stand in for, and not the
+    exit handler a previous stop left behind (``exit_on_next_interrupt``: a new run in the same interpreter must
+    save before it exits)."""
     if handler in (signal.SIG_DFL, signal.SIG_IGN, None, signal.default_int_handler):
+        return False
+    if isinstance(handler, _ExitOnInterrupt):
         return False
     return callable(handler)
 
@@ -218,20 +222,28 @@ def exit_on_next_interrupt(code: int) -> None:
     interactive session that catches the exit gets its usual Ctrl+C back."""
     if threading.current_thread() is not threading.main_thread():
         return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_interrupt(signum, frame) -> None:
-        if signal.getsignal(signal.SIGINT) is on_interrupt:
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-        _write_stderr(f"[aegis-ckpt] {signal_name(signum)} again while exiting: exiting with code {code}\n")
-        raise SystemExit(code)
-
     try:
-        signal.signal(signal.SIGINT, on_interrupt)
+        signal.signal(signal.SIGINT, _ExitOnInterrupt(code, signal.getsignal(signal.SIGINT)))
     except (OSError, ValueError):
         return
     # Once the interpreter winds down (atexit callbacks, thread joins), raising is no longer a clean way out.
     atexit.register(_exit_at_once_on_interrupt, code)
+
+
+class _ExitOnInterrupt:
+    """The SIGINT handler of a process on its way out: ``SystemExit(code)``, once, then the previous handler."""
+
+    def __init__(self, code: int, previous) -> None:
+        self.code = code
+        self.previous = previous if previous is not None else signal.SIG_DFL
+
+    def __call__(self, signum, frame) -> None:
+        if signal.getsignal(signal.SIGINT) is self:
+            signal.signal(signal.SIGINT, self.previous)
+        _write_stderr(
+            f"[aegis-ckpt] {signal_name(signum)} again while exiting: exiting with code {self.code}\n"
+        )
+        raise SystemExit(self.code)
 
 
 def _exit_at_once_on_interrupt(code: int) -> None:
