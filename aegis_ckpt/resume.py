@@ -12,14 +12,21 @@ Folders without a manifest are handled by where they come from:
   in with ``allow_unverified=True``, in which case they must pass structural checks (``plaincheck``), or with
   ``adopt_plain=True``: then every such folder that passes the structural checks is taken over (a manifest is
   written for it, so it counts as committed from then on) and the others are quarantined.
+
+A committed folder must also be loadable: its ``trainer_state.json`` (when it has one) must be what the Trainer
+can resume from, or every restart would fail on it. A ``checkpoint-<step>`` that is a symbolic link is set aside
+without being followed (``storage.confine``). The whole scan runs under the run lease's lock: a live run refuses
+it, and no run can start writing while it moves folders.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +35,18 @@ from filelock import FileLock
 from .errors import AegisError, CommitError, ConfigError
 from .logsetup import follow_transformers_verbosity
 from .options import VERIFY_MODES
-from .runstate.lease import ensure_not_locked
-from .storage import fsio
+from .runstate.lease import holding_run_lock
 from .storage.commit import commit_checkpoint, is_committed, read_manifest, verify_checkpoint
-from .storage.layout import AEGIS_DIR, JIT_INCOMPLETE_MARKER, SCAN_LOCK_NAME, checkpoint_dir_name
-from .storage.plaincheck import check_plain_checkpoint
+from .storage.confine import check_folder
+from .storage.layout import (
+    AEGIS_DIR,
+    JIT_INCOMPLETE_MARKER,
+    SCAN_LOCK_NAME,
+    TRAINER_STATE_NAME,
+    WEIGHT_INDEXES,
+    checkpoint_dir_name,
+)
+from .storage.plaincheck import check_plain_checkpoint, check_trainer_state, read_index_shards
 from .storage.store import CheckpointStore
 
 logger = logging.getLogger(__name__)
@@ -63,6 +77,33 @@ def _distributed_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
+def _trainer_state_fields() -> frozenset[str] | None:
+    """The fields ``TrainerState`` accepts (``TrainerState(**json)`` refuses others), if transformers is here."""
+    try:
+        from transformers import TrainerState
+    except ImportError:
+        return None
+    return frozenset(f.name for f in dataclasses.fields(TrainerState))
+
+
+def _load_problem(folder: Path, step: int, files) -> str | None:
+    """Why the Trainer could not load a verified folder, as far as a cheap look tells; None when it can. The
+    weight index is read too: the Trainer joins its shard names onto the folder, so each must be a file the
+    manifest lists (and therefore confined and verified)."""
+    for index_name in WEIGHT_INDEXES:
+        if index_name in files:
+            try:
+                shards = read_index_shards(folder, index_name)
+            except (OSError, ValueError) as e:
+                return f"{index_name} unreadable: {e}"
+            unlisted = sorted(s for s in shards if s not in files)
+            if unlisted:
+                return f"{index_name} names shard(s) the manifest does not list: {', '.join(unlisted[:3])}"
+    if TRAINER_STATE_NAME not in files:
+        return None  # a custom-loop checkpoint, or a layout without it: nothing the Trainer reads
+    return check_trainer_state(folder, step, known_fields=_trainer_state_fields())
+
+
 def scan_checkpoints(
     output_dir: str | os.PathLike,
     *,
@@ -70,8 +111,10 @@ def scan_checkpoints(
     allow_unverified: bool = False,
     adopt_plain: bool = False,
     quarantine: bool = True,
+    exclude: Collection[str | os.PathLike] = (),
 ) -> ScanReport:
-    """Examine checkpoint folders newest first and pick the resume point (see module docstring)."""
+    """Examine checkpoint folders newest first and pick the resume point (see module docstring). Folders in
+    ``exclude`` (ones that failed to load in this process) are passed over and left where they are."""
     if verify not in VERIFY_MODES:
         raise ConfigError(f"verify must be one of {VERIFY_MODES} (got {verify!r}).")
     started = time.perf_counter()
@@ -81,6 +124,7 @@ def scan_checkpoints(
         store.recover_staging()
     managed = store.is_managed()
     full = verify == "full"
+    excluded = {os.path.abspath(p) for p in exclude}
 
     def set_aside(entry, reason: str) -> None:
         if quarantine:
@@ -97,6 +141,13 @@ def scan_checkpoints(
         if report.chosen is not None:
             report.candidates.append(CandidateReport(entry.step, str(entry.path), "older"))
             continue
+        if os.path.abspath(entry.path) in excluded:
+            report.candidates.append(CandidateReport(entry.step, str(entry.path), "excluded"))
+            continue
+        unsafe = check_folder(entry.path)
+        if unsafe:
+            set_aside(entry, "unsafe: " + unsafe)
+            continue
         if entry.is_committed:
             result = verify_checkpoint(entry.path, full=full)
             if result.ok and result.manifest is not None and result.manifest.step != entry.step:
@@ -104,6 +155,11 @@ def scan_checkpoints(
                 result.problems.append(
                     f"manifest is for step {result.manifest.step}, folder name says {entry.step}"
                 )
+            if result.ok and result.manifest is not None:
+                problem = _load_problem(entry.path, entry.step, result.manifest.files)
+                if problem:
+                    result.ok = False
+                    result.problems.append(f"cannot be loaded: {problem}")
             if result.ok:
                 report.chosen = str(entry.path)
                 report.candidates.append(
@@ -176,6 +232,7 @@ def find_resume_checkpoint(
     *,
     allow_unverified: bool = False,
     adopt_plain: bool = False,
+    exclude: Collection[str | os.PathLike] = (),
 ) -> str | None:
     """Return the newest intact checkpoint in ``output_dir`` for ``Trainer.train(resume_from_checkpoint=...)``.
 
@@ -189,6 +246,8 @@ def find_resume_checkpoint(
         adopt_plain (`bool`, *optional*, defaults to `False`):
             Take over a directory of plain-Trainer checkpoints: write a manifest for each one that passes the
             structural checks (they are then committed checkpoints like ours) and quarantine the others.
+        exclude (`Collection[str]`, *optional*):
+            Checkpoint folders to pass over (e.g. one the Trainer failed to load); they are not moved.
 
     Returns:
         The path of the checkpoint folder, or ``None`` when there is nothing to resume from (a fresh start).
@@ -212,14 +271,16 @@ def find_resume_checkpoint(
     chosen: str | None = None
     if rank == 0 and output_dir.is_dir():
         # A live run owns this directory: its in-progress save would look like an interrupted one and be moved
-        # aside. Refuse before touching anything (RunLockedError says who holds it).
-        ensure_not_locked(output_dir)
-        lock_dir = output_dir / AEGIS_DIR
-        fsio.mkdir(lock_dir, exist_ok=True)
-        # Several processes (ranks started without a process group, or two tools) may scan at once: serialize.
-        with FileLock(str(lock_dir / SCAN_LOCK_NAME)):
+        # aside. Hold its lease's lock for the whole scan (RunLockedError says who holds it), so no run can begin
+        # writing between a check and the moves. Several processes (ranks started without a process group, or two
+        # tools) may scan at once: the scan lock serializes them.
+        with holding_run_lock(output_dir), FileLock(str(output_dir / AEGIS_DIR / SCAN_LOCK_NAME)):
             report = scan_checkpoints(
-                output_dir, verify=verify, allow_unverified=allow_unverified, adopt_plain=adopt_plain
+                output_dir,
+                verify=verify,
+                allow_unverified=allow_unverified,
+                adopt_plain=adopt_plain,
+                exclude=exclude,
             )
         chosen = report.chosen
         if chosen:

@@ -7,10 +7,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 from .. import __version__
 from ..errors import AegisError, ConfigError, PreflightError, RunLockedError
-from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, exit_code_for_signal
+from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE, exit_code_for_signal
+from ..system.redact import RedactingFormatter, redact
 from .maintenance import add_maintenance_commands
 from .output import print_json
 from .unattended import add_unattended_commands
@@ -21,7 +23,8 @@ def _setup_logging(verbose: bool, timestamps: bool = False) -> None:
     fmt = "[aegis-ckpt] %(levelname)s %(message)s"
     if timestamps:  # the supervisor's decisions end up in a log file read hours later
         fmt = "%(asctime)s " + fmt
-    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
+    # Webhook URLs and tokens never reach a log line (system.redact).
+    handler.setFormatter(RedactingFormatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
     pkg = logging.getLogger("aegis_ckpt")
     pkg.handlers[:] = [handler]
     pkg.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -30,9 +33,10 @@ def _setup_logging(verbose: bool, timestamps: bool = False) -> None:
 
 def cmd_train(ns: argparse.Namespace) -> int:
     from ..train.config import load_config
-    from ..train.runner import run_training
 
     cfg = load_config(ns.config, ns.set + (["resume.adopt_plain=true"] if ns.adopt_plain else []))
+    from ..train.runner import run_training  # torch and transformers: only once the config is known good
+
     result = run_training(cfg)
     if result.status == "already_finished":
         print(
@@ -169,8 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_at_once_on_interrupt(signum, frame) -> None:
+    """Ctrl+C while the interpreter winds down after ``main`` returned: leave with 130 right away."""
+    os._exit(EXIT_SIGNAL_BASE + int(signum))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The ``aegis-ckpt`` entry point: one line on stderr for every error, never a traceback (``-v`` shows it)."""
+    """The ``aegis-ckpt`` entry point: one line on stderr for every error, never a traceback (``-v`` shows it).
+    Ctrl+C at any moment exits 130 with one line: during training the emergency checkpoint path handles it;
+    before or after, this does."""
     try:
         code = _run(argv)
         sys.stdout.flush()  # inside the try: a closed pipe shows up here at the latest
@@ -181,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("aegis-ckpt: interrupted (SIGINT): exiting with code 130", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + int(signal.SIGINT)
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, _exit_at_once_on_interrupt)
 
 
 def _run(argv: list[str] | None) -> int:
@@ -191,10 +208,10 @@ def _run(argv: list[str] | None) -> int:
         return ns.func(ns)
     except (ConfigError, PreflightError, RunLockedError) as e:
         # RunLockedError: restarting will not help while the other process runs; a supervisor must not loop.
-        print(f"aegis-ckpt: error: {e}", file=sys.stderr)
+        print(f"aegis-ckpt: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except AegisError as e:
-        print(f"aegis-ckpt: error: {e}", file=sys.stderr)
+        print(f"aegis-ckpt: error: {redact(str(e))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("aegis-ckpt: interrupted", file=sys.stderr)

@@ -11,13 +11,14 @@ stale lease is taken over without guessing). ``run.json`` records who
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from ..errors import RunLockedError
 from ..storage import fsio
-from ..storage.layout import AEGIS_DIR, RUN_LOCK_NAME, RUN_RECORD_NAME
+from ..storage.layout import AEGIS_DIR, RUN_LOCK_NAME, RUN_OWNER_NAME, RUN_RECORD_NAME
 from ..system.boot import current_boot_id, process_create_time, same_boot
 from ..system.slurmjob import current_slurm_job
 from .completion import read_completion
@@ -70,9 +71,50 @@ def read_run_record(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("format") == RUN_RECORD_FORMAT else None
 
 
+def _read_owner(output_dir: Path) -> dict[str, Any] | None:
+    try:
+        with open(output_dir / AEGIS_DIR / RUN_OWNER_NAME, encoding="utf-8") as f:
+            owner = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) else None
+
+
+def _write_owner(output_dir: Path) -> None:
+    """Say who holds the lock, right after taking it: a process refused meanwhile names it (``run.json`` only
+    gets this session once training begins, after the model is built)."""
+    owner = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_unix": time.time(),
+        "argv0": os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "",
+    }
+    try:
+        fsio.atomic_write_json(output_dir / AEGIS_DIR / RUN_OWNER_NAME, owner)
+    except OSError as e:
+        logger.debug("could not write %s: %s", RUN_OWNER_NAME, e)
+
+
+def _holder_message(output_dir: Path, now_unix: float) -> str:
+    """The refusal message for ``output_dir``, naming the lock holder as well as the records allow."""
+    session = (read_run_record(output_dir) or {}).get("session")
+    owner = _read_owner(output_dir)
+    if owner and not (
+        session and session.get("state") == "running" and session.get("pid") == owner.get("pid")
+    ):
+        session = {
+            "pid": owner.get("pid"),
+            "host": owner.get("host"),
+            "started_unix": owner.get("started_unix"),
+        }
+    return _locked_message(output_dir, session, now_unix)
+
+
 def _locked_message(output_dir: Path, session: dict[str, Any] | None, now_unix: float) -> str:
     who = "another process"
-    if session:
+    if session and "step" not in session:
+        who = f"pid {session.get('pid')} on {session.get('host')} (started {fmt_local_time(session.get('started_unix'))})"
+    elif session:
         beat = session.get("heartbeat_unix")
         who = (
             f"pid {session.get('pid')} on {session.get('host')} (started {fmt_local_time(session.get('started_unix'))}, "
@@ -101,11 +143,30 @@ def ensure_not_locked(output_dir: str | os.PathLike) -> None:
     try:
         lock.acquire(timeout=LOCK_WAIT_SEC)
     except Timeout:
-        record = read_run_record(output_dir)
-        raise RunLockedError(
-            _locked_message(output_dir, (record or {}).get("session"), time.time())
-        ) from None
+        raise RunLockedError(_holder_message(output_dir, time.time())) from None
     lock.release()
+
+
+@contextlib.contextmanager
+def holding_run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the run lease's lock while this process changes ``output_dir`` outside a training session: the
+    resume scan, start-up cleanup, the whole of ``aegis-ckpt train``. A live run refuses it (``RunLockedError``
+    naming the holder), and a run starting meanwhile is refused in turn, so no scan can move the folder that
+    another process is writing. Re-entrant in one process: ``RunLease.acquire`` inside it takes the same lock.
+    """
+    output_dir = Path(output_dir)
+    (output_dir / AEGIS_DIR).mkdir(parents=True, exist_ok=True)
+    lock = _lock(output_dir)
+    try:
+        lock.acquire(timeout=LOCK_WAIT_SEC)
+    except Timeout:
+        raise RunLockedError(_holder_message(output_dir, time.time())) from None
+    try:
+        if lock.lock_counter == 1:
+            _write_owner(output_dir)
+        yield
+    finally:
+        lock.release()
 
 
 class RunLease:
@@ -145,11 +206,10 @@ class RunLease:
         try:
             lock.acquire(timeout=LOCK_WAIT_SEC)
         except Timeout:
-            record = read_run_record(self.output_dir)
-            raise RunLockedError(
-                _locked_message(self.output_dir, (record or {}).get("session"), now)
-            ) from None
+            raise RunLockedError(_holder_message(self.output_dir, now)) from None
         try:
+            if lock.lock_counter == 1:
+                _write_owner(self.output_dir)
             record = read_run_record(self.output_dir) or {}
             previous = record.get("session")
             self._refuse_live_foreign_host(previous, now)

@@ -34,9 +34,10 @@ import xxhash
 
 from ..errors import CommitError
 from ..progress import byte_progress
-from . import fsio
+from . import confine, fsio
 from .fsio import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_file  # noqa: F401 - re-exported
 from .layout import MANIFEST_NAME
+from .manifestcheck import MAX_MANIFEST_BYTES, check_manifest_fields
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +66,16 @@ def hash_file(
     sha256: bool = False,
     buffer: bytearray | None = None,
     on_read: Callable[[int], object] | None = None,
+    opener=None,
 ) -> FileDigest:
-    """Read a file once and return its size and checksums (``on_read(n)`` after each chunk: a progress bar)."""
+    """Read a file once and return its size and checksums (``on_read(n)`` after each chunk: a progress bar;
+    ``opener`` as for ``open()``: verification passes ``confine.open_no_follow``)."""
     buf = buffer if buffer is not None else bytearray(_READ_CHUNK_BYTES)
     view = memoryview(buf)
     xh = xxhash.xxh3_128()
     sh = hashlib.sha256() if sha256 else None
     size = 0
-    with open(path, "rb", buffering=0) as f:
+    with open(path, "rb", buffering=0, opener=opener) as f:
         while True:
             n = f.readinto(buf)
             if not n:
@@ -93,6 +96,7 @@ def hash_file_read_ahead(
     chunk_bytes: int = 8 * 1024 * 1024,
     depth: int = 3,
     on_read: Callable[[int], object] | None = None,
+    opener=None,
 ) -> FileDigest:
     """``hash_file`` for large files when nothing else needs the CPU (verification before a resume): a reader
     thread fills the next chunks while this thread hashes the last one. Both release the GIL, so reading
@@ -106,7 +110,7 @@ def hash_file_read_ahead(
 
     def read() -> None:
         try:
-            with open(path, "rb", buffering=0) as f:
+            with open(path, "rb", buffering=0, opener=opener) as f:
                 while not stop.is_set():
                     buf = free.get()
                     n = f.readinto(buf)
@@ -205,6 +209,7 @@ class Manifest:
         rest = {k: v for k, v in body.items() if k != "manifest_checksum"}
         if expected != _canonical_checksum(rest):
             raise ValueError("manifest checksum mismatch (the manifest itself is damaged)")
+        check_manifest_fields(body, hash_name=HASH_NAME)
         files = {
             name: FileDigest(size=int(d["size"]), xxh3_128=str(d[HASH_NAME]), sha256=d.get("sha256"))
             for name, d in body["files"].items()
@@ -223,9 +228,13 @@ def _canonical_checksum(body: dict[str, Any]) -> str:
 
 
 def read_manifest(folder: str | os.PathLike) -> Manifest:
-    """Parse the manifest of ``folder``; raises ``FileNotFoundError`` or ``ValueError``."""
-    with open(Path(folder) / MANIFEST_NAME, encoding="utf-8") as f:
-        body = json.load(f)
+    """Parse the manifest of ``folder``; raises ``FileNotFoundError``, ``OSError`` or ``ValueError`` (the
+    manifest must be a regular file inside the folder, not a link; ``confine``)."""
+    data = confine.read_member_bytes(folder, MANIFEST_NAME, max_bytes=MAX_MANIFEST_BYTES)
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("manifest nests too deeply to be one of ours") from None
     if not isinstance(body, dict):
         raise ValueError("manifest is not a JSON object")
     return Manifest.from_json_dict(body)
@@ -348,9 +357,14 @@ class VerifyResult:
 
 def verify_checkpoint(folder: str | os.PathLike, *, full: bool = True) -> VerifyResult:
     """Check a folder against its manifest: every listed file present with the listed size (quick), and with
-    the listed xxh3 checksum (full)."""
+    the listed xxh3 checksum (full). Confined (``confine``): a linked folder, a manifest that names anything but
+    a regular file inside the folder, or a link or special file anywhere in the folder fails it, and nothing
+    outside the folder is read."""
     folder = Path(folder)
     mode = "full" if full else "quick"
+    problem = confine.check_folder(folder)
+    if problem:
+        return VerifyResult(folder, False, [problem], None, mode)
     try:
         manifest = read_manifest(folder)
     except FileNotFoundError:
@@ -358,36 +372,42 @@ def verify_checkpoint(folder: str | os.PathLike, *, full: bool = True) -> Verify
     except (OSError, ValueError, KeyError, TypeError) as e:
         return VerifyResult(folder, False, [f"unreadable manifest: {e}"], None, mode)
 
+    problems = list(confine.foreign_entries(folder))
+    if problems:
+        return VerifyResult(folder, False, problems, manifest, mode)
+    buffer = bytearray(_READ_CHUNK_BYTES) if full else None
     with byte_progress(manifest.total_bytes if full else 0, f"Verifying {folder.name}") as on_read:
-        problems = _check_files(folder, manifest, full=full, on_read=on_read)
+        for name, digest in sorted(manifest.files.items()):
+            problem = _verify_member(folder, name, digest, full=full, buffer=buffer, on_read=on_read)
+            if problem:
+                problems.append(problem)
     return VerifyResult(folder, not problems, problems, manifest, mode)
 
 
-def _check_files(folder: Path, manifest: Manifest, *, full: bool, on_read) -> list[str]:
-    problems: list[str] = []
-    buffer = bytearray(_READ_CHUNK_BYTES) if full else None
-    for name, digest in sorted(manifest.files.items()):
-        path = folder / name
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            problems.append(f"missing file {name}")
-            continue
-        except OSError as e:
-            problems.append(f"cannot stat {name}: {e}")
-            continue
-        if size != digest.size:
-            problems.append(f"{name} has {size} bytes, manifest says {digest.size}")
-            continue
-        if full:
-            try:
-                if size >= READ_AHEAD_MIN_BYTES:
-                    actual = hash_file_read_ahead(path, on_read=on_read)
-                else:
-                    actual = hash_file(path, buffer=buffer, on_read=on_read)
-            except OSError as e:
-                problems.append(f"cannot read {name}: {e}")
-                continue
-            if actual.xxh3_128 != digest.xxh3_128:
-                problems.append(f"{name} checksum mismatch (content changed or damaged)")
-    return problems
+def _verify_member(
+    folder: Path, name: str, digest: FileDigest, *, full: bool, buffer: bytearray | None, on_read=None
+) -> str | None:
+    """One listed file against its digest; the problem, or None when it matches."""
+    try:
+        size = confine.member_stat(folder, name).st_size
+    except FileNotFoundError:
+        return f"missing file {name}"
+    except confine.ConfinementError as e:
+        return str(e)
+    except OSError as e:
+        return f"cannot stat {name}: {e}"
+    if size != digest.size:
+        return f"{name} has {size} bytes, manifest says {digest.size}"
+    if not full:
+        return None
+    path = folder / name
+    try:
+        if size >= READ_AHEAD_MIN_BYTES:
+            actual = hash_file_read_ahead(path, on_read=on_read, opener=confine.open_no_follow)
+        else:
+            actual = hash_file(path, buffer=buffer, on_read=on_read, opener=confine.open_no_follow)
+    except OSError as e:
+        return f"cannot read {name}: {e}"
+    if actual.xxh3_128 != digest.xxh3_128:
+        return f"{name} checksum mismatch (content changed or damaged)"
+    return None

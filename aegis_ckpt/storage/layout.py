@@ -13,6 +13,7 @@ An output directory::
         trash/                    pruned checkpoints between their rename and their deletion
         scan.lock                 serialises resume scans of several ranks/processes
         run.lock, run.json        the run lease and its record (runstate.lease)
+        run.owner.json            who holds the run lease now (pid, host), for the refusal message
         completed.json            the run finished (runstate.completion)
         audit.jsonl               the audit log (storage.audit)
 """
@@ -42,6 +43,7 @@ TRASH_DIR = "trash"
 SCAN_LOCK_NAME = "scan.lock"
 RUN_LOCK_NAME = "run.lock"
 RUN_RECORD_NAME = "run.json"
+RUN_OWNER_NAME = "run.owner.json"
 COMPLETED_NAME = "completed.json"
 AUDIT_NAME = "audit.jsonl"
 

@@ -76,6 +76,17 @@ def _dir_size_bytes(path: Path) -> int:
     return total
 
 
+_SIDE_RECORD_SUFFIX = "." + QUARANTINE_RECORD
+
+
+def _record_path(moved: Path) -> Path:
+    """Where the quarantine record of ``moved`` goes: inside it when it is a real directory, else beside it (a
+    linked ``checkpoint-<step>`` is moved as the link itself, and nothing is ever written into its target)."""
+    if moved.is_dir() and not moved.is_symlink():
+        return moved / QUARANTINE_RECORD
+    return moved.with_name(moved.name + _SIDE_RECORD_SUFFIX)
+
+
 def _utc_stamp() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
@@ -105,7 +116,9 @@ class CheckpointStore:
         return sorted(out, key=lambda e: e.step)
 
     def committed(self) -> list[CheckpointEntry]:
-        return [e for e in self.checkpoints() if e.is_committed]
+        """Committed checkpoint folders, oldest first. A ``checkpoint-<step>`` that is a symbolic link is never
+        one (its target may be anywhere): the resume scan sets it aside, retention never counts it."""
+        return [e for e in self.checkpoints() if not e.path.is_symlink() and e.is_committed]
 
     def path_for_step(self, step: int) -> Path:
         return self.output_dir / checkpoint_dir_name(step)
@@ -130,12 +143,12 @@ class CheckpointStore:
         """Move ``folder`` aside (never delete it) and record why. Returns the new path, or None if the folder
         vanished meanwhile or could not be moved (logged)."""
         folder = Path(folder)
-        if not folder.exists():
+        if not os.path.lexists(folder):
             return None
         fsio.makedirs_durable(self.quarantine_dir)
         target = self.quarantine_dir / f"{_utc_stamp()}-{folder.name}"
         n = 1
-        while target.exists():
+        while os.path.lexists(target):
             n += 1
             target = self.quarantine_dir / f"{_utc_stamp()}-{folder.name}.{n}"
         try:
@@ -149,7 +162,7 @@ class CheckpointStore:
         fsio.fsync_dir(self.quarantine_dir)
         try:
             fsio.atomic_write_json(
-                target / QUARANTINE_RECORD,
+                _record_path(target),
                 {"original_path": str(folder), "reason": reason, "moved_unix": time.time()},
             )
         except OSError as e:
@@ -170,9 +183,11 @@ class CheckpointStore:
             return []
         out = []
         for p in sorted(self.quarantine_dir.iterdir()):
+            if p.name.endswith(_SIDE_RECORD_SUFFIX):
+                continue
             record = {"path": str(p), "reason": "unknown"}
             try:
-                record.update(json.loads((p / QUARANTINE_RECORD).read_text(encoding="utf-8")))
+                record.update(json.loads(_record_path(p).read_text(encoding="utf-8")))
             except (OSError, ValueError):
                 pass
             out.append(record)
@@ -267,6 +282,9 @@ class CheckpointStore:
         if not self.trash_dir.is_dir():
             return
         for p in self.trash_dir.iterdir():
+            if p.is_symlink():
+                fsio.unlink(p, missing_ok=True)  # the link only: its target is not ours
+                continue
             fsio.rmtree(p, ignore_errors=True)
             if p.exists():
                 logger.warning("Could not delete %s yet; will retry later", p)

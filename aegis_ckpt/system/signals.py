@@ -17,6 +17,7 @@ Python's ``signal`` module never sees.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -48,8 +49,12 @@ SIGBREAK on Windows, where the console events below cover close, logoff and shut
 
 
 def _is_chainable(handler) -> bool:
-    """Previous handlers worth calling after ours: user callables, not the defaults we stand in for."""
+    """Previous handlers worth calling after ours: user callables, not the defaults we stand in for, and not the
+    exit handler a previous stop left behind (``exit_on_next_interrupt``: a new run in the same interpreter must
+    save before it exits)."""
     if handler in (signal.SIG_DFL, signal.SIG_IGN, None, signal.default_int_handler):
+        return False
+    if isinstance(handler, _ExitOnInterrupt):
         return False
     return callable(handler)
 
@@ -225,6 +230,45 @@ class SignalWatcher:
         if int(ctrl_type) in TERMINATING_EVENTS:
             self._done.wait(self.grace_period_sec)
         return 1
+
+
+def exit_on_next_interrupt(code: int) -> None:
+    """While the process is already on its way out with ``code`` (after an emergency checkpoint, or a stop
+    before the first step), a further Ctrl+C raises ``SystemExit(code)`` instead of ``KeyboardInterrupt``: the
+    exit stays 130 with no traceback. The handler gives way to the previous one after it fired once, so an
+    interactive session that catches the exit gets its usual Ctrl+C back."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        signal.signal(signal.SIGINT, _ExitOnInterrupt(code, signal.getsignal(signal.SIGINT)))
+    except (OSError, ValueError):
+        return
+    # Once the interpreter winds down (atexit callbacks, thread joins), raising is no longer a clean way out.
+    atexit.register(_exit_at_once_on_interrupt, code)
+
+
+class _ExitOnInterrupt:
+    """The SIGINT handler of a process on its way out: ``SystemExit(code)``, once, then the previous handler."""
+
+    def __init__(self, code: int, previous) -> None:
+        self.code = code
+        self.previous = previous if previous is not None else signal.SIG_DFL
+
+    def __call__(self, signum, frame) -> None:
+        if signal.getsignal(signal.SIGINT) is self:
+            signal.signal(signal.SIGINT, self.previous)
+        _write_stderr(
+            f"[aegis-ckpt] {signal_name(signum)} again while exiting: exiting with code {self.code}\n"
+        )
+        raise SystemExit(self.code)
+
+
+def _exit_at_once_on_interrupt(code: int) -> None:
+    def leave(signum, frame) -> None:
+        _exit_now(code)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, leave)
 
 
 def _write_stderr(text: str) -> None:

@@ -323,7 +323,8 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, An
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: value is not valid YAML: {e}") from e
+            # Never echo the value: it may be a webhook URL or a token (PyYAML's message quotes the text).
+            raise ConfigError(f"--set {key}: value is not valid YAML{_yaml_problem(e)}") from None
         node = out
         for p in parts[:-1]:
             child = node.get(p)
@@ -334,6 +335,14 @@ def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, An
             node = child
         node[parts[-1]] = value
     return out
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what, without the text around it (which may hold a secret): " at line 3, column 7: ..."."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(error, "problem", None) or type(error).__name__
+    return f"{where}: {problem}"
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
@@ -350,10 +359,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from e
+        raise ConfigError(f"{path} is not valid YAML{_yaml_problem(e)}") from None
     if raw is None:
         raise ConfigError(f"{path} is empty")
     if overrides:

@@ -8,9 +8,12 @@ without training again (``.aegis/completed.json``).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from .. import distributed
 from ..cluster.nodes import find_common_resume_checkpoint, node_local_checkpoints, write_node_model_copy
@@ -18,7 +21,7 @@ from ..errors import ConfigError
 from ..options import CheckpointOptions
 from ..resume import find_resume_checkpoint
 from ..runstate.completion import mark_completed, read_completion
-from ..runstate.lease import ensure_not_locked
+from ..runstate.lease import holding_run_lock
 from ..runstate.saves import SaveTail
 from ..storage import fsio
 from ..storage.commit import commit_checkpoint
@@ -83,11 +86,113 @@ def _export_final_model(
     return store.output_dir / FINAL_MODEL_DIR
 
 
-def _build_parts(cfg: TrainConfig, output_dir: Path):
-    """The tokenizer, dataset and model the config describes (after the seed is set: the model's init uses it)."""
+class _LoadProbe(TrainerCallback):
+    """Tells a failure to load the resume checkpoint (before ``on_train_begin``) from a failure in training, and
+    sets aside the newer folders that failed to load once an older one got training going."""
+
+    def __init__(self, store: CheckpointStore, failed: dict[str, str]):
+        self.store = store
+        self.failed = failed
+        self.began = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = True
+        if args.should_save:
+            for folder, reason in self.failed.items():
+                self.store.quarantine(folder, reason)
+        return control
+
+
+def _is_main_launcher_rank() -> bool:
+    """Rank 0 of a torchrun/accelerate launch (or a single process): the one that holds the run lease."""
+    try:
+        return int(os.environ.get("RANK") or 0) == 0
+    except ValueError:
+        return True
+
+
+def run_training(cfg: TrainConfig) -> TrainResult:
+    """Run (or continue) the training a config describes. Raises ``AegisError`` subclasses on bad input.
+
+    The run lease is taken first, before the completion check, the tokenizer cache and the resume scan, and
+    held to the end: a second ``aegis-ckpt train`` on the same output dir is refused at once
+    (``RunLockedError``, naming the holder) and changes nothing there."""
+    started = time.perf_counter()
+    require_train_extra()
+    output_dir = check_output_dir(cfg.output_dir)
+    if not _is_main_launcher_rank():
+        return _run_holding_lease(cfg, output_dir, started)
+    with holding_run_lock(output_dir):
+        return _run_holding_lease(cfg, output_dir, started)
+
+
+def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> TrainResult:
+    done = read_completion(output_dir)
+    if done is not None:
+        final = output_dir / FINAL_MODEL_DIR
+        return TrainResult(
+            "already_finished", int(done.get("step", 0)), output_dir, final if final.is_dir() else None
+        )
+
+    from transformers import HfArgumentParser, TrainingArguments, set_seed
+
+    try:  # the training section is parsed the way transformers parses its own argument files
+        (args,) = HfArgumentParser(TrainingArguments).parse_dict(cfg.training)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"training: {e}") from e
+    set_seed(args.seed)
     texts = read_texts(cfg.data)
     tokenizer = build_tokenizer(cfg.tokenizer, cfg.model, texts, output_dir)
     dataset = build_dataset(texts, tokenizer, cfg.data)
+    failed: dict[str, str] = {}
+    while True:
+        trainer, probe = _build_trainer(cfg, args, tokenizer, dataset, output_dir, failed)
+        resume = _find_resume(cfg, args, output_dir, exclude=list(failed))
+        if resume:
+            logger.info("Continuing from %s", resume)
+        else:
+            logger.info("Starting a new run in %s", output_dir)
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except Exception as e:
+            if probe.began or not resume:
+                raise
+            # The checkpoint verified but the Trainer could not load it: try the next older one (and set this
+            # one aside once that one loads), instead of failing the same way on every restart.
+            reason = f"verified but could not be loaded: {type(e).__name__}: {e}".splitlines()[0]
+            logger.error("%s %s; trying the next older checkpoint", Path(resume).name, reason)
+            failed[resume] = reason
+            set_seed(args.seed)
+            continue
+        break
+
+    step = trainer.state.global_step
+    store = CheckpointStore(output_dir)
+    final = _export_final_model(trainer, tokenizer, store, step, cfg.checkpoint)
+    if trainer.args.should_save:  # only once final_model/ is durable
+        newest = store.committed()
+        mark_completed(output_dir, step=step, checkpoint=str(newest[-1].path) if newest else None)
+    return TrainResult("finished", step, output_dir, final, resume, time.perf_counter() - started)
+
+
+def _find_resume(cfg: TrainConfig, args, output_dir: Path, *, exclude: list[str]) -> str | None:
+    """The checkpoint to continue from: one every node holds when nodes keep their own copies."""
+    if node_local_checkpoints(args):  # every node has its own copy: resume from a step all of them have
+        return find_common_resume_checkpoint(output_dir, verify=cfg.resume.verify)
+    return find_resume_checkpoint(
+        output_dir,
+        verify=cfg.resume.verify,
+        allow_unverified=cfg.resume.allow_unverified,
+        adopt_plain=cfg.resume.adopt_plain,
+        exclude=exclude,
+    )
+
+
+def _build_trainer(cfg: TrainConfig, args, tokenizer, dataset, output_dir: Path, failed: dict[str, str]):
+    """A model and a Trainer with the aegis callback (built anew for each resume attempt: a failed load may have
+    changed the weights), and the probe that tells load failures apart."""
+    from transformers import DataCollatorForLanguageModeling, Trainer
+
     model = build_model(cfg.model, tokenizer, cfg.data.block_size)
     total, trainable = count_parameters(model)
     logger.info(
@@ -98,70 +203,19 @@ def _build_parts(cfg: TrainConfig, output_dir: Path):
         len(dataset),
         cfg.data.block_size,
     )
-    return tokenizer, dataset, model
-
-
-def run_training(cfg: TrainConfig) -> TrainResult:
-    """Run (or continue) the training a config describes. Raises ``AegisError`` subclasses on bad input."""
-    started = time.perf_counter()
-    require_train_extra()
-    output_dir = check_output_dir(cfg.output_dir)
-    ensure_not_locked(output_dir)  # a live run owns this directory: refuse before writing anything into it
-    done = read_completion(output_dir)
-    if done is not None:
-        final = output_dir / FINAL_MODEL_DIR
-        return TrainResult(
-            "already_finished", int(done.get("step", 0)), output_dir, final if final.is_dir() else None
-        )
-
-    from transformers import (
-        DataCollatorForLanguageModeling,
-        HfArgumentParser,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
-
-    try:  # the training section is parsed the way transformers parses its own argument files
-        (args,) = HfArgumentParser(TrainingArguments).parse_dict(cfg.training)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"training: {e}") from e
-    set_seed(args.seed)
-    tokenizer, dataset, model = _build_parts(cfg, output_dir)
-
     callback = AegisCheckpointCallback(
         options=cfg.checkpoint,
         emergency=cfg.emergency,
         async_options=cfg.async_save,
         write_completion_marker=False,
     )
+    probe = _LoadProbe(CheckpointStore(output_dir), failed)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=[probe, callback],
     )
-    if node_local_checkpoints(args):  # every node has its own copy: resume from a step all of them have
-        resume = find_common_resume_checkpoint(output_dir, verify=cfg.resume.verify)
-    else:
-        resume = find_resume_checkpoint(
-            output_dir,
-            verify=cfg.resume.verify,
-            allow_unverified=cfg.resume.allow_unverified,
-            adopt_plain=cfg.resume.adopt_plain,
-        )
-    if resume:
-        logger.info("Continuing from %s", resume)
-    else:
-        logger.info("Starting a new run in %s", output_dir)
-    trainer.train(resume_from_checkpoint=resume)
-
-    step = trainer.state.global_step
-    store = CheckpointStore(output_dir)
-    final = _export_final_model(trainer, tokenizer, store, step, cfg.checkpoint)
-    if trainer.args.should_save:  # only once final_model/ is durable
-        newest = store.committed()
-        mark_completed(output_dir, step=step, checkpoint=str(newest[-1].path) if newest else None)
-    return TrainResult("finished", step, output_dir, final, resume, time.perf_counter() - started)
+    return trainer, probe

@@ -32,7 +32,7 @@ from ..rngstate import capture_rng_state, restore_rng_state
 from ..storage.commit import is_committed
 from ..storage.layout import checkpoint_dir_name
 from ..system.platform import signal_name
-from ..system.signals import SignalWatcher
+from ..system.signals import SignalWatcher, exit_on_next_interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,16 @@ ExceptionSaver = Callable[[BaseException], None]
 
 
 class TrainGuard:
-    """Wraps ``trainer.train`` of one Trainer instance so an escaping exception triggers ``save`` first."""
+    """Wraps ``trainer.train`` of one Trainer instance so an escaping exception triggers ``save`` first.
 
-    def __init__(self, save: ExceptionSaver):
+    ``on_interrupt`` (when signals are ours to handle) is asked first about a ``KeyboardInterrupt``: a Ctrl+C
+    while the signal watcher is not armed (before the first step, after the last) has nothing to save and must end
+    the process like every other stop (exit 130, one line), not as a crash. It returns when the interrupt is
+    something else (raised by code during the steps), which then takes the exception path."""
+
+    def __init__(self, save: ExceptionSaver, on_interrupt: Callable[[KeyboardInterrupt], None] | None = None):
         self._save = save
+        self._on_interrupt = on_interrupt
         self._trainer = None
 
     def install(self, trainer) -> None:
@@ -61,6 +67,7 @@ class TrainGuard:
             return
         original = trainer.train
         save = self._save
+        on_interrupt = self._on_interrupt
 
         @functools.wraps(original)
         def guarded_train(*args, **kwargs):
@@ -69,6 +76,8 @@ class TrainGuard:
             except SystemExit:
                 raise
             except BaseException as exc:
+                if on_interrupt is not None and isinstance(exc, KeyboardInterrupt):
+                    on_interrupt(exc)
                 try:
                     save(exc)
                 except BaseException as save_error:  # noqa: BLE001 - must never hide the original error
@@ -166,7 +175,9 @@ class EmergencyStop:
         self.train_begin_step: int | None = None
         self._trainer = None
         self._step_rng: dict | None = None
-        self._guard = TrainGuard(self._save_after_exception)
+        self._guard = TrainGuard(
+            self._save_after_exception, self._exit_after_interrupt if options.handle_signals else None
+        )
         self.preemption = Preemption(options.preempt_signals)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
@@ -274,6 +285,8 @@ class EmergencyStop:
         if self.watcher is not None:
             self.watcher.mark_done()
         self.disarm()
+        # A further Ctrl+C while this exit unwinds must not turn into a KeyboardInterrupt traceback.
+        exit_on_next_interrupt(code)
         self.host.shut_down(
             agreement=True
         )  # nothing is in flight any more: stop the writer process, free shared memory
@@ -296,6 +309,30 @@ class EmergencyStop:
             agreement=False
         )  # a save in flight finishes in its staging folder; the next run publishes it
         raise SystemExit(code) from error
+
+    def _exit_after_interrupt(self, exc: KeyboardInterrupt) -> None:
+        """Ctrl+C outside the armed window (loading before the first step, or after the last): nothing to save,
+        so record the stop and exit like every other stop, 130, with one line and no traceback. While the
+        watcher is armed, a Ctrl+C never raises: such a ``KeyboardInterrupt`` was raised by code, and returns to
+        the exception path (an emergency checkpoint, then the traceback)."""
+        import signal
+
+        if self.watcher is not None:
+            return
+        code = exit_code_for_signal(signal.SIGINT)
+        step = self._trainer.state.global_step if self._trainer is not None else 0
+        self.disarm()
+        exit_on_next_interrupt(code)
+        logger.warning(
+            "Interrupted by SIGINT at step %d, outside the training steps: nothing to save (the last committed "
+            "checkpoint stays the resume point); exiting with code %d",
+            step,
+            code,
+        )
+        self.host.record("signal", step=step, signum=int(signal.SIGINT))
+        self.host.end_run("signal", step, detail="SIGINT")
+        self.host.shut_down(agreement=False)
+        raise SystemExit(code) from None
 
     # ---- exceptions ----------------------------------------------------------------------------------------
     def _save_after_exception(self, exc: BaseException) -> None:

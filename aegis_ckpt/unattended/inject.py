@@ -4,8 +4,10 @@ The supervisor puts ``aegis_ckpt/_inject`` (a ``sitecustomize.py``) first on the
 ``AEGIS_INJECT=1``. At startup that hook calls :func:`install_import_hook`, which waits for
 ``transformers.trainer`` to be imported (nothing is imported early) and then patches ``Trainer``:
 
-* ``Trainer.__init__`` adds an ``AegisCheckpointCallback`` (options from ``AEGIS_INJECT_OPTIONS``) unless the
-  script already registered one;
+* ``Trainer.__init__`` gets an ``AegisCheckpointCallback`` (options from ``AEGIS_INJECT_OPTIONS``) appended to its
+  ``callbacks`` argument, unless the script already passes one. The callback is then registered exactly as if the
+  script had written ``Trainer(callbacks=[...])``: it sees ``on_init_end`` and reaches the Trainer, so exception
+  saves and asynchronous saves work (a callback added after ``__init__`` could do neither);
 * ``Trainer.train`` resumes from ``find_resume_checkpoint(args.output_dir)``, the newest *intact* checkpoint,
   when the script passes nothing, ``True``, or a ``checkpoint-N`` folder of its own output dir (what
   ``run_clm.py`` finds with ``get_last_checkpoint``, which takes the highest number without checking it). A path
@@ -20,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -27,6 +30,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..system.redact import RedactingFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ def _ensure_log_handler() -> None:
     if pkg.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[aegis-ckpt inject] %(levelname)s %(message)s"))
+    handler.setFormatter(RedactingFormatter("[aegis-ckpt inject] %(levelname)s %(message)s"))
     pkg.addHandler(handler)
     if pkg.level == logging.NOTSET:
         pkg.setLevel(logging.INFO)
@@ -122,22 +127,34 @@ def patch_trainer(trainer_cls: type) -> None:
     original_init = trainer_cls.__init__
     original_train = trainer_cls.train
 
+    signature = inspect.signature(original_init)
+
     @functools.wraps(original_init)
     def __init__(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
         from ..options import CheckpointOptions
         from ..trainer.callback import AegisCheckpointCallback
 
-        callbacks = self.callback_handler.callbacks
-        if any(isinstance(cb, AegisCheckpointCallback) for cb in callbacks):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:
+            return original_init(self, *args, **kwargs)  # the Trainer's own error for the wrong arguments
+        given = list(bound.arguments.get("callbacks") or [])
+        if any(
+            isinstance(cb, AegisCheckpointCallback)
+            or (isinstance(cb, type) and issubclass(cb, AegisCheckpointCallback))
+            for cb in given
+        ):
             setattr(self, _USER_MANAGED_FLAG, True)
             logger.info(
                 "the script already uses AegisCheckpointCallback: injection leaves this Trainer alone"
             )
+            original_init(self, *args, **kwargs)
             return
         setattr(self, _USER_MANAGED_FLAG, False)
         options = CheckpointOptions(**_injected_options())
-        self.add_callback(AegisCheckpointCallback(options=options))
+        # Passed in as the script would: the callback sees on_init_end and reaches this Trainer.
+        bound.arguments["callbacks"] = [*given, AegisCheckpointCallback(options=options)]
+        original_init(*bound.args, **bound.kwargs)
         logger.info(
             "injected AegisCheckpointCallback into %s (save every %g s, keep %d) for %s",
             type(self).__name__,

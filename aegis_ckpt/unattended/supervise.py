@@ -55,6 +55,7 @@ from ..runstate.heartbeat import HEARTBEAT_ENV, HeartbeatWatcher
 from ..storage import fsio
 from ..system.platform import signal_name
 from ..system.process import ProcessControl, default_process_control
+from ..system.redact import redact_argv
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ class Supervisor:
         if not cmd:
             raise ConfigError("no command to run: use aegis-ckpt run [options] -- CMD ...")
         self.cmd = list(cmd)
+        self._shown_cmd = shlex.join(redact_argv(self.cmd))
+        """The command line as logged: secret option values and URL tokens masked (``system.redact``)."""
         self.options = options or SuperviseOptions()
         self.control = control or default_process_control()
         self.clock = clock
@@ -220,7 +223,7 @@ class Supervisor:
         heartbeat = HeartbeatWatcher(hb_path)
         started = self.clock()
         proc = self.control.spawn(self.cmd, self._child_env(hb_path))
-        logger.info("attempt %d: started pid %d: %s", attempt.number, proc.pid, shlex.join(self.cmd))
+        logger.info("attempt %d: started pid %d: %s", attempt.number, proc.pid, self._shown_cmd)
         last_beat = started
         stopping_since: float | None = None
         killed = False
@@ -320,7 +323,7 @@ class Supervisor:
         opts = self.options
         logger.info(
             "supervising: %s (restarts in a row without progress: %d, backoff %g..%g s, hang timeout %s%s)",
-            shlex.join(self.cmd),
+            self._shown_cmd,
             opts.max_restarts,
             opts.backoff_sec,
             opts.backoff_max_sec,
