@@ -190,7 +190,7 @@ def test_the_sbatch_template_is_shipped_with_the_package_and_parses():
     import aegis_ckpt.cluster
 
     shipped = Path(aegis_ckpt.cluster.__file__).with_name("train.sbatch")
-    launcher = Path(__file__).resolve().parents[2] / "launch" / "slurm" / "train.sbatch"
+    launcher = Path(__file__).resolve().parents[3] / "launch" / "slurm" / "train.sbatch"
     assert launcher.resolve() == shipped.resolve()
     assert subprocess.run(["bash", "-n", str(shipped)]).returncode == 0
     text = shipped.read_text()
