@@ -55,7 +55,10 @@ def config_with_webhook(tmp_path: Path, url: str = URL, extra: str = "") -> Path
         (f"notify.webhook_url={{{URL}", "not valid YAML"),
         (f"notify.webhook_url='{URL}", "not valid YAML"),
         (f"notify.webhook_url=- a\n- {URL}\n  : [", "not valid YAML"),
-        (f"data.block_size={URL}", "data.block_size: expected an integer"),  # a type error that shows what it got
+        (
+            f"data.block_size={URL}",
+            "data.block_size: expected an integer",
+        ),  # a type error that shows what it got
         (f"notify.{URL}=1", "unknown key"),  # the secret in the key
     ],
 )
