@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from .. import distributed
 from ..distributed import PeerLostError, StepAgreement, StepFlags
-from ..errors import CommitError, RunLockedError
+from ..errors import CommitError, DiskFullError, RunLockedError
 from ..exitcodes import exit_code_for_signal
 from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
 from ..policy import SavePolicy, make_policy
@@ -39,6 +39,7 @@ from ..system.signals import SignalWatcher
 from .asyncsave.saver import AsyncSaver
 from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
+from .savefaults import SaveSpace, SyncSaveGuard, skipped_line
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class AegisCheckpointCallback(TrainerCallback):
         self._heartbeat = SupervisorHeartbeat(clock, every_sec=HEARTBEAT_EVERY_SEC)
         self._recorder: RunRecorder | None = None  # run lease, audit log, save statistics
         self._async = AsyncSaver(self.async_options)
+        self._space = SaveSpace()  # a save that cannot fit is never started
+        self._sync_guard = SyncSaveGuard()  # a full disk inside the Trainer's own save does not end training
 
     @property
     def watcher(self) -> SignalWatcher | None:
@@ -189,6 +192,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._take_over_rotation(args)
         self._trainer = find_trainer()
         self.stops.attach(self._trainer)
+        self._sync_guard.install(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._check_setup(args)
@@ -319,6 +323,8 @@ class AegisCheckpointCallback(TrainerCallback):
             self._save_when_due(args, state, control, agreed)
         elif control.should_save:
             self._save_reason = "interval" if agreed.save_due else "trainer"
+        if control.should_save and not self._save_fits(args, state, self._save_reason):
+            control.should_save = False
         if control.should_save:
             self._save_requested_at = self.clock()
             self._heartbeat.beat(state.global_step, "saving", force=True)
@@ -341,6 +347,8 @@ class AegisCheckpointCallback(TrainerCallback):
             wait_for_writer=lambda: self._collect_async(wait=True),
         ):
             return
+        if not self._save_fits(args, state, "interval"):
+            return
         store = self._require_store()
         started = self.clock()
         staging = (
@@ -358,6 +366,33 @@ class AegisCheckpointCallback(TrainerCallback):
         )
         self.last_saved_step = state.global_step
         self.policy.record_save(started=started, finished=self.clock(), size_bytes=nbytes)
+
+    def _save_fits(self, args, state, reason: str) -> bool:
+        """Whether the save decided at this step fits on disk (agreed by all ranks). One that does not is never
+        started: a periodic one is skipped with one log line, a stop signal exits without it, a final one raises
+        ``DiskFullError``; in every case the previous committed checkpoint stays the resume point."""
+        problem = self._space.refusal(self.store, self._trainer) if args.should_save and self.store else None
+        if not distributed.agree_any(problem is not None):
+            return True
+        problem = problem or "the output dir is full on another rank"
+        step = state.global_step
+        error = DiskFullError(f"the {reason} checkpoint of step {step} does not fit: {problem}")
+        if self._recorder is not None:
+            self._recorder.save_failed(step=step, reason=reason, error=error)
+        if reason.startswith("signal:"):
+            logger.error("Not saving the emergency checkpoint of step %d: %s", step, problem)
+            folder = Path(args.output_dir) / checkpoint_dir_name(step)
+            self.stops.exit_after_save(state, folder, committed=False)
+        if reason == "final":
+            raise DiskFullError(
+                f"The final checkpoint of step {step} does not fit: {problem}. The previous committed checkpoint "
+                "stays the resume point; free space and start the run again to finish it."
+            )
+        nbytes = self._space.checkpoint_bytes(self.store, self._trainer) if self.store else 0
+        logger.error("%s", skipped_line(step, reason, problem, checkpoint_bytes=nbytes))
+        now = self.clock()
+        self.policy.record_save(started=now, finished=now, size_bytes=0)  # tried again one interval from now
+        return False
 
     def _collect_async(self, *, wait: bool) -> None:
         """Publish a background save that finished (optionally waiting for it): rename its committed staging
@@ -406,7 +441,12 @@ class AegisCheckpointCallback(TrainerCallback):
         write_sec = self.clock() - started
         folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
         size_bytes = 0
-        if args.should_save:
+        failure = self._sync_guard.take_failure()  # the Trainer's save ran out of space: nothing to commit
+        if failure is not None and args.should_save:
+            self._require_tail().failed(
+                step=state.global_step, reason=self._save_reason or "trainer", error=failure, leftover=folder
+            )
+        elif args.should_save:
             size_bytes = self._commit_and_retain(state, folder, write_sec, world_size=args.world_size)
         distributed.barrier()
         self.policy.record_save(started=started, finished=self.clock(), size_bytes=size_bytes)
@@ -416,6 +456,12 @@ class AegisCheckpointCallback(TrainerCallback):
         self._heartbeat.beat(state.global_step, "train", force=True)
         if self.stops.stop_signal is not None:
             self.stops.exit_after_save(state, folder, committed=size_bytes > 0 or not args.should_save)
+        if failure is not None and self._save_reason == "final":
+            raise DiskFullError(
+                f"The final checkpoint of step {state.global_step} ran out of space while it was written "
+                f"({failure}); the previous committed checkpoint stays the resume point. Free space and start "
+                "the run again to finish it."
+            ) from failure
         return control
 
     def _commit_and_retain(self, state, folder: Path, write_sec: float, *, world_size: int) -> int:
@@ -500,6 +546,11 @@ class AegisCheckpointCallback(TrainerCallback):
         self._save_reason = reason
         t0 = time.perf_counter()
         trainer._save_checkpoint(trainer.model, trial=None)
+        failure = self._sync_guard.take_failure()
+        if failure is not None:
+            step = trainer.state.global_step
+            self._require_tail().failed(step=step, reason=reason, error=failure, leftover=folder)
+            return False
         if self._commit_and_retain(trainer.state, folder, time.perf_counter() - t0, world_size=1):
             self.last_saved_step = trainer.state.global_step
             return True

@@ -33,6 +33,7 @@ from typing import Any
 
 from ...options import AsyncOptions
 from ...storage.commit import Manifest, commit_checkpoint
+from ...storage.space import ensure_space
 from .snapshot import (
     SnapshotBuffers,
     TrainerSnapshot,
@@ -65,6 +66,7 @@ class SaveJob:
     snapshot_sec: float
     sha256: bool = False
     payload: bytes | None = None  # the job for a writer process (encoded on the training thread)
+    need_bytes: int = 0  # what the write needs free (the snapshot's size); checked before anything is written
     started_unix: float = field(default_factory=time.time)
     write_sec: float = 0.0
     manifest: Manifest | None = None
@@ -119,6 +121,9 @@ class AsyncCheckpointWriter:
     def _run(self, job: SaveJob) -> None:
         started = time.perf_counter()
         try:
+            if job.error is not None:  # the training thread's part already failed (e.g. a full disk)
+                raise job.error
+            ensure_space(job.staging, job.need_bytes, what=f"the checkpoint of step {job.step}")
             job.manifest = self._persist(job)
         except BaseException as e:  # noqa: BLE001 - reported on the training thread when collected
             job.error = e
@@ -342,11 +347,15 @@ class AsyncSaver:
         snapshot_sec = time.perf_counter() - started
         if snapshot.is_main:
             payload = None
+            failed: OSError | None = None
             if self.uses_process:
                 # The small files are written here (milliseconds); the weights and the optimizer state go to the
                 # writer process as references into shared memory.
                 large: list = []
-                write_snapshot(snapshot, staging, defer_large=large)
+                try:
+                    write_snapshot(snapshot, staging, defer_large=large)
+                except OSError as e:  # reported when the job is collected, like a failure of the writer
+                    failed = e
                 payload = encode_job(WriteJob(str(staging), large, step, reason, meta, sha256), self.buffers)
                 snapshot = None
             self.writer.submit(
@@ -359,6 +368,8 @@ class AsyncSaver:
                     snapshot_sec=time.perf_counter() - started,
                     sha256=sha256,
                     payload=payload,
+                    need_bytes=self.buffers.copied_bytes,
+                    error=failed,
                 )
             )
         logger.debug(
