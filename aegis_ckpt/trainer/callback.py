@@ -40,6 +40,7 @@ from .asyncsave.saver import AsyncSaver
 from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
 from .savefaults import SaveSpace, SyncSaveGuard, skipped_line
+from .trainentry import TrainEntry
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._async = AsyncSaver(self.async_options)
         self._space = SaveSpace()  # a save that cannot fit is never started
         self._sync_guard = SyncSaveGuard()  # a full disk inside the Trainer's own save does not end training
+        self._entry = TrainEntry(self._already_finished)  # what train() resumes from; no step past the end
 
     @property
     def watcher(self) -> SignalWatcher | None:
@@ -193,6 +195,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._trainer = find_trainer()
         self.stops.attach(self._trainer)
         self._sync_guard.install(self._trainer)
+        self._entry.install(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._check_setup(args)
@@ -533,6 +536,12 @@ class AegisCheckpointCallback(TrainerCallback):
             )
             raise SystemExit(exit_code_for_signal(signum))
         return control
+
+    def _already_finished(self, trainer, checkpoint: str, step: int) -> None:
+        """``train()`` found the run finished at ``checkpoint``: record completion if a stop came before it."""
+        args = trainer.args
+        if self.write_completion_marker and args.should_save and is_committed(checkpoint):
+            mark_completed(args.output_dir, step=step, checkpoint=checkpoint)
 
     # ---- what the emergency stop asks of the save flow (EmergencyHost) ----------------------------------------
     @property

@@ -45,7 +45,7 @@ class FillDisk(TrainerCallback):
                 f.write(b"\0" * max(0, free - self.leave))
 
 
-def _wait_for_background_commits(output_dir: str, timeout: float = 60.0) -> None:
+def _wait_for_background_commits(output_dir: str, timeout: float = 300.0) -> None:
     """Let a background save in flight finish its commit first, so the disk fills between saves."""
     staging = os.path.join(output_dir, ".aegis", "staging")
     deadline = time.monotonic() + timeout
