@@ -8,7 +8,8 @@
     submit(job)                         staging/step-N) (directwrite:      staging folder to checkpoint-N,
                                         O_DIRECT, hashed in flight),       fsync, prune
                                         commit_checkpoint(known=digests)
-                                        (fsync + manifest inside staging)
+                                        (fsync + manifest inside staging),
+                                        read_back (files from disk = manifest)
 
 The staging folder is complete and committed (it carries its manifest) before the rename makes it visible as
 ``checkpoint-N`` in one atomic step, so the commit protocol's guarantee holds unchanged. Publishing happens on the
@@ -33,6 +34,7 @@ from typing import Any
 
 from ...options import AsyncOptions
 from ...storage.commit import Manifest, commit_checkpoint
+from ...storage.readback import read_back
 from ...storage.space import ensure_space
 from .snapshot import (
     SnapshotBuffers,
@@ -69,6 +71,7 @@ class SaveJob:
     need_bytes: int = 0  # what the write needs free (the snapshot's size); checked before anything is written
     started_unix: float = field(default_factory=time.time)
     write_sec: float = 0.0
+    read_back_sec: float = 0.0  # the read-back after the commit (part of write_sec)
     manifest: Manifest | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -124,7 +127,10 @@ class AsyncCheckpointWriter:
             if job.error is not None:  # the training thread's part already failed (e.g. a full disk)
                 raise job.error
             ensure_space(job.staging, job.need_bytes, what=f"the checkpoint of step {job.step}")
-            job.manifest = self._persist(job)
+            manifest = self._persist(job)
+            # Before it can be published (and so before retention may delete an older checkpoint for it).
+            job.read_back_sec = read_back(job.staging)
+            job.manifest = manifest
         except BaseException as e:  # noqa: BLE001 - reported on the training thread when collected
             job.error = e
         finally:
