@@ -40,6 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PureWindowsPath
 from xml.sax.saxutils import escape as xml_escape
 
+from .autostart_quoting import (
+    check_path,
+    check_task_path,
+    cmd_file_text,
+    systemd_plain,
+    systemd_quote,
+)
+
 from ..errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -302,9 +310,9 @@ def task_xml(opts: AutostartOptions, host: Host) -> str:
   </Settings>
   <Actions Context="Author">
     <Exec>
-      <Command>{xml_escape(str(launcher_path(opts, host)))}</Command>
-      <Arguments>{xml_escape(f'"{opts.config}"')}</Arguments>
-      <WorkingDirectory>{xml_escape(str(opts.project_dir))}</WorkingDirectory>
+      <Command>{xml_escape(check_task_path(launcher_path(opts, host), "launcher"))}</Command>
+      <Arguments>{xml_escape(f'"{check_task_path(opts.config, "config")}"')}</Arguments>
+      <WorkingDirectory>{xml_escape(check_task_path(opts.project_dir, "project"))}</WorkingDirectory>
     </Exec>
   </Actions>
 </Task>
@@ -319,14 +327,15 @@ def startup_cmd(opts: AutostartOptions, host: Host) -> str:
     return (
         "@echo off\n"
         f"rem Created by aegis-ckpt install-autostart ({opts.name}); remove with: aegis-ckpt uninstall-autostart --name {opts.name}\n"
-        f'cd /d "{opts.project_dir}"\n'
-        f'start "aegis-ckpt training" /min "{launcher_path(opts, host)}" "{opts.config}"\n'
+        "chcp 65001 >nul\n"  # the file is UTF-8: paths with non-ASCII letters
+        f'cd /d "{cmd_file_text(check_path(opts.project_dir, "project"))}"\n'
+        f'start "aegis-ckpt training" /min "{cmd_file_text(check_path(launcher_path(opts, host), "launcher"))}" '
+        f'"{cmd_file_text(check_path(opts.config, "config"))}"\n'
     )
 
 
 # -- Linux --
-def _systemd_quote(arg: str) -> str:
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+_systemd_quote = systemd_quote
 
 
 def unit_path(host: Host, name: str) -> PurePath:
@@ -341,13 +350,13 @@ def systemd_unit(opts: AutostartOptions, host: Host) -> str:
     launcher = str(launcher_path(opts, host))
     return f"""# Created by aegis-ckpt install-autostart; remove with: aegis-ckpt uninstall-autostart --name {opts.name}
 [Unit]
-Description=aegis-ckpt unattended training of {str(opts.config).replace("%", "%%")}
+Description=aegis-ckpt unattended training of {systemd_plain(check_path(opts.config, "config"))}
 StartLimitIntervalSec=3600
 StartLimitBurst=5
 
 [Service]
 Type=simple
-WorkingDirectory={str(opts.project_dir).replace("%", "%%")}
+WorkingDirectory={systemd_plain(check_path(opts.project_dir, "project"))}
 ExecStart=/bin/bash {_systemd_quote(launcher)} {_systemd_quote(str(opts.config))}
 Restart=on-failure
 RestartSec=120
@@ -362,8 +371,9 @@ WantedBy=default.target
 
 def cron_line(opts: AutostartOptions, host: Host) -> str:
     command = (
-        f"cd {shlex.quote(str(opts.project_dir))} && /bin/bash {shlex.quote(str(launcher_path(opts, host)))} "
-        f"{shlex.quote(str(opts.config))} >/dev/null 2>&1"
+        f"cd {shlex.quote(check_path(opts.project_dir, 'project'))} && "
+        f"/bin/bash {shlex.quote(check_path(launcher_path(opts, host), 'launcher'))} "
+        f"{shlex.quote(check_path(opts.config, 'config'))} >/dev/null 2>&1"
     )
     # cron turns an unescaped % into a newline.
     return f"@reboot {command.replace('%', chr(92) + '%')} {CRON_MARKER_PREFIX}{opts.name}"
