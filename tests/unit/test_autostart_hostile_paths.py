@@ -15,7 +15,7 @@ import pytest
 from aegis_ckpt.errors import ConfigError
 from aegis_ckpt.unattended import autostart
 from aegis_ckpt.unattended.autostart import AutostartOptions, Host
-from aegis_ckpt.unattended.autostart_quoting import check_task_path
+from aegis_ckpt.unattended.autostart.quoting import check_task_path
 
 HOSTILE = "it's \"a\" $HOME !x 100% %HOME% & ; `id` é ü"
 

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import PurePath
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WINDOWS_VARIABLE = re.compile(r"%([^%]+)%")
