@@ -108,7 +108,9 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
                 os.close(fd)
 
     commits: list[dict] = []
-    read_backs: list[float] = []  # seconds of each read-back of an async save (on the writer, before publishing)
+    read_backs: list[
+        float
+    ] = []  # seconds of each read-back of an async save (on the writer, before publishing)
 
     class CommitLog(logging.Handler):
         read_back = re.compile(r"read back .* in ([\d.]+) s")

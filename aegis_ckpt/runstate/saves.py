@@ -131,7 +131,9 @@ class SaveTail:
             " in the background" if background else "",
             "disk full, " if full else "",
             type(error).__name__,
-            (str(error).strip().splitlines() or [""])[0],  # one line: a writer process's error carries a traceback
+            (str(error).strip().splitlines() or [""])[
+                0
+            ],  # one line: a writer process's error carries a traceback
         )
 
     def set_aside_later(self, step: int, reason: str) -> list[Path]:

@@ -46,7 +46,11 @@ def checkpoint_step_and_target(checkpoint: str | os.PathLike, args) -> tuple[int
     if getattr(args, "max_steps", -1) and args.max_steps > 0:
         return step, int(args.max_steps)
     saved_target = state.get("max_steps")
-    if isinstance(saved_target, int) and saved_target > 0 and state.get("num_train_epochs") == args.num_train_epochs:
+    if (
+        isinstance(saved_target, int)
+        and saved_target > 0
+        and state.get("num_train_epochs") == args.num_train_epochs
+    ):
         return step, saved_target
     return None
 

@@ -30,14 +30,18 @@ def _leftovers(out: Path) -> dict[str, list[str]]:
     aegis = out / ".aegis"
     return {
         "uncommitted": sorted(p.name for p in out.glob("checkpoint-*") if not is_committed(p)),
-        "staging": sorted(p.name for p in (aegis / "staging").glob("*")) if (aegis / "staging").is_dir() else [],
+        "staging": sorted(p.name for p in (aegis / "staging").glob("*"))
+        if (aegis / "staging").is_dir()
+        else [],
         "quarantine": [r["path"] for r in CheckpointStore(out).quarantined()],
     }
 
 
 def _no_native_abort(result) -> None:
     assert result.returncode not in (134, -signal.SIGABRT), result.stderr[-3000:]
-    assert "terminate called" not in result.stderr and "c10::Error" not in result.stderr, result.stderr[-3000:]
+    assert "terminate called" not in result.stderr and "c10::Error" not in result.stderr, result.stderr[
+        -3000:
+    ]
 
 
 def test_nothing_fits_on_3_mib(tmp_path, run_py):
@@ -54,7 +58,9 @@ def test_nothing_fits_on_3_mib(tmp_path, run_py):
         assert "no emergency checkpoint" in result.stderr  # the exception path does not write it again
         assert not list(out.glob("checkpoint-*"))
         assert _leftovers(out) == {"uncommitted": [], "staging": [], "quarantine": []}
-        events = [json.loads(line)["event"] for line in (out / ".aegis" / "audit.jsonl").read_text().splitlines()]
+        events = [
+            json.loads(line)["event"] for line in (out / ".aegis" / "audit.jsonl").read_text().splitlines()
+        ]
         assert events.count("save_failed") == 2 and events[-1] == "exit"
 
 

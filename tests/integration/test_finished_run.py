@@ -36,7 +36,10 @@ def _snapshot(out: Path) -> dict[str, bytes]:
 
 def _finished_run(out: Path, make_trainer, max_steps: int = 6):
     trainer = make_trainer(
-        out, callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)], max_steps=max_steps, **CONSTANT
+        out,
+        callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)],
+        max_steps=max_steps,
+        **CONSTANT,
     )
     trainer.train()
     assert is_committed(out / f"checkpoint-{max_steps}")
@@ -49,7 +52,10 @@ def test_rerun_of_a_finished_run_trains_no_step(tmp_path, make_trainer, caplog, 
     before = _snapshot(tmp_path)
     completion_path(tmp_path).unlink()  # e.g. stopped between the final commit and the completion record
     rerun = make_trainer(
-        tmp_path, callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)], max_steps=6, **CONSTANT
+        tmp_path,
+        callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)],
+        max_steps=6,
+        **CONSTANT,
     )
     steps = []
     rerun.add_callback(type("Steps", (), {"on_step_end": lambda *a, **k: steps.append(1)}))
@@ -68,7 +74,10 @@ def test_rerun_of_a_finished_run_trains_no_step(tmp_path, make_trainer, caplog, 
 def test_raising_max_steps_continues_a_finished_run(tmp_path, make_trainer, reference_weights):
     _finished_run(tmp_path, make_trainer)
     more = make_trainer(
-        tmp_path, callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)], max_steps=9, **CONSTANT
+        tmp_path,
+        callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)],
+        max_steps=9,
+        **CONSTANT,
     )
     more.train(resume_from_checkpoint=True)
     assert more.state.global_step == 9 and is_committed(tmp_path / "checkpoint-9")
@@ -85,7 +94,10 @@ def test_resume_true_takes_the_newest_intact_checkpoint(tmp_path, make_trainer, 
     data = (half / "model.safetensors").read_bytes()
     (half / "model.safetensors").write_bytes(data[: len(data) // 3])
     go_on = make_trainer(
-        tmp_path, callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)], max_steps=8, **CONSTANT
+        tmp_path,
+        callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)],
+        max_steps=8,
+        **CONSTANT,
     )
     go_on.train(resume_from_checkpoint=True)
     assert go_on.state.global_step == 8

@@ -8,7 +8,7 @@ import shlex
 import pytest
 from test_launch_sh import ShProject
 
-HOSTILE = "it's \"a\" $HOME !x 100% & ; é ü"
+HOSTILE = 'it\'s "a" $HOME !x 100% & ; é ü'
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def hostile(tmp_path) -> ShProject:
     project.make_fake_venv()
     venv = project.root / ".venv"  # the fixture's activate does not quote for such a path; a real venv's does
     (venv / "bin" / "activate").write_text(
-        f"export VIRTUAL_ENV={shlex.quote(str(venv))}\nexport PATH={shlex.quote(str(venv / 'bin'))}:\"$PATH\"\n"
+        f'export VIRTUAL_ENV={shlex.quote(str(venv))}\nexport PATH={shlex.quote(str(venv / "bin"))}:"$PATH"\n'
     )
     return project
 
@@ -35,7 +35,11 @@ def test_a_hostile_project_path_reaches_python_unchanged(hostile):
 
 @pytest.mark.parametrize(
     "env",
-    [{"AEGIS_RETRIES": "5; touch {marker}"}, {"AEGIS_BACKOFF": "$(touch {marker})"}, {"AEGIS_HANG_TIMEOUT": "-1"}],
+    [
+        {"AEGIS_RETRIES": "5; touch {marker}"},
+        {"AEGIS_BACKOFF": "$(touch {marker})"},
+        {"AEGIS_HANG_TIMEOUT": "-1"},
+    ],
 )
 def test_numbers_that_are_not_plain_numbers_are_refused(hostile, tmp_path, env):
     marker = tmp_path / "injected"

@@ -13,7 +13,7 @@ from aegis_ckpt import AegisCheckpointCallback, AsyncOptions, find_resume_checkp
 from aegis_ckpt.storage.commit import is_committed
 from aegis_ckpt.storage.directwrite import AlignedBuffer
 from aegis_ckpt.trainer.asyncsave.saver import AsyncCheckpointWriter
-from aegis_ckpt.trainer.asyncsave.snapshot import write_snapshot_files
+from aegis_ckpt.trainer.asyncsave.hflayout import write_snapshot_files
 
 
 def _writer_that_damages_step(step: int) -> AsyncCheckpointWriter:
@@ -33,7 +33,9 @@ def _writer_that_damages_step(step: int) -> AsyncCheckpointWriter:
     return AsyncCheckpointWriter(write=write)
 
 
-def test_a_save_that_reads_back_wrong_never_costs_the_older_checkpoint(tmp_path, make_trainer, fake_clock, caplog):
+def test_a_save_that_reads_back_wrong_never_costs_the_older_checkpoint(
+    tmp_path, make_trainer, fake_clock, caplog
+):
     cb = AegisCheckpointCallback(
         save_interval_sec=2.5,
         max_keep=1,
@@ -41,7 +43,9 @@ def test_a_save_that_reads_back_wrong_never_costs_the_older_checkpoint(tmp_path,
         clock=fake_clock,
         async_options=AsyncOptions(when_busy="wait"),  # step 6 saves even if step 3 is still being written
     )
-    cb._async.writer = _writer_that_damages_step(6)  # async saves at steps 3 and 6; the one of step 6 is damaged
+    cb._async.writer = _writer_that_damages_step(
+        6
+    )  # async saves at steps 3 and 6; the one of step 6 is damaged
     trainer = make_trainer(tmp_path, callbacks=[ClockTicker(fake_clock, 1.0), cb], max_steps=7)
     with caplog.at_level(logging.ERROR, logger="aegis_ckpt"):
         trainer.train()

@@ -35,7 +35,9 @@ def _train_args(out: Path) -> list[str]:
 
 def _stop_when(out: Path, signum: int, ready) -> int:
     """Run training and send ``signum`` as soon as ``ready(out)`` holds; the exit code."""
-    child = subprocess.Popen(_train_args(out), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        _train_args(out), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         while child.poll() is None and not ready(out):
             pass
@@ -56,7 +58,9 @@ def _exporting(out: Path) -> bool:
 
 
 @pytest.mark.parametrize(
-    "signum, ready", [(signal.SIGTERM, _final_committed), (signal.SIGKILL, _exporting)], ids=["sigterm", "sigkill"]
+    "signum, ready",
+    [(signal.SIGTERM, _final_committed), (signal.SIGKILL, _exporting)],
+    ids=["sigterm", "sigkill"],
 )
 def test_restart_after_a_stop_at_the_end_trains_no_extra_step(tmp_path, signum, ready):
     out = tmp_path / "run"

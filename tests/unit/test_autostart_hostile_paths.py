@@ -17,7 +17,7 @@ from aegis_ckpt.unattended import autostart
 from aegis_ckpt.unattended.autostart import AutostartOptions, Host
 from aegis_ckpt.unattended.autostart.quoting import check_task_path
 
-HOSTILE = "it's \"a\" $HOME !x 100% %HOME% & ; `id` é ü"
+HOSTILE = 'it\'s "a" $HOME !x 100% %HOME% & ; `id` é ü'
 
 
 def _linux(tmp_path: Path, method: str):
@@ -104,7 +104,9 @@ def test_startup_cmd_doubles_percent_signs_and_reads_utf8():
 @pytest.mark.parametrize("bad", ["line\nbreak", "tab\there", "nul\x00"])
 def test_control_characters_are_refused(tmp_path, bad):
     host = Host("linux", "alice", tmp_path, has_systemd=True)
-    opts = AutostartOptions(config=PurePath("/p") / bad, project_dir=PurePath("/p"), method="systemd", name="x")
+    opts = AutostartOptions(
+        config=PurePath("/p") / bad, project_dir=PurePath("/p"), method="systemd", name="x"
+    )
     with pytest.raises(ConfigError, match="control character"):
         autostart.systemd_unit(opts, host)
 

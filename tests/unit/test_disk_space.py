@@ -53,7 +53,9 @@ def test_disk_full_is_recognised_through_wrappers(fs3):
             raise RuntimeError("writer failed") from e
     except RuntimeError as outer:
         assert space.is_disk_full(outer)
-    assert space.is_disk_full(RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert space.is_disk_full(
+        RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    )
     assert not space.is_disk_full(RuntimeError("shape mismatch"), fs3)  # 3 MiB free: not a full disk
 
 

@@ -9,8 +9,6 @@ value still ends a string. Windows paths cannot contain quotes; numbers are refu
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from conftest import Project, to_windows
 
@@ -43,7 +41,9 @@ def test_a_hostile_project_path_reaches_python_unchanged(hostile, tmp_path):
     assert f'preflight "{to_windows(config_dir)}\\run é.yaml"' in preflight, preflight
     assert f"cwd={root}" in preflight and f"VIRTUAL_ENV={root}\\.venv" in preflight
     (supervise,) = run.calls_of("run")
-    assert f'-- "{root}\\.venv\\Scripts\\python.exe" -m aegis_ckpt train "{to_windows(config_dir)}' in supervise
+    assert (
+        f'-- "{root}\\.venv\\Scripts\\python.exe" -m aegis_ckpt train "{to_windows(config_dir)}' in supervise
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,9 @@ def test_numbers_that_are_not_plain_numbers_are_refused(hostile, tmp_path, where
     if where == "argument":
         run = hostile.run("configs\\tiny.yaml", value)
     else:
-        run = hostile.run(**{where: value, "AEGIS_BACKOFF": "30"} if where != "AEGIS_BACKOFF" else {where: value})
+        run = hostile.run(
+            **{where: value, "AEGIS_BACKOFF": "30"} if where != "AEGIS_BACKOFF" else {where: value}
+        )
     assert run.code == 2, run.console
     assert "must be whole numbers of digits only" in run.console
     assert not marker.exists() and not run.calls_of("run") and not run.calls_of("preflight")

@@ -14,7 +14,6 @@ import shlex
 from pathlib import Path, PurePath
 
 from ...errors import ConfigError
-from .quoting import check_path, systemd_plain, systemd_quote
 from .base import (
     CRON_MARKER_PREFIX,
     RECORD_DIR,
@@ -28,7 +27,7 @@ from .base import (
     launcher_path,
     read_record,
 )
-
+from .quoting import check_path, systemd_plain, systemd_quote
 
 # ---- systemd -----------------------------------------------------------------------------------------------------
 _systemd_quote = systemd_quote

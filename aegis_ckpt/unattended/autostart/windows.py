@@ -14,8 +14,6 @@ from __future__ import annotations
 from pathlib import PurePath
 from xml.sax.saxutils import escape as xml_escape
 
-from .quoting import check_path, check_task_path, cmd_file_text
-
 from .base import (
     RECORD_DIR,
     TASK_FOLDER,
@@ -27,6 +25,7 @@ from .base import (
     SystemOps,
     launcher_path,
 )
+from .quoting import check_path, check_task_path, cmd_file_text
 
 
 def task_name(name: str) -> str:
