@@ -19,6 +19,11 @@ class CommitError(AegisError):
     """A checkpoint could not be committed; the previous committed checkpoints are untouched."""
 
 
+class DiskFullError(CommitError):
+    """A checkpoint does not fit on its file system (checked before writing, or the write ran out of space).
+    Nothing of it is kept; the previous committed checkpoints are untouched."""
+
+
 class PreflightError(AegisError):
     """A check before training found a condition under which training would fail or lose work."""
 

@@ -108,13 +108,21 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
                 os.close(fd)
 
     commits: list[dict] = []
+    read_backs: list[
+        float
+    ] = []  # seconds of each read-back of an async save (on the writer, before publishing)
 
     class CommitLog(logging.Handler):
+        read_back = re.compile(r"read back .* in ([\d.]+) s")
+
         pattern = re.compile(
             r"\((?:step) (\d+), ([\d.]+) MB, \w+, async: snapshot ([\d.]+) s \+ write and commit ([\d.]+) s"
         )
 
         def emit(self, record):
+            r = self.read_back.search(record.getMessage())
+            if r:
+                read_backs.append(float(r[1]))
             m = self.pattern.search(record.getMessage())
             if m:
                 commits.append(
@@ -128,6 +136,7 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
 
     logging.getLogger("aegis_ckpt").addHandler(CommitLog())
     logging.getLogger("aegis_ckpt").setLevel(logging.INFO)
+    logging.getLogger("aegis_ckpt.storage.readback").setLevel(logging.DEBUG)
 
     args = {"max_steps": max_steps}
     callbacks: list = [StepTimes(), TickPerStep()]
@@ -180,6 +189,7 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
         "state_bytes": state_bytes(model, trainer.optimizer),
         "params": sum(p.numel() for p in model.parameters()),
         "commits": commits,
+        "read_back_sec": read_backs,
         "step_begins": [t - started for t in step_begins],
         "end": ended - started,
         "save_steps": [every * (i + 1) for i in range(SAVES)] if mode != "baseline" else [],
@@ -308,6 +318,7 @@ def main() -> int:
                 print(
                     f"  {size:>4} {mode:<20} stall per save: {median(stalls):.2f} s ({min(stalls):.2f}..{max(stalls):.2f})"
                 )
+                print_read_back(size, mode, [r for r in runs if r["size"] == size and r["mode"] == mode])
         return 0
     summary = summarize(runs)
     summary["_disk_write_fsync_mb_per_sec"] = disk_bw / 1e6
@@ -317,6 +328,19 @@ def main() -> int:
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
     return 0
+
+
+def print_read_back(size: str, mode: str, runs: list[dict]) -> None:
+    """The read-back of each async save (files from disk against the manifest, before it is published): its
+    median time, and its share of the background write it is part of."""
+    seconds = [s for r in runs for s in r.get("read_back_sec", [])]
+    writes = [c["write_sec"] for r in runs for c in r["commits"]]
+    mb = [c["mb"] for r in runs for c in r["commits"]]
+    if seconds and writes:
+        print(
+            f"  {size:>4} {mode:<20} read-back after commit: {median(seconds):.3f} s per save of {median(mb):.0f} MB "
+            f"({median(seconds) / median(writes):.0%} of the background write+commit of {median(writes):.2f} s)"
+        )
 
 
 def format_table(summary: dict) -> str:

@@ -20,14 +20,19 @@ rem (run it again to continue), 1 (or another code) the supervisor gave up.
 rem
 rem Portable batch: no "&&" / "||" (Wine runs the right side always), no "timeout", no parsing of %DATE%/%TIME%
 rem (locale-dependent), no substring expansion inside ( ) blocks.
+rem
+rem Hostile paths and values: delayed expansion stays OFF (it would eat every "!" of a path); a path is expanded
+rem once, always inside quotes (so & ^ ( ) are literal), and never through "call" (which would expand a "%" in it
+rem a second time); messages reach :say through the MSG_LINE variable, not as arguments. The numbers are checked to
+rem be digits only before they are used, so a value like "5 & calc" is refused, never run.
 
-setlocal EnableExtensions EnableDelayedExpansion
+setlocal EnableExtensions DisableDelayedExpansion
 
 set "CONFIG_ARG="
 if not "%~1"=="" set "CONFIG_ARG=%~f1"
 set "RETRIES=%~2"
-if "%RETRIES%"=="" set "RETRIES=%AEGIS_RETRIES%"
-if "%RETRIES%"=="" set "RETRIES=5"
+if not defined RETRIES call :env_number AEGIS_RETRIES RETRIES 5
+if errorlevel 1 goto :bad_number
 set "LOG_ARG="
 if not "%~3"=="" set "LOG_ARG=%~f3"
 
@@ -35,15 +40,21 @@ cd /d "%~dp0.."
 if errorlevel 1 goto :no_project
 set "ROOT=%CD%"
 set "CONFIG=%CONFIG_ARG%"
-if "%CONFIG%"=="" set "CONFIG=%AEGIS_CONFIG%"
-if "%CONFIG%"=="" set "CONFIG=configs\tiny.yaml"
+if not defined CONFIG call :read_env AEGIS_CONFIG CONFIG
+if not defined CONFIG set "CONFIG=configs\tiny.yaml"
 set "LOGDIR=%LOG_ARG%"
-if "%LOGDIR%"=="" set "LOGDIR=%AEGIS_LOG_DIR%"
-if "%LOGDIR%"=="" set "LOGDIR=logs"
-set "BACKOFF=%AEGIS_BACKOFF%"
-if "%BACKOFF%"=="" set "BACKOFF=30"
-set "HANG=%AEGIS_HANG_TIMEOUT%"
-if "%HANG%"=="" set "HANG=1800"
+if not defined LOGDIR call :read_env AEGIS_LOG_DIR LOGDIR
+if not defined LOGDIR set "LOGDIR=logs"
+call :env_number AEGIS_BACKOFF BACKOFF 30
+if errorlevel 1 goto :bad_number
+call :env_number AEGIS_HANG_TIMEOUT HANG 1800
+if errorlevel 1 goto :bad_number
+call :check_number RETRIES
+if errorlevel 1 goto :bad_number
+call :check_number BACKOFF
+if errorlevel 1 goto :bad_number
+call :check_number HANG
+if errorlevel 1 goto :bad_number
 
 rem ---- Python: the project's venv, else python on PATH -----------------------------------------------------
 set "VENV="
@@ -72,13 +83,18 @@ if not exist "%LOGDIR%\" goto :no_logdir
 set "LOG=%LOGDIR%\auto_training_%TS%.log"
 if exist "%LOG%" set "LOG=%LOGDIR%\auto_training_%TS%_%RANDOM%.log"
 
-call :say "project: %ROOT%"
-call :say "config: %CONFIG%, retries: %RETRIES%, backoff: %BACKOFF% s, hang timeout: %HANG% s"
-call :say "log: %LOG%"
-echo Training output goes to the log file; follow it with: powershell Get-Content -Wait "%LOG%"
+set "MSG_LINE=project: %ROOT%"
+call :say
+set "MSG_LINE=config: %CONFIG%, retries: %RETRIES%, backoff: %BACKOFF% s, hang timeout: %HANG% s"
+call :say
+set "MSG_LINE=log: %LOG%"
+call :say
+set "MSG_LINE=Training output goes to the log file; follow it with: powershell Get-Content -Wait "%LOG%""
+call :echo_msg
 if defined VENV call :say "activated %VENV%\"
 if not defined HAVE_PY goto :no_python
-if not defined VENV call :say "no venv\ or .venv\ in %ROOT%: using python from PATH"
+set "MSG_LINE=no venv\ or .venv\ in %ROOT%: using python from PATH"
+if not defined VENV call :say
 
 rem ---- preflight ------------------------------------------------------------------------------------------
 call :say "preflight"
@@ -88,7 +104,8 @@ if "%RC%"=="3" goto :already_finished
 if not "%RC%"=="0" goto :preflight_refused
 
 rem ---- training under the supervisor (restarts with backoff, hang detection, Ctrl+C forwarding) -----------
-call :say "training: aegis-ckpt run -- aegis-ckpt train %CONFIG%"
+set "MSG_LINE=training: aegis-ckpt run -- aegis-ckpt train %CONFIG%"
+call :say
 "%PY%" -m aegis_ckpt run --max-restarts %RETRIES% --backoff %BACKOFF% --backoff-max 600 --hang-timeout %HANG% -- "%PY%" -m aegis_ckpt train "%CONFIG%" >>"%LOG%" 2>&1
 set "RC=%ERRORLEVEL%"
 if "%RC%"=="0" goto :finished
@@ -128,22 +145,68 @@ call :say "ERROR: training failed and the supervisor gave up after %RETRIES% res
 exit /b %RC%
 
 :no_python
-call :say "ERROR: no venv\ or .venv\ in %ROOT% and no python on PATH. Create one in the project folder:"
+set "MSG_LINE=ERROR: no venv\ or .venv\ in %ROOT% and no python on PATH. Create one in the project folder:"
+call :say
 call :say "ERROR:   py -m venv .venv"
 call :say "ERROR:   .venv\Scripts\pip install -e ."
 exit /b 2
 
 :no_project
-echo ERROR: cannot change to the project folder %~dp0..
+set "MSG_LINE=ERROR: cannot change to the project folder %~dp0.."
+call :echo_msg
 exit /b 2
 
 :no_logdir
-echo ERROR: cannot create the log folder %LOGDIR%
+set "MSG_LINE=ERROR: cannot create the log folder %LOGDIR%"
+call :echo_msg
 exit /b 2
 
-rem ---- one timestamped line to the console and the log (delayed expansion keeps & > ( ) in paths literal) --
+:bad_number
+set "MSG_LINE=ERROR: RETRIES (argument 2 or AEGIS_RETRIES), AEGIS_BACKOFF and AEGIS_HANG_TIMEOUT must be whole numbers of digits only"
+call :echo_msg
+exit /b 2
+
+rem ---- copy environment variable %1 into variable %2 without expanding it on a command line --------------------
+rem (a quote in the value could otherwise end the quoted string, and "& ..." after it would run)
+:read_env
+set "%~2="
+if not defined %~1 exit /b 0
+for /f "tokens=1* delims==" %%A in ('set %~1') do if /i "%%A"=="%~1" set "%~2=%%B"
+exit /b 0
+
+rem ---- variable %2 = environment variable %1 if that is a plain number (checked before it is copied), else %3 --
+:env_number
+set "%~2=%~3"
+if not defined %~1 exit /b 0
+call :check_number %~1
+if errorlevel 1 exit /b 1
+call :read_env %~1 %~2
+exit /b 0
+
+rem ---- errorlevel 1 unless the variable named %1 holds a whole number >= 0 written plainly ("5", not "05") ---
+rem Its value is read with delayed expansion, after the line was parsed, so & | < > " in it stay plain characters;
+rem "set /a" only computes (it never runs a command) and the result must read exactly like the value.
+:check_number
+setlocal EnableDelayedExpansion
+set "VALUE=!%~1!"
+if not defined VALUE exit /b 1
+set "N="
+set /a "N=!VALUE!" >nul 2>&1
+if not "!N!"=="!VALUE!" exit /b 1
+if !N! LSS 0 exit /b 1
+exit /b 0
+
+rem ---- one timestamped line to the console and the log: the text is MSG_LINE (or, for fixed text, argument 1) --
+rem The value is printed through a FOR variable ("set MSG_LINE" lists it as MSG_LINE=...): a FOR variable is
+rem substituted after the line was parsed, so "!", "%", "&", "(" and quotes in it are printed as they are.
 :say
-set "LINE=%DATE% %TIME% [auto_train] %~1"
-echo !LINE!
->>"%LOG%" echo !LINE!
+if not "%~1"=="" set "MSG_LINE=%~1"
+for /f "tokens=1* delims==" %%A in ('set MSG_LINE') do (
+  echo.%DATE% %TIME% [auto_train] %%B
+  >>"%LOG%" echo.%DATE% %TIME% [auto_train] %%B
+)
+exit /b 0
+
+:echo_msg
+for /f "tokens=1* delims==" %%A in ('set MSG_LINE') do echo.%%B
 exit /b 0

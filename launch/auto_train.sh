@@ -35,6 +35,16 @@ log_dir="${log_arg:-${AEGIS_LOG_DIR:-logs}}"
 backoff="${AEGIS_BACKOFF:-30}"
 hang_timeout="${AEGIS_HANG_TIMEOUT:-1800}"
 
+# Numbers go to the supervisor's command line: digits only (a value like "5; rm -rf ~" is refused, never run).
+for number in "$retries" "$backoff" "$hang_timeout"; do
+  case "$number" in
+    '' | *[!0-9]*)
+      echo "ERROR: RETRIES (argument 2 or AEGIS_RETRIES), AEGIS_BACKOFF and AEGIS_HANG_TIMEOUT must be whole numbers of digits only (got '$number')" >&2
+      exit 2
+      ;;
+  esac
+done
+
 if ! mkdir -p "$log_dir"; then
   echo "ERROR: cannot create the log folder $log_dir" >&2
   exit 2

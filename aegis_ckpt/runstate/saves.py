@@ -4,7 +4,8 @@ export all end a save here.
 A committed save gets one "Committed ..." log line, its record in the run's audit log, statistics and lease
 (``RunRecorder``), and then retention (never before the commit: an older checkpoint is deleted only once a newer
 one is safe). A failed save gets one error line, its ``save_failed`` record, and its leftover folder removed (or
-set aside in quarantine with the reason, where the folder is the Trainer's own and may be worth a look).
+set aside in quarantine with the reason, where the folder is the Trainer's own and may be worth a look; never
+when the disk is full: the leftover is then deleted, since keeping it would keep the disk full).
 
 The save policy's feedback (``record_save``) stays with the callers: the callback feeds it on every rank, also
 after a failed commit, and an asynchronous save feeds it when the snapshot is taken, not when it commits.
@@ -19,6 +20,7 @@ from pathlib import Path
 from ..options import CheckpointOptions
 from ..storage import fsio
 from ..storage.commit import Manifest
+from ..storage.space import is_disk_full
 from ..storage.store import CheckpointStore
 from .recorder import RunRecorder
 
@@ -110,24 +112,28 @@ class SaveTail:
         recorder = self._recorder()
         if recorder is not None:
             recorder.save_failed(step=step, reason=reason, error=error)
+        full = is_disk_full(error, leftover)
         if log:
-            self._log_failure(step, error, background)
+            self._log_failure(step, error, background, full=full)
         if leftover is None:
             return
-        if quarantine:
+        if quarantine and not full:
             self.store.quarantine(leftover, f"commit failed: {error}")
         else:
             fsio.rmtree(leftover, ignore_errors=True)
 
     @staticmethod
-    def _log_failure(step: int, error: BaseException, background: bool) -> None:
+    def _log_failure(step: int, error: BaseException, background: bool, *, full: bool = False) -> None:
         logger.error(
-            "Checkpoint of step %d was NOT committed%s (%s: %s). The previous committed checkpoint stays the resume "
-            "point; the next save is tried one interval from now.",
+            "Checkpoint of step %d was NOT committed%s (%s%s: %s). The previous committed checkpoint stays the "
+            "resume point; the next save is tried one interval from now.",
             step,
             " in the background" if background else "",
+            "disk full, " if full else "",
             type(error).__name__,
-            error,
+            (str(error).strip().splitlines() or [""])[
+                0
+            ],  # one line: a writer process's error carries a traceback
         )
 
     def set_aside_later(self, step: int, reason: str) -> list[Path]:

@@ -15,6 +15,7 @@ line so that no later event is lost with it.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -106,7 +107,7 @@ class AuditLog:
                     os.lseek(fd, end - 1, os.SEEK_SET)
                     if os.read(fd, 1) != b"\n":
                         line = b"\n" + line
-                fsio.write_fd(fd, line)
+                _write_whole_line(fd, line, end)
                 fsio.fsync_fd(fd)
             finally:
                 os.close(fd)
@@ -114,6 +115,26 @@ class AuditLog:
                 fsio.fsync_dir(self.path.parent)
         except OSError as e:
             logger.warning("Could not append the %s event to %s: %s", event, self.path, e)
+
+
+def _write_whole_line(fd: int, line: bytes, end: int) -> None:
+    """Write ``line`` at the end of the log, or nothing: on a full disk ``write`` can take part of a line and
+    then fail; the fragment is cut off again (``ftruncate`` back to ``end``), so the log never keeps a torn line
+    of ours, and the error is raised for the caller to log."""
+    done = 0
+    try:
+        while done < len(line):
+            written = fsio.write_fd(fd, line[done:])
+            if written <= 0:
+                raise OSError(errno.ENOSPC, "no space left for the audit line")
+            done += written
+    except OSError:
+        if done:
+            try:
+                os.ftruncate(fd, end)
+            except OSError:
+                pass  # the reader skips a torn line; the next append starts on a fresh one
+        raise
 
 
 @dataclass

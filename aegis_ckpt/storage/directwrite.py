@@ -103,6 +103,9 @@ class DirectFile:
         if not self.direct:
             self._fd = fsio.open_fd(self.path, flags)
         self.closed = False
+        self.error: OSError | None = None
+        """The first write error. Later writes are then discarded and ``close`` raises it: torch's zip writer
+        must never see a failed write, because after one it can abort the process when it is destroyed."""
 
     # -- file-object protocol used by torch.save -------------------------------------------------------------
     def writable(self) -> bool:
@@ -111,6 +114,17 @@ class DirectFile:
     def write(self, data) -> int:
         src = memoryview(data).cast("B")
         n = len(src)
+        if self.error is not None:
+            self._size += n
+            return n
+        try:
+            return self._write(src, n)
+        except OSError as e:  # e.g. ENOSPC: remembered, raised by close()
+            self.error = e
+            self._size += n
+            return n
+
+    def _write(self, src: memoryview, n: int) -> int:
         self._xxh.update(src)  # both hashes release the GIL on large inputs
         if self._sha is not None:
             self._sha.update(src)
@@ -184,6 +198,9 @@ class DirectFile:
     def close(self) -> FileDigest:
         if self.closed:
             raise ValueError(f"{self.path} is already closed")
+        if self.error is not None:
+            self.abort()
+            raise self.error
         try:
             if self._fill:
                 if self.direct:
@@ -363,6 +380,24 @@ def write_torch(
         out.abort()
         raise
     return out.close()
+
+
+def torch_save_file(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` for the small files of a background save: serialised in memory, then written
+    with a plain ``write``, so a full disk raises ``OSError`` here instead of failing inside torch's zip writer
+    (which can abort the process when it is destroyed after a failed write)."""
+    import io
+
+    import torch
+
+    data = io.BytesIO()
+    torch.save(obj, data)
+    try:
+        with open(path, "wb") as f:
+            f.write(data.getbuffer())
+    except OSError:
+        Path(path).unlink(missing_ok=True)
+        raise
 
 
 # ---- a batch of large files ------------------------------------------------------------------------------------

@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 PIN_META_KEY = "pinned"
 METRIC_META_KEY = "metric"  # {"name", "value", "greater_is_better"}: the evaluation at this step (best-k)
 
+QUARANTINE_KEEP = 3
+"""Folders kept in quarantine; older ones are deleted. Quarantine is for a look at what went wrong, and must
+not grow without bound: a disk filled by set-aside folders would make every later save fail."""
+
 
 @dataclass(frozen=True)
 class CheckpointEntry:
@@ -175,7 +179,21 @@ class CheckpointStore:
             path=folder.name,
             moved_to=target.name,
         )
+        self._bound_quarantine(keep=target)
         return target
+
+    def _bound_quarantine(self, *, keep: Path) -> None:
+        """Delete the oldest quarantined folders beyond ``QUARANTINE_KEEP`` (never ``keep``, the newest)."""
+        entries = sorted(p for p in self.quarantine_dir.iterdir() if p.is_dir() and p != keep)
+        for old in entries[: max(0, len(entries) - (QUARANTINE_KEEP - 1))]:
+            if self._discard(old):
+                logger.info("Deleted %s from quarantine (it keeps the newest %d)", old.name, QUARANTINE_KEEP)
+                self.audit.append(
+                    "prune",
+                    reason=f"quarantine keeps the newest {QUARANTINE_KEEP}",
+                    path=f"{QUARANTINE_DIR}/{old.name}",
+                )
+        self.empty_trash()
 
     def quarantined(self) -> list[dict]:
         """Records of quarantined folders, oldest first."""

@@ -22,12 +22,15 @@ from .. import distributed
 from ..arguments import AegisArguments
 from ..cluster.nodes import CommonCheckpointGuard, node_local_checkpoints
 from ..distributed import PeerLostError, StepAgreement, StepFlags
+from ..errors import DiskFullError
 from ..exitcodes import exit_code_for_signal
 from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
 from ..policy import SavePolicy, make_policy
 from ..resume import check_resume_world_size
+from ..runstate.completion import mark_completed
 from ..runstate.heartbeat import SupervisorHeartbeat
 from ..runstate.saves import SaveTail
+from ..storage.commit import is_committed
 from ..storage.layout import checkpoint_dir_name
 from ..storage.quarantine import trim_quarantine
 from ..storage.store import CheckpointStore
@@ -39,8 +42,10 @@ from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
 from .metric import checkpoint_metric
 from .runrecord import TrainerRunRecord
+from .savefaults import SaveSpace, SyncSaveGuard, skipped_line
 from .settings import build_options, follow_trainer_logging, refuse_mixed, take_over_rotation
 from .stepdecision import DUE, FINAL, SIGNAL, TRAINER, decide_step
+from .trainentry import TrainEntry
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +191,9 @@ class AegisCheckpointCallback(TrainerCallback):
         self._run = TrainerRunRecord(self.policy, clock)  # run lease, audit log, save statistics
         self._async = AsyncSaver(self.async_options)
         self._evaluation: tuple[int, dict] | None = None  # (step, metrics) of the last evaluation
+        self._space = SaveSpace()  # a save that cannot fit is never started
+        self._sync_guard = SyncSaveGuard()  # a full disk inside the Trainer's own save does not end training
+        self._entry = TrainEntry(self._already_finished)  # what train() resumes from; no step past the end
 
     @property
     def watcher(self) -> SignalWatcher | None:
@@ -216,6 +224,8 @@ class AegisCheckpointCallback(TrainerCallback):
         self._take_over_rotation(args)
         self._trainer = find_trainer()
         self.stops.attach(self._trainer)
+        self._sync_guard.install(self._trainer)
+        self._entry.install(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._check_setup(args)
@@ -309,6 +319,8 @@ class AegisCheckpointCallback(TrainerCallback):
             self._save_when_due(args, state, control, agreed)
         elif decision.action == TRAINER:
             self._save_reason = decision.reason
+        if control.should_save and not self._save_fits(args, state, self._save_reason):
+            control.should_save = False
         if control.should_save:
             self._save_requested_at = self.clock()
             self._heartbeat.beat(state.global_step, "saving", force=True)
@@ -330,6 +342,8 @@ class AegisCheckpointCallback(TrainerCallback):
             wait_for_writer=lambda: self._collect_async(wait=True),
         ):
             return
+        if not self._save_fits(args, state, "interval"):
+            return
         store = self._require_store()
         started = self.clock()
         staging = (
@@ -347,6 +361,33 @@ class AegisCheckpointCallback(TrainerCallback):
         )
         self.last_saved_step = state.global_step
         self.policy.record_save(started=started, finished=self.clock(), size_bytes=nbytes)
+
+    def _save_fits(self, args, state, reason: str) -> bool:
+        """Whether the save decided at this step fits on disk (agreed by all ranks). One that does not is never
+        started: a periodic one is skipped with one log line, a stop signal exits without it, a final one raises
+        ``DiskFullError``; in every case the previous committed checkpoint stays the resume point."""
+        problem = self._space.refusal(self.store, self._trainer) if args.should_save and self.store else None
+        if not distributed.agree_any(problem is not None):
+            return True
+        problem = problem or "the output dir is full on another rank"
+        step = state.global_step
+        if self._run.recorder is not None:
+            error = DiskFullError(f"the {reason} checkpoint of step {step} does not fit: {problem}")
+            self._run.recorder.save_failed(step=step, reason=reason, error=error)
+        if reason.startswith("signal:"):
+            logger.error("Not saving the emergency checkpoint of step %d: %s", step, problem)
+            folder = Path(args.output_dir) / checkpoint_dir_name(step)
+            self.stops.exit_after_save(state, folder, committed=False)
+        if reason == "final":
+            raise DiskFullError(
+                f"The final checkpoint of step {step} does not fit: {problem}. The previous committed checkpoint "
+                "stays the resume point; free space and start the run again to finish it."
+            )
+        nbytes = self._space.checkpoint_bytes(self.store, self._trainer) if self.store else 0
+        logger.error("%s", skipped_line(step, reason, problem, checkpoint_bytes=nbytes))
+        now = self.clock()
+        self.policy.record_save(started=now, finished=now, size_bytes=0)  # tried again one interval from now
+        return False
 
     def _collect_async(self, *, wait: bool) -> None:
         """Publish a background save that finished (optionally waiting for it). Runs on the training thread."""
@@ -386,7 +427,12 @@ class AegisCheckpointCallback(TrainerCallback):
         folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
         self._common.complete_node_copy(kwargs.get("model"), folder, writes_files=args.should_save)
         size_bytes = 0
-        if args.should_save:
+        failure = self._sync_guard.take_failure()  # the Trainer's save ran out of space: nothing to commit
+        if failure is not None and args.should_save:
+            self._require_tail().failed(
+                step=state.global_step, reason=self._save_reason or "trainer", error=failure, leftover=folder
+            )
+        elif args.should_save:
             size_bytes = self._commit_and_retain(state, folder, write_sec, world_size=args.world_size)
         distributed.barrier()
         self._common.confirm(state.global_step, committed_here=size_bytes > 0 or not args.should_save)
@@ -397,6 +443,12 @@ class AegisCheckpointCallback(TrainerCallback):
         self._heartbeat.beat(state.global_step, "train", force=True)
         if self.stops.stop_signal is not None:
             self.stops.exit_after_save(state, folder, committed=size_bytes > 0 or not args.should_save)
+        if failure is not None and self._save_reason == "final":
+            raise DiskFullError(
+                f"The final checkpoint of step {state.global_step} ran out of space while it was written "
+                f"({failure}); the previous committed checkpoint stays the resume point. Free space and start "
+                "the run again to finish it."
+            ) from failure
         return control
 
     def _commit_and_retain(self, state, folder: Path, write_sec: float, *, world_size: int) -> int:
@@ -455,10 +507,21 @@ class AegisCheckpointCallback(TrainerCallback):
         self._save_reason = reason
         t0 = time.perf_counter()
         trainer._save_checkpoint(trainer.model, trial=None)
+        failure = self._sync_guard.take_failure()
+        if failure is not None:
+            step = trainer.state.global_step
+            self._require_tail().failed(step=step, reason=reason, error=failure, leftover=folder)
+            return False
         if self._commit_and_retain(trainer.state, folder, time.perf_counter() - t0, world_size=1):
             self.last_saved_step = trainer.state.global_step
             return True
         return False
+
+    def _already_finished(self, trainer, checkpoint: str, step: int) -> None:
+        """``train()`` found the run finished at ``checkpoint``: record completion if a stop came before it."""
+        args = trainer.args
+        if self.write_completion_marker and args.should_save and is_committed(checkpoint):
+            mark_completed(args.output_dir, step=step, checkpoint=checkpoint)
 
     def record(self, event: str, *, step: int, signum: int = 0, error=None, saved: bool = False) -> None:
         self._run.record(event, step=step, signum=signum, error=error, saved=saved)

@@ -26,6 +26,7 @@ from typing import NoReturn, Protocol
 
 from .. import distributed
 from ..cluster.slurm import Preemption
+from ..errors import DiskFullError
 from ..exitcodes import EXIT_REQUEUED, exit_code_for_signal
 from ..options import EmergencyOptions
 from ..rngstate import capture_rng_state, restore_rng_state
@@ -365,6 +366,10 @@ class EmergencyStop:
             )
             return False
         step = trainer.state.global_step
+        if isinstance(exc, DiskFullError):
+            # The save that just failed for lack of space would fail the same way: never write it again.
+            logger.error("%s at step %d: no emergency checkpoint (it would not fit either)", name, step)
+            return False
         if self.phase != StepPhase.CONSISTENT:
             logger.error(
                 "%s during the optimizer update of step %d: the weights are half-updated, so no emergency "

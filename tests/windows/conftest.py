@@ -58,6 +58,14 @@ def fake_python_exe(tmp_path_factory) -> Path:
     return out
 
 
+def _decode(data: bytes) -> str:
+    """The fake python writes its log in the ANSI code page (cp1252 under Wine): non-ASCII paths come back."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
 @dataclass
 class BatRun:
     code: int
@@ -107,7 +115,7 @@ class Project:
             capture_output=True,
             timeout=120,
         )
-        calls = self.calls_file.read_text().splitlines() if self.calls_file.exists() else []
+        calls = _decode(self.calls_file.read_bytes()).splitlines() if self.calls_file.exists() else []
         logs = sorted((self.root / "logs").glob("*.log")) if (self.root / "logs").is_dir() else []
         return BatRun(proc.returncode, proc.stdout.decode(errors="replace"), calls, logs)
 

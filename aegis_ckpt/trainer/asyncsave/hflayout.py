@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ...storage import fsio
+from ...storage.directwrite import torch_save_file
 from ...storage.layout import (
     OPTIMIZER_NAME,
     SCALER_NAME,
@@ -27,9 +28,7 @@ from .snapshot import TrainerSnapshot
 
 
 def write_rng_file(snap: TrainerSnapshot, folder: Path) -> None:
-    import torch
-
-    torch.save(snap.rng_state, folder / snap.rng_file)
+    torch_save_file(snap.rng_state, folder / snap.rng_file)
 
 
 def write_snapshot(
@@ -41,8 +40,6 @@ def write_snapshot(
     With ``defer_large`` (a list), the two large kinds of file are not written but appended to it as
     ``LargeFile`` entries, for a writer process: the weight shards (exactly as ``save_pretrained`` would pass
     them to safetensors) and ``optimizer.pt``. Everything else is written here."""
-    import torch
-
     folder = Path(folder)
     fsio.mkdir(folder, parents=True, exist_ok=True)
     capture = (
@@ -52,16 +49,16 @@ def write_snapshot(
         snap.model.save_pretrained(str(folder), state_dict=dict(snap.model_state), safe_serialization=True)
     if snap.processing_class is not None:
         snap.processing_class.save_pretrained(str(folder))
-    torch.save(snap.args, folder / TRAINING_ARGS_NAME)
+    torch_save_file(snap.args, folder / TRAINING_ARGS_NAME)
     if snap.optimizer_state is not None:
         if defer_large is None:
-            torch.save(snap.optimizer_state, folder / OPTIMIZER_NAME)
+            torch_save_file(snap.optimizer_state, folder / OPTIMIZER_NAME)
         else:
             defer_large.append(LargeFile("torch", str(folder / OPTIMIZER_NAME), snap.optimizer_state))
     if snap.scheduler_state is not None:
-        torch.save(snap.scheduler_state, folder / SCHEDULER_NAME)
+        torch_save_file(snap.scheduler_state, folder / SCHEDULER_NAME)
     if snap.scaler_state is not None:
-        torch.save(snap.scaler_state, folder / SCALER_NAME)
+        torch_save_file(snap.scaler_state, folder / SCALER_NAME)
     write_rng_file(snap, folder)
     fsio.write_bytes(folder / TRAINER_STATE_NAME, snap.trainer_state_json.encode("utf-8"))
 

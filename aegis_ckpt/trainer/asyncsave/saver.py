@@ -8,7 +8,8 @@
     submit(job)                         staging/step-N) (directwrite:      staging folder to checkpoint-N,
                                         O_DIRECT, hashed in flight),       fsync, prune
                                         commit_checkpoint(known=digests)
-                                        (fsync + manifest inside staging)
+                                        (fsync + manifest inside staging),
+                                        read_back (files from disk = manifest)
 
 The staging folder is complete and committed (it carries its manifest) before the rename makes it visible as
 ``checkpoint-N`` in one atomic step, so the commit protocol's guarantee holds unchanged. Publishing happens on the
@@ -33,6 +34,8 @@ from typing import Any
 
 from ...options import AsyncOptions
 from ...storage.commit import Manifest, commit_checkpoint
+from ...storage.readback import read_back
+from ...storage.space import ensure_space
 from ..compat import overridden_save_method, unsupported_reason
 from .buffers import SnapshotBuffers
 from .hflayout import write_rng_file, write_snapshot, write_snapshot_files
@@ -60,8 +63,10 @@ class SaveJob:
     snapshot_sec: float
     sha256: bool = False
     payload: bytes | None = None  # the job for a writer process (encoded on the training thread)
+    need_bytes: int = 0  # what the write needs free (the snapshot's size); checked before anything is written
     started_unix: float = field(default_factory=time.time)
     write_sec: float = 0.0
+    read_back_sec: float = 0.0  # the read-back after the commit (part of write_sec)
     manifest: Manifest | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -114,7 +119,13 @@ class AsyncCheckpointWriter:
     def _run(self, job: SaveJob) -> None:
         started = time.perf_counter()
         try:
-            job.manifest = self._persist(job)
+            if job.error is not None:  # the training thread's part already failed (e.g. a full disk)
+                raise job.error
+            ensure_space(job.staging, job.need_bytes, what=f"the checkpoint of step {job.step}")
+            manifest = self._persist(job)
+            # Before it can be published (and so before retention may delete an older checkpoint for it).
+            job.read_back_sec = read_back(job.staging)
+            job.manifest = manifest
         except BaseException as e:  # noqa: BLE001 - reported on the training thread when collected
             job.error = e
         finally:
@@ -344,11 +355,15 @@ class AsyncSaver:
         snapshot_sec = time.perf_counter() - started
         if snapshot.is_main:
             payload = None
+            failed: OSError | None = None
             if self.uses_process:
                 # The small files are written here (milliseconds); the weights and the optimizer state go to the
                 # writer process as references into shared memory.
                 large: list = []
-                write_snapshot(snapshot, staging, defer_large=large)
+                try:
+                    write_snapshot(snapshot, staging, defer_large=large)
+                except OSError as e:  # reported when the job is collected, like a failure of the writer
+                    failed = e
                 payload = encode_job(WriteJob(str(staging), large, step, reason, meta, sha256), self.buffers)
                 snapshot = None
             self.writer.submit(
@@ -361,6 +376,8 @@ class AsyncSaver:
                     snapshot_sec=time.perf_counter() - started,
                     sha256=sha256,
                     payload=payload,
+                    need_bytes=self.buffers.copied_bytes,
+                    error=failed,
                 )
             )
         logger.debug(

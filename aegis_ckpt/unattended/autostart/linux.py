@@ -27,11 +27,10 @@ from .base import (
     launcher_path,
     read_record,
 )
-
+from .quoting import check_path, systemd_plain, systemd_quote
 
 # ---- systemd -----------------------------------------------------------------------------------------------------
-def _systemd_quote(arg: str) -> str:
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+_systemd_quote = systemd_quote
 
 
 def unit_path(host: Host, name: str) -> PurePath:
@@ -47,13 +46,13 @@ def systemd_unit(opts: AutostartOptions, host: Host) -> str:
     launcher = str(launcher_path(opts, host))
     return f"""# Created by aegis-ckpt install-autostart; remove with: aegis-ckpt uninstall-autostart --name {opts.name}
 [Unit]
-Description=aegis-ckpt unattended training of {str(opts.config).replace("%", "%%")}
+Description=aegis-ckpt unattended training of {systemd_plain(check_path(opts.config, "config"))}
 StartLimitIntervalSec=3600
 StartLimitBurst=5
 
 [Service]
 Type=simple
-WorkingDirectory={str(opts.project_dir).replace("%", "%%")}
+WorkingDirectory={systemd_plain(check_path(opts.project_dir, "project"))}
 ExecStart=/bin/bash {_systemd_quote(launcher)} {_systemd_quote(str(opts.config))}
 Restart=on-failure
 RestartSec=120
@@ -121,8 +120,9 @@ class SystemdMethod(AutostartMethod):
 def cron_line(opts: AutostartOptions, host: Host) -> str:
     """The ``@reboot`` line, tagged with the autostart's name so uninstall finds exactly it."""
     command = (
-        f"cd {shlex.quote(str(opts.project_dir))} && /bin/bash {shlex.quote(str(launcher_path(opts, host)))} "
-        f"{shlex.quote(str(opts.config))} >/dev/null 2>&1"
+        f"cd {shlex.quote(check_path(opts.project_dir, 'project'))} && "
+        f"/bin/bash {shlex.quote(check_path(launcher_path(opts, host), 'launcher'))} "
+        f"{shlex.quote(check_path(opts.config, 'config'))} >/dev/null 2>&1"
     )
     # cron turns an unescaped % into a newline.
     return f"@reboot {command.replace('%', chr(92) + '%')} {CRON_MARKER_PREFIX}{opts.name}"

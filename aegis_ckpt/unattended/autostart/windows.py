@@ -25,6 +25,7 @@ from .base import (
     SystemOps,
     launcher_path,
 )
+from .quoting import check_path, check_task_path, cmd_file_text
 
 
 def task_name(name: str) -> str:
@@ -80,9 +81,9 @@ def task_xml(opts: AutostartOptions, host: Host) -> str:
   </Settings>
   <Actions Context="Author">
     <Exec>
-      <Command>{xml_escape(str(launcher_path(opts, host)))}</Command>
-      <Arguments>{xml_escape(f'"{opts.config}"')}</Arguments>
-      <WorkingDirectory>{xml_escape(str(opts.project_dir))}</WorkingDirectory>
+      <Command>{xml_escape(check_task_path(launcher_path(opts, host), "launcher"))}</Command>
+      <Arguments>{xml_escape(f'"{check_task_path(opts.config, "config")}"')}</Arguments>
+      <WorkingDirectory>{xml_escape(check_task_path(opts.project_dir, "project"))}</WorkingDirectory>
     </Exec>
   </Actions>
 </Task>
@@ -99,8 +100,10 @@ def startup_cmd(opts: AutostartOptions, host: Host) -> str:
     return (
         "@echo off\n"
         f"rem Created by aegis-ckpt install-autostart ({opts.name}); remove with: aegis-ckpt uninstall-autostart --name {opts.name}\n"
-        f'cd /d "{opts.project_dir}"\n'
-        f'start "aegis-ckpt training" /min "{launcher_path(opts, host)}" "{opts.config}"\n'
+        "chcp 65001 >nul\n"  # the file is UTF-8: paths with non-ASCII letters
+        f'cd /d "{cmd_file_text(check_path(opts.project_dir, "project"))}"\n'
+        f'start "aegis-ckpt training" /min "{cmd_file_text(check_path(launcher_path(opts, host), "launcher"))}" '
+        f'"{cmd_file_text(check_path(opts.config, "config"))}"\n'
     )
 
 
