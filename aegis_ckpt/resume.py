@@ -10,6 +10,10 @@ Folders without a manifest are handled by where they come from:
   interrupted save: quarantined;
 * in a directory only the plain Trainer wrote to, such folders are left alone and ignored unless the caller opts
   in with ``allow_unverified=True``, in which case they must pass structural checks (``plaincheck``).
+
+With a ``remote_url`` (a fresh machine, a lost disk), a remote copy newer than the newest intact local
+checkpoint is downloaded into staging, verified file by file and committed locally first (``remote.download``);
+damaged or partial remote copies are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -24,10 +28,18 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import AegisError, ConfigError
-from .options import VERIFY_MODES
+from .options import VERIFY_MODES, RemoteOptions
+from .remote.download import pull_newest
+from .remote.location import RemoteLocation, describe_error
 from .runstate.lease import ensure_not_locked
 from .storage.commit import is_committed, read_manifest, verify_checkpoint
-from .storage.layout import AEGIS_DIR, JIT_INCOMPLETE_MARKER, SCAN_LOCK_NAME, checkpoint_dir_name
+from .storage.layout import (
+    AEGIS_DIR,
+    JIT_INCOMPLETE_MARKER,
+    SCAN_LOCK_NAME,
+    checkpoint_dir_name,
+    parse_checkpoint_step,
+)
 from .storage.plaincheck import check_plain_checkpoint
 from .storage.store import CheckpointStore
 
@@ -141,6 +153,8 @@ def find_resume_checkpoint(
     verify: str = "full",
     *,
     allow_unverified: bool = False,
+    remote_url: str | None = None,
+    remote_options: dict | None = None,
 ) -> str | None:
     """Return the newest intact checkpoint in ``output_dir`` for ``Trainer.train(resume_from_checkpoint=...)``.
 
@@ -151,6 +165,11 @@ def find_resume_checkpoint(
             ``"full"`` re-hashes every file of the candidate against its manifest; ``"quick"`` compares sizes.
         allow_unverified (`bool`, *optional*, defaults to `False`):
             Also accept checkpoints without a manifest (saved by a plain Trainer) that pass structural checks.
+        remote_url (`str`, *optional*):
+            Where the run mirrors its checkpoints (the callback's ``remote_url``). When the newest remote copy
+            is newer than the newest intact local one, it is downloaded, verified and committed locally first.
+        remote_options (`dict`, *optional*):
+            Extra keyword arguments of the fsspec file system (never credentials).
 
     Returns:
         The path of the checkpoint folder, or ``None`` when there is nothing to resume from (a fresh start).
@@ -171,6 +190,8 @@ def find_resume_checkpoint(
     output_dir = Path(output_dir)
     rank, world = _distributed_rank_and_size()
     chosen: str | None = None
+    if rank == 0 and remote_url:
+        output_dir.mkdir(parents=True, exist_ok=True)  # a fresh machine: the remote copy goes there
     if rank == 0 and output_dir.is_dir():
         # A live run owns this directory: its in-progress save would look like an interrupted one and be moved
         # aside. Refuse before touching anything (RunLockedError says who holds it).
@@ -180,7 +201,11 @@ def find_resume_checkpoint(
         # Several processes (ranks started without a process group, or two tools) may scan at once: serialize.
         with FileLock(str(lock_dir / SCAN_LOCK_NAME)):
             report = scan_checkpoints(output_dir, verify=verify, allow_unverified=allow_unverified)
-        chosen = report.chosen
+            chosen = report.chosen
+            if remote_url:
+                chosen = _newer_remote_copy(
+                    output_dir, chosen, RemoteOptions(url=remote_url, options=remote_options or {})
+                )
         if chosen:
             logger.info("Resuming from %s (%s verification, %.2f s)", chosen, verify, report.seconds)
         else:
@@ -192,6 +217,32 @@ def find_resume_checkpoint(
         dist.broadcast_object_list(box, src=0)
         chosen = box[0]
     return chosen
+
+
+def _newer_remote_copy(output_dir: Path, chosen: str | None, remote: RemoteOptions) -> str | None:
+    """The local copy of the newest verified remote checkpoint newer than ``chosen``, else ``chosen``. An
+    unreachable remote costs a warning, never the local resume point."""
+    local_step = parse_checkpoint_step(Path(chosen).name) if chosen else None
+    store = CheckpointStore(output_dir)
+    try:
+        location = RemoteLocation(remote.url, remote.options)
+        folder, skipped = pull_newest(
+            location, store, newer_than=local_step, workers=remote.upload_workers, attempts=remote.attempts
+        )
+    except Exception as e:  # noqa: BLE001 - the local checkpoints stay usable whatever the remote does
+        logger.warning(
+            "Could not look for a newer remote copy in %s (%s); resuming from the local checkpoints",
+            remote.url,
+            describe_error(e),
+        )
+        return chosen
+    if folder is None:
+        if skipped:
+            logger.warning("No usable remote copy newer than the local checkpoints in %s", remote.url)
+        return chosen
+    store.mark_managed()
+    logger.info("Using %s, downloaded from %s (newer than the local checkpoints)", folder.name, remote.url)
+    return str(folder)
 
 
 def check_resume_world_size(

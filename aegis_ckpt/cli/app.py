@@ -10,6 +10,7 @@ import sys
 from .. import __version__
 from ..errors import AegisError, ConfigError, PreflightError, RunLockedError
 from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK
+from .remote import add_remote_commands
 
 
 def _setup_logging(verbose: bool, timestamps: bool = False) -> None:
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="compare sizes instead of re-hashing")
     p.set_defaults(func=cmd_resume_path)
     _add_unattended_commands(sub)
+    add_remote_commands(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..remote.mirror import read_remote_status
 from ..resume import scan_checkpoints
 from ..runstate.completion import read_completion
 from ..runstate.lease import read_run_record, session_is_alive
@@ -124,6 +125,7 @@ def collect_status(output_dir: str | os.PathLike, *, full: bool = False) -> dict
         "save_stats": stats,
         "audit": {"events": len(audit.events), "problems": audit.problems},
         "verify_mode": "full" if full else "quick",
+        "remote": read_remote_status(out),
     }
 
 
@@ -230,12 +232,32 @@ def format_status(report: dict[str, Any]) -> str:
             lines.append(f"Interval:     {s['interval_sec']:.3g} s")
     else:
         lines.append("Saves:        none recorded")
+    lines += _remote_lines(report.get("remote"), now)
     audit = report["audit"]
     lines.append(
         f"Audit log:    {audit['events']} events in .aegis/{AUDIT_NAME}"
         + (f" ({len(audit['problems'])} unreadable line(s))" if audit["problems"] else "")
     )
     return "\n".join(lines)
+
+
+def _remote_lines(remote: dict[str, Any] | None, now: float) -> list[str]:
+    """The mirror's last recorded state: newest remote step, uploads pending, last error."""
+    if not remote:
+        return []
+    newest = remote.get("newest_remote_step")
+    pending = remote.get("pending_steps") or []
+    lines = [
+        f"Remote:       {remote.get('url')}: newest remote step "
+        f"{newest if newest is not None else '(none yet)'}, {len(pending)} upload(s) pending"
+        + (f" (step {', '.join(map(str, pending))})" if pending else "")
+        + f", recorded {_age(now - remote['updated_unix']) if remote.get('updated_unix') else '?'} ago"
+    ]
+    if remote.get("last_error"):
+        lines.append(
+            f"Remote error: {remote['last_error']} ({_age(now - (remote.get('last_error_unix') or now))} ago)"
+        )
+    return lines
 
 
 def resume_path(output_dir: str | os.PathLike, *, verify: str = "full") -> str | None:

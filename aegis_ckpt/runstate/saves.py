@@ -6,6 +6,9 @@ A committed save gets one "Committed ..." log line, its record in the run's audi
 one is safe). A failed save gets one error line, its ``save_failed`` record, and its leftover folder removed (or
 set aside in quarantine with the reason, where the folder is the Trainer's own and may be worth a look).
 
+With a remote mirror (``remote.RemoteMirror``), every committed folder is also handed to it for a background
+upload, and retention keeps the folders it is still uploading.
+
 The save policy's feedback (``record_save``) stays with the callers: the callback feeds it on every rank, also
 after a failed commit, and an asynchronous save feeds it when the snapshot is taken, not when it commits.
 """
@@ -16,6 +19,7 @@ import logging
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from ..options import CheckpointOptions
 from ..storage.commit import Manifest
@@ -23,6 +27,15 @@ from ..storage.store import CheckpointStore
 from .recorder import RunRecorder
 
 logger = logging.getLogger(__name__)
+
+
+class Mirror(Protocol):
+    """What the save tail asks of an off-machine mirror (``remote.RemoteMirror``): take a committed folder for
+    a background upload (never blocking), and name the folders still being uploaded."""
+
+    def submit(self, folder: Path, manifest: Manifest) -> None: ...
+
+    def in_flight(self) -> list[Path]: ...
 
 
 class SaveTail:
@@ -33,6 +46,7 @@ class SaveTail:
         options: ``max_keep`` and ``keep_milestone_every_sec`` for retention.
         recorder: returns the run's recorder, or None where nothing is recorded (a replica rank, a finished run).
         protect: returns the checkpoints retention must keep besides the newest (e.g. the Trainer's best model).
+        mirror: uploads each committed checkpoint off the machine in the background (None: no remote copies).
     """
 
     def __init__(
@@ -42,11 +56,13 @@ class SaveTail:
         *,
         recorder: Callable[[], RunRecorder | None] = lambda: None,
         protect: Callable[[], Iterable[Path]] = tuple,
+        mirror: Mirror | None = None,
     ):
         self.store = store
         self.options = options
         self._recorder = recorder
         self._protect = protect
+        self.mirror = mirror
 
     def committed(
         self,
@@ -89,6 +105,8 @@ class SaveTail:
                 duration_sec=duration_sec,
                 tag=tag,
             )
+        if self.mirror is not None:
+            self.mirror.submit(folder, manifest)
         if retain:
             self.prune(folder)
 
@@ -127,6 +145,9 @@ class SaveTail:
         """Retention after ``newest`` committed: keep it, the protected ones and the newest ``max_keep``."""
         return self.store.prune(
             self.options.max_keep,
-            protect={newest, *(Path(p) for p in self._protect())},
+            protect={newest, *(Path(p) for p in self._protect()), *self._uploading()},
             milestone_every_sec=self.options.keep_milestone_every_sec,
         )
+
+    def _uploading(self) -> list[Path]:
+        return self.mirror.in_flight() if self.mirror is not None else []

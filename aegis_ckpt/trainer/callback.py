@@ -24,8 +24,9 @@ from .. import distributed
 from ..distributed import PeerLostError, StepAgreement, StepFlags
 from ..errors import CommitError, RunLockedError
 from ..exitcodes import exit_code_for_signal
-from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
+from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions, RemoteOptions
 from ..policy import SavePolicy, make_policy
+from ..remote.mirror import RemoteMirror
 from ..resume import check_resume_world_size
 from ..runstate.completion import mark_completed
 from ..runstate.heartbeat import SupervisorHeartbeat
@@ -74,8 +75,16 @@ class AegisCheckpointCallback(TrainerCallback):
             flushed and committed by a background thread. Setups it cannot express (DeepSpeed, FSDP, adapters,
             quantized or offloaded models, a Trainer subclass that overrides a save method) keep the Trainer's
             synchronous save, as logged once.
+        remote_url (`str`, *optional*):
+            Mirror every committed checkpoint to this fsspec URL (``s3://bucket/prefix``, ``gs://...``,
+            ``file:///mnt/nas/run``) in the background; credentials come from the backend's environment variables
+            or profiles. ``find_resume_checkpoint(..., remote_url=...)`` resumes from it on a fresh machine.
+        remote_max_keep (`int`, *optional*):
+            Remote copies to keep (the newest verified one always); defaults to ``max_keep``.
+        remote_options (`dict`, *optional*):
+            Extra keyword arguments of the fsspec file system (never credentials).
         options (`CheckpointOptions`, *optional*), emergency (`EmergencyOptions`, *optional*),
-        async_options (`AsyncOptions`, *optional*):
+        async_options (`AsyncOptions`, *optional*), remote (`RemoteOptions`, *optional*):
             The same settings as objects; when given, the matching keyword arguments must be left unset.
         write_completion_marker (`bool`, *optional*, defaults to `True`):
             Record ``.aegis/completed.json`` when training reaches its last step with a committed checkpoint.
@@ -107,6 +116,10 @@ class AegisCheckpointCallback(TrainerCallback):
         options: CheckpointOptions | None = None,
         emergency: EmergencyOptions | None = None,
         async_options: AsyncOptions | None = None,
+        remote_url: str | None = None,
+        remote_max_keep: int | None = None,
+        remote_options: dict | None = None,
+        remote: RemoteOptions | None = None,
         policy: SavePolicy | None = None,
         write_completion_marker: bool = True,
         clock: Callable[[], float] = time.monotonic,
@@ -129,6 +142,10 @@ class AegisCheckpointCallback(TrainerCallback):
             save_on_exception=save_on_exception,
         )
         self.async_options = _build_options(AsyncOptions, async_options, enabled=async_save)
+        self.remote = _build_options(
+            RemoteOptions, remote, url=remote_url, max_keep=remote_max_keep, options=remote_options
+        )
+        self.mirror: RemoteMirror | None = None
         self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
         self.clock = clock
         self.write_completion_marker = write_completion_marker
@@ -206,8 +223,15 @@ class AegisCheckpointCallback(TrainerCallback):
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
         self.store = CheckpointStore(args.output_dir)
+        if self.remote.enabled and args.should_save and self.mirror is None:
+            # The committing process uploads: it owns (and has just hashed) every file of the folder.
+            self.mirror = RemoteMirror(self.remote, args.output_dir, local_max_keep=self.options.max_keep)
         self._tail = SaveTail(
-            self.store, self.options, recorder=lambda: self._recorder, protect=self._best_checkpoint
+            self.store,
+            self.options,
+            recorder=lambda: self._recorder,
+            protect=self._best_checkpoint,
+            mirror=self.mirror,
         )
         self._begin_run_record(args, state)  # before anything on disk changes: may refuse a second process
         if args.should_save:
@@ -215,6 +239,8 @@ class AegisCheckpointCallback(TrainerCallback):
             self.store.recover_staging()
             self._set_aside_future_checkpoints(state.global_step)
             self.store.empty_trash()
+            if self.mirror is not None:
+                self.mirror.catch_up()  # an upload the previous process could not finish
         self._agreement.setup()
         distributed.barrier()
         self.last_saved_step = None
@@ -456,6 +482,7 @@ class AegisCheckpointCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._collect_async(wait=True)
         self._async.close()
+        self._flush_remote(self.remote.flush_timeout_sec)
         self._heartbeat.beat(state.global_step, "train_end", force=True)
         try:
             late = self._agreement.drain()
@@ -520,8 +547,16 @@ class AegisCheckpointCallback(TrainerCallback):
         if agreement:
             self._agreement.close()
         self._async.close()
+        # The process is about to exit (a signal, a lost peer): give the last upload the grace period at most.
+        self._flush_remote(self.emergency.grace_period_sec)
 
     # ---- helpers -------------------------------------------------------------------------------------------
+    def _flush_remote(self, timeout_sec: float) -> None:
+        """Training is over: wait (bounded) for the last upload, then stop the mirror."""
+        if self.mirror is not None:
+            self.mirror.close(timeout_sec)
+            self.mirror = None
+
     def _require_tail(self) -> SaveTail:
         self._require_store()
         return self._tail
