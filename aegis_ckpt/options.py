@@ -279,7 +279,7 @@ class RemoteOptions:
             raise ConfigError(
                 f"remote url must be a URL such as s3://bucket/prefix or file:///mnt/nas/run (got {self.url!r})."
             )
-        if self.url and "@" in self.url.split("://", 1)[1].split("/", 1)[0]:
+        if self.url and ":" in self.url.split("://", 1)[1].partition("@")[0] and "@" in self.url:
             raise ConfigError(
                 "remote url must not carry credentials (user:secret@...): they would end up in logs and "
                 "configs. Use the backend's environment variables or profiles instead."

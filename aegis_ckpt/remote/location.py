@@ -77,16 +77,20 @@ def with_retries(
     max_sec: float = 20.0,
     sleep: Callable[[float], None] = time.sleep,
     jitter: Callable[[], float] = random.random,
+    on_retry: Callable[[BaseException], None] | None = None,
 ) -> T:
     """Run ``action``; on a transient error wait (exponential backoff with full jitter: a random share of
     ``base_sec * 2**n``, capped at ``max_sec``, so many clients do not retry in lockstep) and try again, at most
-    ``attempts`` times in all. The last error is raised."""
+    ``attempts`` times in all. ``on_retry`` hears of each transient error that is retried. The last error is
+    raised."""
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except Exception as e:
             if attempt >= attempts or not is_transient(e):
                 raise
+            if on_retry is not None:
+                on_retry(e)
             delay = jitter() * min(max_sec, base_sec * 2 ** (attempt - 1))
             logger.debug(
                 "%s failed (%s); try %d of %d in %.2f s",

@@ -226,13 +226,17 @@ class RemoteMirror:
     def _upload(self, folder: Path) -> bool:
         try:
             result = upload_checkpoint(
-                self.location, folder, workers=self.options.upload_workers, attempts=self.options.attempts
+                self.location,
+                folder,
+                workers=self.options.upload_workers,
+                attempts=self.options.attempts,
+                on_retry=lambda error: self._trouble(folder, error, retrying=True),
             )
         except FileNotFoundError:
             logger.info("Not uploading %s: it was removed locally before its upload finished", folder.name)
             return True
         except Exception as e:  # noqa: BLE001 - an upload failure must never reach the training loop
-            self._failed(folder, e)
+            self._trouble(folder, e, retrying=False)
             return False
         if self._failing:
             logger.warning("Remote %s answers again: %s uploaded", self.location.url, folder.name)
@@ -260,21 +264,25 @@ class RemoteMirror:
             )
         return True
 
-    def _failed(self, folder: Path, error: Exception) -> None:
+    def _trouble(self, folder: Path, error: BaseException, *, retrying: bool) -> None:
+        """An upload attempt failed: record it; say so once per outage (one WARNING line), not per retry."""
         reason = describe_error(error)
         with self._status_lock:
             self._status.update(last_error=f"{folder.name}: {reason}", last_error_unix=time.time())
         if not self._failing:
             logger.warning(
-                "Upload of %s to %s failed (%s). Training goes on; the upload is retried in the background and "
-                "the newest checkpoint is sent once the remote answers (this is said once).",
+                "Upload of %s to %s failed (%s). Training goes on; uploads are retried in the background and the "
+                "newest checkpoint is sent once the remote answers (said once; a line follows when it does).",
                 folder.name,
                 self.location.url,
                 reason,
             )
         else:
-            logger.debug("Upload of %s failed again: %s", folder.name, reason)
+            logger.debug(
+                "Upload of %s failed again%s: %s", folder.name, " (retrying)" if retrying else "", reason
+            )
         self._failing = True
+        self._write_status()
 
     def _write_status(self) -> None:
         with self._cond:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,10 @@ def upload_checkpoint(
     manifest: Manifest | None = None,
     workers: int = 4,
     attempts: int = 5,
+    on_retry: Callable[[BaseException], None] | None = None,
 ) -> UploadResult:
-    """Upload the committed ``folder`` to ``<remote>/<folder name>/``, manifest last.
+    """Upload the committed ``folder`` to ``<remote>/<folder name>/``, manifest last. ``on_retry`` hears of
+    every transient error that is retried.
 
     Raises:
         FileNotFoundError: the local folder or one of its files is gone (pruned meanwhile).
@@ -54,7 +57,10 @@ def upload_checkpoint(
     location.refresh()
     if fs.exists(remote_manifest):
         with_retries(
-            lambda: fs.rm_file(remote_manifest), attempts=attempts, what=f"withdraw {remote_manifest}"
+            lambda: fs.rm_file(remote_manifest),
+            attempts=attempts,
+            on_retry=on_retry,
+            what=f"withdraw {remote_manifest}",
         )
 
     def put(name: str) -> None:
@@ -64,6 +70,7 @@ def upload_checkpoint(
         with_retries(
             lambda: fs.put_file(os.fspath(local), f"{remote_dir}/{name}"),
             attempts=attempts,
+            on_retry=on_retry,
             what=f"upload {folder.name}/{name}",
         )
 
@@ -71,20 +78,30 @@ def upload_checkpoint(
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="aegis-upload") as pool:
         for future in [pool.submit(put, name) for name in names]:
             future.result()
-    _check_sizes(location, remote_dir, manifest, attempts)
+    _check_sizes(location, remote_dir, manifest, attempts, on_retry)
     with_retries(
         lambda: fs.put_file(os.fspath(folder / MANIFEST_NAME), remote_manifest),
         attempts=attempts,
+        on_retry=on_retry,
         what=f"upload {folder.name}/{MANIFEST_NAME}",
     )
     return UploadResult(manifest.step, remote_dir, manifest.total_bytes, time.perf_counter() - started)
 
 
-def _check_sizes(location: RemoteLocation, remote_dir: str, manifest: Manifest, attempts: int) -> None:
+def _check_sizes(
+    location: RemoteLocation,
+    remote_dir: str,
+    manifest: Manifest,
+    attempts: int,
+    on_retry: Callable[[BaseException], None] | None,
+) -> None:
     """Every file arrived with the size the manifest lists (the checksums are checked on download)."""
     location.refresh()
     found = with_retries(
-        lambda: location.fs.find(remote_dir, detail=True), attempts=attempts, what=f"list {remote_dir}"
+        lambda: location.fs.find(remote_dir, detail=True),
+        attempts=attempts,
+        on_retry=on_retry,
+        what=f"list {remote_dir}",
     )
     sizes = {path[len(remote_dir) + 1 :]: info.get("size") for path, info in found.items()}
     wrong = [

@@ -15,10 +15,7 @@ import threading
 import uuid
 
 import pytest
-
-# Fake credentials, recognisable in any text they might leak into.
-ACCESS_KEY = "AKIAAEGISTESTKEY0001"
-SECRET_KEY = "aegisTestSecret/doNotLog+1234567890abcdef"
+from remotelib import ACCESS_KEY, SECRET_KEY
 
 
 class S3Server:
