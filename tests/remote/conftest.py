@@ -31,6 +31,7 @@ class S3Server:
         self._hold_pattern: re.Pattern | None = None
         self._released = threading.Event()
         self.held = threading.Event()  # set once a request was held
+        self.held_paths: list[str] = []
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     @property
@@ -44,6 +45,7 @@ class S3Server:
             and environ.get("REQUEST_METHOD") in ("PUT", "POST")
             and pattern.search(environ.get("PATH_INFO", ""))
         ):
+            self.held_paths.append(environ.get("PATH_INFO", ""))
             self.held.set()
             self._released.wait(timeout=120)
         return self._app(environ, start_response)
@@ -68,6 +70,7 @@ class S3Server:
         """Uploads whose path matches ``pattern`` hang (up to 120 s) until ``release``."""
         self._released.clear()
         self.held.clear()
+        self.held_paths = []
         self._hold_pattern = re.compile(pattern)
 
     def release(self) -> None:
