@@ -203,7 +203,7 @@ def find_resume_checkpoint(
             report = scan_checkpoints(output_dir, verify=verify, allow_unverified=allow_unverified)
             chosen = report.chosen
             if remote_url:
-                chosen = _newer_remote_copy(
+                chosen = newer_remote_copy(
                     output_dir, chosen, RemoteOptions(url=remote_url, options=remote_options or {})
                 )
         if chosen:
@@ -219,9 +219,9 @@ def find_resume_checkpoint(
     return chosen
 
 
-def _newer_remote_copy(output_dir: Path, chosen: str | None, remote: RemoteOptions) -> str | None:
-    """The local copy of the newest verified remote checkpoint newer than ``chosen``, else ``chosen``. An
-    unreachable remote costs a warning, never the local resume point."""
+def newer_remote_copy(output_dir: Path, chosen: str | None, remote: RemoteOptions) -> str | None:
+    """The local copy of the newest verified remote checkpoint newer than ``chosen`` (the local resume point),
+    else ``chosen``. An unreachable remote costs a warning, never the local resume point."""
     local_step = parse_checkpoint_step(Path(chosen).name) if chosen else None
     store = CheckpointStore(output_dir)
     try:

@@ -34,9 +34,10 @@ from typing import Any
 
 from ..errors import CommitError, ConfigError
 from ..exitcodes import exit_code_for_signal
-from ..options import CheckpointOptions
+from ..options import CheckpointOptions, RemoteOptions
 from ..policy import SavePolicy, make_policy
-from ..resume import scan_checkpoints
+from ..remote.mirror import RemoteMirror
+from ..resume import newer_remote_copy, scan_checkpoints
 from ..runstate.completion import mark_completed
 from ..runstate.recorder import RunRecorder
 from ..runstate.start import FINISHED, RunStart
@@ -60,9 +61,11 @@ class LoopCheckpointer:
         keep_tagged: bool = True,
         policy: SavePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        remote: RemoteOptions | None = None,
     ):
         self.output_dir = check_output_dir(base_dir)
         self.options = options
+        self.remote = remote if remote is not None else RemoteOptions()
         self.keep_tagged = keep_tagged
         self.policy = policy if policy is not None else make_policy(options)
         self.clock = clock
@@ -96,6 +99,10 @@ class LoopCheckpointer:
         self.store.mark_managed()
         self.store.recover_staging()
         self.store.empty_trash()
+        self.mirror: RemoteMirror | None = None
+        if self.remote.enabled:
+            self.mirror = RemoteMirror(self.remote, self.output_dir, local_max_keep=options.max_keep)
+            self.mirror.catch_up()  # an upload the previous process could not finish
         self._atexit_hook = self._close_at_exit
         atexit.register(self._atexit_hook)
 
@@ -358,6 +365,8 @@ class LoopCheckpointer:
         )
         self.policy.record_save(started=started, finished=finished, size_bytes=manifest.total_bytes)
         self.last_checkpoint = final
+        if self.mirror is not None:
+            self.mirror.submit(final, manifest)
         logger.info(
             "Committed %s (step %d, %.1f MB, %s%s, %.2f s)",
             final,
@@ -367,8 +376,11 @@ class LoopCheckpointer:
             f", tag {tag!r}" + (", kept outside the rolling window" if pinned else "") if tag else "",
             finished - started,
         )
+        uploading = set(self.mirror.in_flight()) if self.mirror is not None else set()
         self.store.prune(
-            self.options.max_keep, protect={final}, milestone_every_sec=self.options.keep_milestone_every_sec
+            self.options.max_keep,
+            protect={final, *uploading},
+            milestone_every_sec=self.options.keep_milestone_every_sec,
         )
         return final
 
@@ -399,10 +411,13 @@ class LoopCheckpointer:
         report = scan_checkpoints(
             self.output_dir, verify=self.options.verify, allow_unverified=self.options.allow_unverified
         )
-        if report.chosen is None:
+        chosen_name = report.chosen
+        if self.remote.enabled:
+            chosen_name = newer_remote_copy(self.output_dir, chosen_name, self.remote)
+        if chosen_name is None:
             logger.info("No intact checkpoint in %s: starting from scratch", self.output_dir)
             return None
-        chosen = Path(report.chosen)
+        chosen = Path(chosen_name)
         state = load_training_state(
             chosen,
             model=self.model,
@@ -453,6 +468,8 @@ class LoopCheckpointer:
             except Exception as e:  # restoring handlers is best effort; the lease must still be released
                 logger.warning("Could not restore the previous signal handlers: %s", e)
             self.watcher = None
+        if self.mirror is not None:
+            self.mirror.close(self.remote.flush_timeout_sec)  # bounded wait for the last upload
         self.recorder.end(kind, step=self.global_step, detail=detail)
         atexit.unregister(self._atexit_hook)
 

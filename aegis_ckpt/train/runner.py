@@ -98,6 +98,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         options=cfg.checkpoint,
         emergency=cfg.emergency,
         async_options=cfg.async_save,
+        remote=cfg.remote,
         write_completion_marker=False,
     )
     trainer = Trainer(
@@ -109,7 +110,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         callbacks=[callback],
     )
     resume = find_resume_checkpoint(
-        output_dir, verify=cfg.resume.verify, allow_unverified=cfg.resume.allow_unverified
+        output_dir,
+        verify=cfg.resume.verify,
+        allow_unverified=cfg.resume.allow_unverified,
+        remote_url=cfg.remote.url,
+        remote_options=cfg.remote.options,
     )
     if resume:
         logger.info("Continuing from %s", resume)
