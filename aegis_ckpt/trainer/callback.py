@@ -223,8 +223,10 @@ class AegisCheckpointCallback(TrainerCallback):
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
         self.store = CheckpointStore(args.output_dir)
-        if self.remote.enabled and args.should_save and self.mirror is None:
-            # The committing process uploads: it owns (and has just hashed) every file of the folder.
+        if self.remote.enabled and args.should_save and args.process_index == 0 and self.mirror is None:
+            # The committing main process uploads, after every rank wrote its files (the commit follows a
+            # barrier). With save_on_each_node the other nodes' main processes commit their own copies too; one
+            # remote copy per run, so only the global main process mirrors.
             self.mirror = RemoteMirror(self.remote, args.output_dir, local_max_keep=self.options.max_keep)
         self._tail = SaveTail(
             self.store,

@@ -17,6 +17,8 @@ import uuid
 import pytest
 from remotelib import ACCESS_KEY, SECRET_KEY
 
+HOLD_LIMIT_SEC = 60.0
+
 
 class S3Server:
     """moto's S3 on 127.0.0.1 (threaded werkzeug), restartable on its port, with an upload hold."""
@@ -32,6 +34,7 @@ class S3Server:
         self._released = threading.Event()
         self.held = threading.Event()  # set once a request was held
         self.held_paths: list[str] = []
+        self.hold_expired = False
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     @property
@@ -47,7 +50,8 @@ class S3Server:
         ):
             self.held_paths.append(environ.get("PATH_INFO", ""))
             self.held.set()
-            self._released.wait(timeout=120)
+            if not self._released.wait(timeout=HOLD_LIMIT_SEC):
+                self.hold_expired = True  # nobody released it: the client waited, not the test
         return self._app(environ, start_response)
 
     def start(self) -> S3Server:
@@ -67,10 +71,12 @@ class S3Server:
             self._server = None
 
     def hold_uploads(self, pattern: str) -> None:
-        """Uploads whose path matches ``pattern`` hang (up to 120 s) until ``release``."""
+        """Uploads whose path matches ``pattern`` hang until ``release`` (at most ``HOLD_LIMIT_SEC``; then
+        ``hold_expired`` is set)."""
         self._released.clear()
         self.held.clear()
         self.held_paths = []
+        self.hold_expired = False
         self._hold_pattern = re.compile(pattern)
 
     def release(self) -> None:

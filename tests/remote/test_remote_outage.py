@@ -42,7 +42,7 @@ def test_server_stopped_mid_upload_and_restarted(
     tmp_path, make_trainer, fake_clock, s3_server, bucket_url, s3, caplog, capsys
 ):
     caplog.set_level(logging.INFO, logger="aegis_ckpt")
-    s3_server.hold_uploads(r"/checkpoint-10/")
+    s3_server.hold_uploads(r"/checkpoint-10/")  # the upload of step 10 hangs until the server goes down
     cb = AegisCheckpointCallback(
         save_interval_sec=4.5, max_keep=3, clock=fake_clock, async_save=False, remote_url=bucket_url
     )
@@ -58,6 +58,9 @@ def test_server_stopped_mid_upload_and_restarted(
             s3_server.start()
 
     assert trainer.state.global_step == 20
+    # The held upload was released by this test at step 11, from the training thread: had a commit waited for
+    # its upload, training would never have got there and the hold would have expired instead.
+    assert not s3_server.hold_expired
     # Training went on while the uploads could not: every step end during the outage saw them pending.
     assert len(outage.pending_while_down) == 5 and min(outage.pending_while_down) >= 1
     failures = [

@@ -50,9 +50,10 @@ def test_corrupted_remote_file_is_refused_and_the_older_copy_used(
 def test_remote_newer_than_local_only_is_downloaded(tmp_path, committed_checkpoint, bucket_url):
     local = tmp_path / "run"
     _mirror(committed_checkpoint, tmp_path / "other", bucket_url, [5, 10])
-    committed_checkpoint(local, 10)  # the local disk already holds the newest step: nothing to fetch
+    inode = committed_checkpoint(local, 10).stat().st_ino  # the newest step is here already: nothing to fetch
     assert find_resume_checkpoint(local, remote_url=bucket_url) == str(local / "checkpoint-10")
     assert [e.step for e in CheckpointStore(local).committed()] == [10]
+    assert (local / "checkpoint-10").stat().st_ino == inode  # the local folder itself, not a downloaded copy
 
 
 def test_manifest_naming_files_outside_is_refused(tmp_path, bucket_url, s3):
