@@ -165,7 +165,7 @@ class RemoteMirror:
             with self._cond:
                 while not self._closed and self._pending is None and not self._catch_up:
                     self._cond.wait()
-                if self._closed and self._pending is None and not self._catch_up:
+                if self._closed:  # close() already waited (bounded); what is left goes up with the next run
                     return
                 catch_up, self._catch_up = self._catch_up, False
             if catch_up and not self._queue_missing_newest():

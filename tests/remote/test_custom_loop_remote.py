@@ -34,5 +34,8 @@ def test_rolling_manager_mirrors_and_resumes_from_remote(tmp_path, bucket_url, s
     other.register_model(again, optimizer=torch.optim.SGD(again.parameters(), lr=0.1))
     state = other.load_latest()
     assert state["step"] == 3 and other.last_checkpoint == tmp_path / "b" / final.name
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
     other.close()
