@@ -1,9 +1,10 @@
-"""``LoopCheckpointer``: the one implementation behind the three custom-loop managers in ``manager.py``.
+"""``LoopCheckpointer``: the one implementation behind the three custom-loop managers (``manager``).
 
-It holds the registered objects and the loop's counters, decides at safe points (``policy``), writes a save into
-a staging folder under ``.aegis/staging/`` (``loopstate``), commits it there (``commit``), renames it to
-``checkpoint-<step>`` in one step and applies retention (``store``); it resumes through the same scan as the
-Trainer path (``resume``), and records everything through ``RunRecorder`` (lease, audit log, statistics).
+It holds the registered objects and the loop's counters, decides at safe points (``policy``, ``safepoints``),
+writes a save into a staging folder under ``.aegis/staging/`` (``loopstate``), commits it there (``commit``),
+renames it to ``checkpoint-<step>`` in one step and ends it in the save tail shared with the Trainer path
+(``runstate.saves``: log line, run record, retention); it resumes through the same scan as the Trainer path
+(``resume``), and records everything through ``RunRecorder`` (lease, audit log, statistics).
 
 Why stage instead of writing ``checkpoint-<step>`` in place: a folder appears under its final name only after its
 manifest is durable, so a crash at any instant leaves either no new folder (the staging leftover is removed at
@@ -13,8 +14,7 @@ second save of the same step never rewrites a committed folder in place.
 Safe points. Time-based saving must never capture weights in the middle of an update, so a save happens only
 where the loop says the state is consistent: ``step()``, called after each optimizer step once the counters match
 the weights (inside a ``with unsafe():`` block it takes effect at the block's end), ``save_checkpoint()`` (which
-waits for a running ``unsafe()`` block of another thread) and ``finish()``. A background thread only *warns* when
-no safe point comes for two intervals; it never saves.
+waits for a running ``unsafe()`` block of another thread) and ``finish()`` (see ``safepoints``).
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ import atexit
 import json
 import logging
 import os
-import shutil
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +37,14 @@ from ..remote.mirror import RemoteMirror
 from ..resume import newer_remote_copy, scan_checkpoints
 from ..runstate.completion import mark_completed
 from ..runstate.recorder import RunRecorder
+from ..runstate.saves import SaveTail
 from ..runstate.start import FINISHED, RunStart
 from ..storage.commit import commit_checkpoint, is_committed
 from ..storage.layout import check_output_dir
 from ..storage.store import PIN_META_KEY, CheckpointStore
 from ..system.platform import signal_name
 from .loopstate import load_training_state, save_training_state
+from .safepoints import StallWatch, UnsafeRegions
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +70,7 @@ class LoopCheckpointer:
         self.clock = clock
         self.store = CheckpointStore(self.output_dir)
         self.recorder = RunRecorder(self.output_dir, options, policy=self.policy, clock=clock)
+        self.tail = SaveTail(self.store, options, recorder=lambda: self.recorder)
         self.model = self.tokenizer = self.optimizer = self.scheduler = None
         self.extra: dict[str, Any] = {}
         self.global_step = 0
@@ -80,15 +80,12 @@ class LoopCheckpointer:
         self.resumed_from: Path | None = None
         self.last_checkpoint: Path | None = None
         self.closed = False
-        self._lock = threading.Lock()
-        self._region_owner: int | None = None
-        self._regions_used = False
-        self._torn = False
-        self._deferred = False
-        self._last_safe_point = clock()
-        self._stall_warned = False
-        self._watchdog: threading.Thread | None = None
-        self._stop_watchdog = threading.Event()
+        self.regions = UnsafeRegions()
+        self.stall_watch = StallWatch(
+            clock,
+            interval_sec=lambda: self.policy.interval_sec,
+            armed=lambda: self.auto_tag is not None and not self.closed,
+        )
         self._superseded_checked = False
         self._resumed_step: int | None = None
         # Refuse a second live process before anything on disk changes (RunLockedError), then clean up after a
@@ -102,6 +99,7 @@ class LoopCheckpointer:
         self.mirror: RemoteMirror | None = None
         if self.remote.enabled:
             self.mirror = RemoteMirror(self.remote, self.output_dir, local_max_keep=options.max_keep)
+            self.tail.mirror = self.mirror  # every commit is handed to it by the save tail
             self.mirror.catch_up()  # an upload the previous process could not finish
         self._atexit_hook = self._close_at_exit
         atexit.register(self._atexit_hook)
@@ -149,52 +147,25 @@ class LoopCheckpointer:
         if values:
             self.update(**values)
         self.global_step = int(global_step) if global_step is not None else self.global_step + 1
-        if self._region_owner == threading.get_ident():
-            self._deferred = True  # inside unsafe(): the block's end is the safe point
+        if self.regions.inside():
+            self.regions.defer()  # inside unsafe(): the block's end is the safe point
             return False
         return self.safe_point()
 
-    @contextmanager
-    def unsafe(self) -> Iterator[None]:
+    def unsafe(self):
         """Mark code that changes the state (optimizer step, counters): no save sees it half done, and an
         exception inside it is known to have torn the state. A ``step()`` called inside takes effect at the end of
         the block; the end of a block without one is not a safe point (the counters may not match the weights)."""
-        if self._region_owner == threading.get_ident():
-            yield  # nested: the outer block decides
-            return
-        self._lock.acquire()
-        self._region_owner = threading.get_ident()
-        self._regions_used = True
-        self._deferred = False
-        try:
-            yield
-        except BaseException:
-            self._torn = True
-            raise
-        finally:
-            self._region_owner = None
-            self._lock.release()
-        self._torn = False
-        if self._deferred:
-            self._deferred = False
-            self.safe_point()
+        return self.regions.block(at_end=self.safe_point)
 
     def state_is_consistent(self) -> tuple[bool, str]:
         """Whether an emergency save now would capture a consistent state, and if not, why."""
-        if self._torn or self._region_owner is not None:
-            return False, "it interrupted a `with unsafe():` block, so the state may be half updated"
-        if not self._regions_used:
-            return False, (
-                "the loop marks no unsafe region, so it is unknown whether the state is consistent (wrap the "
-                "optimizer step in `with ckpt_manager.unsafe():` to enable saves on exceptions)"
-            )
-        return True, ""
+        return self.regions.state_is_consistent()
 
     # ---- safe points -------------------------------------------------------------------------------------------
     def safe_point(self) -> bool:
         now = self.clock()
-        self._last_safe_point = now
-        self._stall_warned = False
+        self.stall_watch.safe_point(now)
         self.recorder.heartbeat(self.global_step)
         signum = self.watcher.triggered if self.watcher is not None else None
         if signum is not None:
@@ -239,54 +210,33 @@ class LoopCheckpointer:
         self.auto_tag = str(tag)
         now = self.clock()
         self.policy.start(now)
-        self._last_safe_point = now
         logger.info(
             "Auto-save every %.3g s at safe points (step() / end of unsafe()), keeping %d in %s",
             self.policy.interval_sec,
             self.options.max_keep,
             self.output_dir,
         )
-        if self._watchdog is None:
-            self._stop_watchdog.clear()
-            self._watchdog = threading.Thread(target=self._watch, name="aegis-safe-point-watch", daemon=True)
-            self._watchdog.start()
+        self.stall_watch.start(now)
 
     def disarm(self) -> None:
         self.auto_tag = None
 
-    def _watch(self) -> None:
-        while not self._stop_watchdog.wait(min(max(self.policy.interval_sec / 4, 0.05), 10.0)):
-            self.check_stalled(self.clock())
-
     def check_stalled(self, now: float) -> bool:
         """Warn (once until the next safe point) when auto-save is armed but no safe point came for two
-        intervals: saving never happens in the middle of an update, so such a loop is not being checkpointed."""
-        if self.auto_tag is None or self._stall_warned or self.closed:
-            return False
-        quiet = now - self._last_safe_point
-        if quiet < 2 * self.policy.interval_sec:
-            return False
-        self._stall_warned = True
-        logger.warning(
-            "No safe point for %.3g s although auto-save is due every %.3g s: nothing is saved meanwhile. Call "
-            "ckpt_manager.step() after each optimizer step (or end a `with ckpt_manager.unsafe():` block); saves "
-            "only happen there, never in the middle of an update.",
-            quiet,
-            self.policy.interval_sec,
-        )
-        return True
+        intervals (``StallWatch``)."""
+        return self.stall_watch.check(now)
 
     # ---- save --------------------------------------------------------------------------------------------------
     def save_now(self, tag: str | None, *, keep: bool | None = None, reason: str = "manual") -> Path:
         """A save requested by the program (``save_checkpoint``); waits for another thread's unsafe() block."""
-        if self._region_owner == threading.get_ident():
+        if self.regions.inside():
             raise RuntimeError(
                 "save_checkpoint() inside `with unsafe():`: the state is being changed; call it after the block"
             )
         pinned = bool(tag) and (self.keep_tagged if keep is None else keep)
-        return self._save_or_raise(tag=tag, reason=reason, pinned=pinned)
+        return self.save_or_raise(tag=tag, reason=reason, pinned=pinned)
 
-    def _save_or_raise(self, *, tag: str | None, reason: str, pinned: bool) -> Path:
+    def save_or_raise(self, *, tag: str | None, reason: str, pinned: bool) -> Path:
         path = self.save(tag=tag, reason=reason, pinned=pinned, raise_errors=True)
         if path is None:  # save() raises CommitError instead; this only guards a future change
             raise CommitError(f"checkpoint of step {self.global_step} was not committed")
@@ -299,9 +249,9 @@ class LoopCheckpointer:
             raise RuntimeError(
                 "this checkpoint manager is closed (it released the directory); create a new one to save again"
             )
-        if self._region_owner == threading.get_ident():
+        if self.regions.inside():
             raise RuntimeError("cannot save inside this thread's own `with unsafe():` block")
-        with self._lock:
+        with self.regions.lock:
             return self._save_locked(tag, reason, pinned, raise_errors)
 
     def _save_locked(self, tag: str | None, reason: str, pinned: bool, raise_errors: bool) -> Path | None:
@@ -339,22 +289,13 @@ class LoopCheckpointer:
             committed = self.clock()
             final = self.store.publish(staged, step)
         except Exception as e:
-            if staged is not None:
-                shutil.rmtree(staged, ignore_errors=True)
-            self.recorder.save_failed(step=step, reason=reason, error=e)
+            self.tail.failed(step=step, reason=reason, error=e, leftover=staged, log=not raise_errors)
             self.policy.start(self.clock())
             if raise_errors:
                 raise CommitError(f"checkpoint of step {step} was not committed: {e}") from e
-            logger.error(
-                "Checkpoint of step %d was NOT committed (%s: %s). Training goes on; the previous committed "
-                "checkpoint stays the resume point, and the next save is tried one interval from now.",
-                step,
-                type(e).__name__,
-                e,
-            )
             return None
         finished = self.clock()
-        self.recorder.committed(
+        self.tail.committed(
             final,
             manifest,
             reason=reason,
@@ -362,26 +303,10 @@ class LoopCheckpointer:
             commit_sec=committed - written,
             duration_sec=finished - started,
             tag=tag,
+            pinned=pinned,
         )
         self.policy.record_save(started=started, finished=finished, size_bytes=manifest.total_bytes)
         self.last_checkpoint = final
-        if self.mirror is not None:
-            self.mirror.submit(final, manifest)
-        logger.info(
-            "Committed %s (step %d, %.1f MB, %s%s, %.2f s)",
-            final,
-            step,
-            manifest.total_bytes / 1e6,
-            reason,
-            f", tag {tag!r}" + (", kept outside the rolling window" if pinned else "") if tag else "",
-            finished - started,
-        )
-        uploading = set(self.mirror.in_flight()) if self.mirror is not None else set()
-        self.store.prune(
-            self.options.max_keep,
-            protect={final, *uploading},
-            milestone_every_sec=self.options.keep_milestone_every_sec,
-        )
         return final
 
     def _set_aside_superseded(self, step: int) -> None:
@@ -399,10 +324,7 @@ class LoopCheckpointer:
                 later[-1].step,
             )
         self._superseded_checked = True
-        for entry in later:
-            self.store.quarantine(
-                entry.path, f"superseded: the loop saved step {step}, before this checkpoint"
-            )
+        self.tail.set_aside_later(step, f"superseded: the loop saved step {step}, before this checkpoint")
 
     # ---- resume ------------------------------------------------------------------------------------------------
     def resume(self, *, restore_rng: bool = True) -> dict[str, Any] | None:
@@ -448,7 +370,7 @@ class LoopCheckpointer:
             logger.info("Nothing to do: the run had already finished at step %d", self.global_step)
             self.close("finished")
             return self.resumed_from
-        path = self._save_or_raise(tag="final", reason="final", pinned=False)
+        path = self.save_or_raise(tag="final", reason="final", pinned=False)
         mark_completed(self.output_dir, step=self.global_step, checkpoint=os.fspath(path))
         self.recorder.finished(step=self.global_step, checkpoint=path)
         logger.info("Training complete at step %d: %s", self.global_step, path)
@@ -460,7 +382,7 @@ class LoopCheckpointer:
             return
         self.closed = True
         self.auto_tag = None
-        self._stop_watchdog.set()
+        self.stall_watch.stop()
         if self.watcher is not None:
             try:
                 self.watcher.mark_done()  # releases a Windows close/logoff/shutdown handler waiting for the save
@@ -481,35 +403,3 @@ class LoopCheckpointer:
             self.close("exception", detail=type(error).__name__)
         else:
             self.close("exited_without_close")
-
-    # ---- exceptions ----------------------------------------------------------------------------------------------
-    def handle_exception(self, error: BaseException) -> bool:
-        """Best-effort save on an unhandled exception, if the state is consistent. Never raises: the caller
-        re-raises ``error``. Returns whether a checkpoint was committed."""
-        ok, why = self.state_is_consistent()
-        saved = False
-        if self.model is None:
-            logger.error("%s: no model registered, nothing to save", type(error).__name__)
-        elif not ok:
-            logger.error("%s at step %d: not saving, because %s", type(error).__name__, self.global_step, why)
-        else:
-            try:
-                path = self._save_or_raise(tag=None, reason=f"exception:{type(error).__name__}", pinned=False)
-                saved = True
-                logger.error(
-                    "%s at step %d: emergency checkpoint %s committed",
-                    type(error).__name__,
-                    self.global_step,
-                    path,
-                )
-            except BaseException as save_error:  # the original error matters more; report this one and go on
-                logger.error(
-                    "%s at step %d: the emergency checkpoint failed too (%s: %s); the last committed checkpoint "
-                    "stays the resume point",
-                    type(error).__name__,
-                    self.global_step,
-                    type(save_error).__name__,
-                    save_error,
-                )
-        self.recorder.exception(error, step=self.global_step, saved=saved)
-        return saved

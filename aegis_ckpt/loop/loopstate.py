@@ -17,17 +17,23 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import AegisError
-from ..storage.layout import ADAPTER_WEIGHTS, MODEL_INDEX, MODEL_WEIGHTS, OPTIMIZER_NAME, SCHEDULER_NAME
+from ..rngstate import capture_plain_rng_state, restore_plain_rng_state
+from ..storage.layout import (
+    ADAPTER_WEIGHTS,
+    MODEL_INDEX,
+    MODEL_WEIGHTS,
+    OPTIMIZER_NAME,
+    RNG_STATE_NAME,
+    SCHEDULER_NAME,
+)
 
 EXTRA_STATE_NAME = "extra_state.pt"
-RNG_NAME = "rng_state.pth"
 LOOP_STATE_NAME = "aegis_loop_state.json"
 LOOP_STATE_FORMAT = "aegis-ckpt-loop-state"
 
@@ -47,34 +53,6 @@ def _unwrap(model):
 
 def _is_peft(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "save_pretrained")
-
-
-# ---- RNG ----------------------------------------------------------------------------------------------------------
-def capture_rng_state() -> dict[str, Any]:
-    import numpy as np
-
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        # As plain values, so that torch.load(weights_only=True) reads them back.
-        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "cpu": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ---- save -----------------------------------------------------------------------------------------------------------
@@ -105,7 +83,7 @@ def save_training_state(
         torch.save(scheduler.state_dict(), folder / SCHEDULER_NAME)
     if extra:
         torch.save({name: obj.state_dict() for name, obj in extra.items()}, folder / EXTRA_STATE_NAME)
-    torch.save(capture_rng_state(), folder / RNG_NAME)
+    torch.save(capture_plain_rng_state(), folder / RNG_STATE_NAME)
     body = {"format": LOOP_STATE_FORMAT, "version": 1, **loop_state}
     (folder / LOOP_STATE_NAME).write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -201,6 +179,6 @@ def load_training_state(
             )
         for name, obj in extra.items():
             obj.load_state_dict(saved[name])
-    if restore_rng and (folder / RNG_NAME).is_file():
-        restore_rng_state(_torch_load(folder / RNG_NAME))
+    if restore_rng and (folder / RNG_STATE_NAME).is_file():
+        restore_plain_rng_state(_torch_load(folder / RNG_STATE_NAME))
     return loop_state

@@ -119,13 +119,26 @@ class SaveTail:
         leftover: Path | None = None,
         quarantine: bool = False,
         background: bool = False,
+        log: bool = True,
     ) -> None:
-        """The save of ``step`` did not commit: say so once, record it, and clear ``leftover`` away (delete it,
-        or with ``quarantine`` move it aside with the reason: retention only deletes committed folders and the
-        resume scan stops at the newest committed one, so a folder left in place would stay forever)."""
+        """The save of ``step`` did not commit: say so once (unless ``log`` is off because the caller raises the
+        error instead), record it, and clear ``leftover`` away (delete it, or with ``quarantine`` move it aside
+        with the reason: retention only deletes committed folders and the resume scan stops at the newest
+        committed one, so a folder left in place would stay forever)."""
         recorder = self._recorder()
         if recorder is not None:
             recorder.save_failed(step=step, reason=reason, error=error)
+        if log:
+            self._log_failure(step, error, background)
+        if leftover is None:
+            return
+        if quarantine:
+            self.store.quarantine(leftover, f"commit failed: {error}")
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    @staticmethod
+    def _log_failure(step: int, error: BaseException, background: bool) -> None:
         logger.error(
             "Checkpoint of step %d was NOT committed%s (%s: %s). The previous committed checkpoint stays the resume "
             "point; the next save is tried one interval from now.",
@@ -134,12 +147,15 @@ class SaveTail:
             type(error).__name__,
             error,
         )
-        if leftover is None:
-            return
-        if quarantine:
-            self.store.quarantine(leftover, f"commit failed: {error}")
-        else:
-            shutil.rmtree(leftover, ignore_errors=True)
+
+    def set_aside_later(self, step: int, reason: str) -> list[Path]:
+        """Move every checkpoint with a step beyond ``step`` to quarantine with ``reason``: such folders belong to
+        an abandoned timeline (training restarted from an older step), and retention would count them as the
+        newest and delete the new saves instead. Returns the folders moved."""
+        later = [entry.path for entry in self.store.checkpoints() if entry.step > step]
+        for path in later:
+            self.store.quarantine(path, reason)
+        return later
 
     def prune(self, newest: Path) -> list[Path]:
         """Retention after ``newest`` committed: keep it, the protected ones and the newest ``max_keep``."""

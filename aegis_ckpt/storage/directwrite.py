@@ -373,7 +373,7 @@ def write_large_files(
     sha256: bool = False,
     direct: bool = True,
 ) -> dict[str, FileDigest]:
-    """Write ``hfsnapshot.LargeFile`` entries (paths inside ``folder``). Returns the digests of the files written
+    """Write ``trainer.asyncsave.hflayout.LargeFile`` entries (paths inside ``folder``). Returns the digests of the files written
     here by name relative to ``folder``, as ``commit_checkpoint(known=...)`` takes them; a file handed to
     ``safetensors.save_file`` (unknown dtype) is not in it and gets hashed by the commit."""
     root = os.path.abspath(folder)

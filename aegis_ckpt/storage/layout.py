@@ -68,13 +68,14 @@ SCHEDULER_NAME = "scheduler.pt"
 SCALER_NAME = "scaler.pt"
 TRAINER_STATE_NAME = "trainer_state.json"
 TRAINING_ARGS_NAME = "training_args.bin"
+RNG_STATE_NAME = "rng_state.pth"
 JIT_INCOMPLETE_MARKER = "checkpoint-is-incomplete.txt"
 """Left by the Trainer's ``enable_jit_checkpoint`` save while it writes; such a folder is not a checkpoint."""
 
 
 def rng_file_name(world_size: int, process_index: int) -> str:
     """``rng_state.pth`` for one process, ``rng_state_<rank>.pth`` for each of several (the Trainer's names)."""
-    return f"rng_state_{process_index}.pth" if world_size > 1 else "rng_state.pth"
+    return f"rng_state_{process_index}.pth" if world_size > 1 else RNG_STATE_NAME
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:

@@ -38,9 +38,11 @@ from .commit import atomic_write_json, is_committed, read_manifest, verify_check
 from .layout import (
     AEGIS_DIR,
     CHECKPOINT_PREFIX,
+    FINAL_MODEL_DIR,
     QUARANTINE_DIR,
     QUARANTINE_RECORD,
     STAGING_DIR,
+    STAGING_FINAL_DIR,
     STAGING_PREFIX,
     STORE_MARKER,
     TRASH_DIR,
@@ -282,9 +284,25 @@ class CheckpointStore:
         that and the rename leaves the committed staging folder, which ``recover_staging`` puts in place on the
         next start.
         """
+        return self._publish_as(staged, self.path_for_step(step), replace=replace)
+
+    def final_model_staging(self) -> Path:
+        """Where the final model of a finished run is written before ``publish_final_model`` (under ``.aegis/``,
+        outside the checkpoint staging folder, so the resume-time recovery never takes it for a checkpoint)."""
+        return self.aegis_dir / STAGING_FINAL_DIR
+
+    def publish_final_model(self, staged: Path) -> Path:
+        """Rename a committed final model into ``final_model/`` and make it durable, exactly like a checkpoint's
+        publish (an older one goes to the trash): only after this returns may the run be recorded as completed."""
+        target = self._publish_as(staged, self.output_dir / FINAL_MODEL_DIR, replace=True)
+        if target is None:  # cannot happen with replace=True: it publishes or raises
+            raise CommitError(f"{staged} was not published")
+        self.empty_trash()  # an older final model replaced by this one
+        return target
+
+    def _publish_as(self, staged: Path, target: Path, *, replace: bool) -> Path | None:
         if not is_committed(staged):
             raise CommitError(f"refusing to publish {staged}: it is not committed")
-        target = self.path_for_step(step)
         if target.exists() and not replace:
             logger.debug("%s already exists; dropping the staged copy of the same step", target.name)
             shutil.rmtree(staged, ignore_errors=True)
@@ -303,7 +321,7 @@ class CheckpointStore:
             os.replace(staged, target)
         except OSError as e:
             raise CommitError(f"cannot move {staged} to {target}: {e}") from e
-        commit.fsync_dir(self.staging_dir)
+        commit.fsync_dir(staged.parent)
         commit.fsync_dir(self.output_dir)
         return target
 

@@ -1,12 +1,17 @@
-"""The few facts about the platform that several layers ask: is this Windows, Ctrl+Break's signal number, and
-a signal's printable name. Spelled once here so no module keeps its own copy."""
+"""The few facts about the platform that several layers ask: is this Windows, Ctrl+Break's signal number, a
+signal's printable name, and where this package is installed. Spelled once here so no module keeps its own copy."""
 
 from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
 IS_WINDOWS = sys.platform == "win32"
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+"""The ``aegis_ckpt`` folder. Its parent goes on a child process's ``PYTHONPATH``, and in an editable install it
+is the source checkout (which holds ``launch/``)."""
 
 SIGBREAK = int(getattr(signal, "SIGBREAK", 21))
 """Windows' Ctrl+Break (21, the number Python uses for ``signal.SIGBREAK``), also where the name is missing: the

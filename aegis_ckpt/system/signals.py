@@ -31,12 +31,18 @@ from .platform import IS_WINDOWS, signal_name
 logger = logging.getLogger(__name__)
 
 
-def _default_signals() -> tuple[int, ...]:
-    names = ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGBREAK")
-    return tuple(int(getattr(signal, n)) for n in names if hasattr(signal, n))
+def signal_numbers(signals: Iterable[str | int]) -> tuple[int, ...]:
+    """Signal numbers from names or numbers; names this platform lacks (SIGHUP on Windows) are skipped."""
+    out = []
+    for s in signals:
+        if not isinstance(s, str):
+            out.append(int(s))
+        elif hasattr(signal, s):
+            out.append(int(getattr(signal, s)))
+    return tuple(out)
 
 
-DEFAULT_SIGNALS = _default_signals()
+DEFAULT_SIGNALS = signal_numbers(("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1", "SIGBREAK"))
 """SIGTERM, SIGINT, SIGHUP and SIGUSR1 (the schedulers' "checkpoint and requeue") on POSIX; SIGTERM, SIGINT and
 SIGBREAK on Windows, where the console events below cover close, logoff and shutdown."""
 

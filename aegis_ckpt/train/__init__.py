@@ -6,4 +6,7 @@ preflight checks and the run itself (``runner``).
 
 from .._moved import lazy_exports
 
-__getattr__ = lazy_exports(__name__, {"run_training": "runner", "TrainResult": "runner"})
+__getattr__ = lazy_exports(
+    __name__,
+    {"run_training": "runner", "TrainResult": "runner", "FINAL_MODEL_DIR": "..storage.layout"},
+)

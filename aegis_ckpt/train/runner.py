@@ -8,7 +8,6 @@ without training again (``.aegis/completed.json``).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,11 +15,13 @@ from pathlib import Path
 
 from .. import distributed
 from ..errors import ConfigError
+from ..options import CheckpointOptions
 from ..resume import find_resume_checkpoint
 from ..runstate.completion import mark_completed, read_completion
 from ..runstate.lease import ensure_not_locked
+from ..runstate.saves import SaveTail
 from ..storage.commit import commit_checkpoint
-from ..storage.layout import AEGIS_DIR, FINAL_MODEL_DIR, STAGING_FINAL_DIR, check_output_dir
+from ..storage.layout import FINAL_MODEL_DIR, check_output_dir
 from ..storage.store import CheckpointStore
 from ..trainer.callback import AegisCheckpointCallback
 from .builders import build_dataset, build_model, build_tokenizer, count_parameters, read_texts
@@ -39,26 +40,37 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _export_final_model(trainer, tokenizer, output_dir: Path, step: int) -> Path:
-    """Write the finished model to ``output_dir/final_model`` through the same commit protocol: staged in
-    ``.aegis/``, committed (manifest), then renamed into place in one step."""
-    final = output_dir / FINAL_MODEL_DIR
-    staging = output_dir / AEGIS_DIR / STAGING_FINAL_DIR
+def _export_final_model(
+    trainer, tokenizer, store: CheckpointStore, step: int, options: CheckpointOptions
+) -> Path:
+    """Write the finished model to ``output_dir/final_model`` through the same commit protocol as a checkpoint:
+    staged in ``.aegis/``, committed (manifest), then published by the store (one rename, directories
+    fsynced), and logged by the save tail. Completion may be recorded only after this returns."""
+    staging = store.final_model_staging()
     main = trainer.args.should_save
     if main:
         shutil.rmtree(staging, ignore_errors=True)
     distributed.barrier()
+    started = time.perf_counter()
     trainer.save_model(str(staging))  # every rank takes part (FSDP/DeepSpeed gather); the main one writes
     distributed.barrier()
     if main:
         if tokenizer is not None and not (staging / "tokenizer_config.json").exists():
             tokenizer.save_pretrained(str(staging))
-        commit_checkpoint(staging, step=step, reason="final_model")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        written = time.perf_counter()
+        manifest = commit_checkpoint(staging, step=step, reason="final_model")
+        final = store.publish_final_model(staging)
+        tail = SaveTail(store, options)  # the run record ended with training: log it, no retention
+        tail.committed(
+            final,
+            manifest,
+            reason="final_model",
+            write_sec=written - started,
+            commit_sec=time.perf_counter() - written,
+            retain=False,
+        )
     distributed.barrier()
-    return final
+    return store.output_dir / FINAL_MODEL_DIR
 
 
 def run_training(cfg: TrainConfig) -> TrainResult:
@@ -123,8 +135,9 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     trainer.train(resume_from_checkpoint=resume)
 
     step = trainer.state.global_step
-    final = _export_final_model(trainer, tokenizer, output_dir, step)
-    if trainer.args.should_save:
-        newest = CheckpointStore(output_dir).committed()
+    store = CheckpointStore(output_dir)
+    final = _export_final_model(trainer, tokenizer, store, step, cfg.checkpoint)
+    if trainer.args.should_save:  # only once final_model/ is durable
+        newest = store.committed()
         mark_completed(output_dir, step=step, checkpoint=str(newest[-1].path) if newest else None)
     return TrainResult("finished", step, output_dir, final, resume, time.perf_counter() - started)

@@ -11,9 +11,7 @@ committed. After a stop signal the save is the emergency checkpoint, and the pro
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,28 +20,27 @@ from transformers import TrainerCallback
 
 from .. import distributed
 from ..distributed import PeerLostError, StepAgreement, StepFlags
-from ..errors import CommitError, RunLockedError
 from ..exitcodes import exit_code_for_signal
 from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions, RemoteOptions
 from ..policy import SavePolicy, make_policy
 from ..remote.mirror import RemoteMirror
 from ..resume import check_resume_world_size
-from ..runstate.completion import mark_completed
 from ..runstate.heartbeat import SupervisorHeartbeat
-from ..runstate.recorder import RunRecorder
 from ..runstate.saves import SaveTail
-from ..storage.commit import commit_checkpoint, is_committed
 from ..storage.layout import checkpoint_dir_name
 from ..storage.store import CheckpointStore
 from ..system.platform import signal_name
 from ..system.signals import SignalWatcher
 from .asyncsave.saver import AsyncSaver
+from .commits import commit_trainer_save, manifest_meta, publish_background_save
 from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
+from .runrecord import TrainerRunRecord
+from .settings import build_options, follow_trainer_logging, take_over_rotation
+from .stepdecision import DUE, FINAL, SIGNAL, TRAINER, decide_step
 
 logger = logging.getLogger(__name__)
 
-_PACKAGE_LOGGER = "aegis_ckpt"
 HEARTBEAT_EVERY_SEC = 5.0
 
 
@@ -125,7 +122,7 @@ class AegisCheckpointCallback(TrainerCallback):
         clock: Callable[[], float] = time.monotonic,
     ):
         self._max_keep_explicit = options is not None or max_keep is not None
-        self.options = _build_options(
+        self.options = build_options(
             CheckpointOptions,
             options,
             save_interval_sec=save_interval_sec,
@@ -134,15 +131,15 @@ class AegisCheckpointCallback(TrainerCallback):
             keep_milestone_every_sec=keep_milestone_every_sec,
             keep_best=keep_best,
         )
-        self.emergency = _build_options(
+        self.emergency = build_options(
             EmergencyOptions,
             emergency,
             handle_signals=handle_signals,
             grace_period_sec=grace_period_sec,
             save_on_exception=save_on_exception,
         )
-        self.async_options = _build_options(AsyncOptions, async_options, enabled=async_save)
-        self.remote = _build_options(
+        self.async_options = build_options(AsyncOptions, async_options, enabled=async_save)
+        self.remote = build_options(
             RemoteOptions, remote, url=remote_url, max_keep=remote_max_keep, options=remote_options
         )
         self.mirror: RemoteMirror | None = None
@@ -162,7 +159,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._rotation_checked = False
         self._setup_checked = False
         self._heartbeat = SupervisorHeartbeat(clock, every_sec=HEARTBEAT_EVERY_SEC)
-        self._recorder: RunRecorder | None = None  # run lease, audit log, save statistics
+        self._run = TrainerRunRecord(self.policy, clock)  # run lease, audit log, save statistics
         self._async = AsyncSaver(self.async_options)
 
     @property
@@ -177,22 +174,10 @@ class AegisCheckpointCallback(TrainerCallback):
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def _take_over_rotation(self, args) -> None:
-        """Switch off the Trainer's mtime rotation; our retention runs after each commit instead."""
-        if self._rotation_checked:
-            return
-        self._rotation_checked = True
-        limit = getattr(args, "save_total_limit", None)
-        if not limit:
-            return
-        if not self._max_keep_explicit:
-            self.options = dataclasses.replace(self.options, max_keep=int(limit))
-        logger.warning(
-            "save_total_limit=%s is handled by aegis-ckpt retention (max_keep=%d): the Trainer's own rotation "
-            "deletes checkpoints before a newer one is committed, so it is switched off for this run.",
-            limit,
-            self.options.max_keep,
-        )
-        args.save_total_limit = None
+        """Switch off the Trainer's mtime rotation once; our retention runs after each commit instead."""
+        if not self._rotation_checked:
+            self._rotation_checked = True
+            self.options = take_over_rotation(args, self.options, max_keep_explicit=self._max_keep_explicit)
 
     def _check_setup(self, args) -> None:
         """Refuse setups that cannot work (``compat``): at Trainer construction, or at train begin when the
@@ -210,15 +195,7 @@ class AegisCheckpointCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self._check_setup(args)
         self._take_over_rotation(args)
-        # Like the Trainer: replicas get log_level_replica; the main process changes only if log_level was set,
-        # so an application that configured the aegis_ckpt logger keeps its level ("passive" default).
-        if not args.should_log or getattr(args, "log_level", "passive") != "passive":
-            logging.getLogger(_PACKAGE_LOGGER).setLevel(args.get_process_log_level())
-        if getattr(args, "save_only_model", False):
-            logger.warning(
-                "save_only_model=True: checkpoints hold no optimizer, scheduler or RNG state, so a resumed run "
-                "will not continue exactly where it stopped."
-            )
+        follow_trainer_logging(args)
         check_resume_world_size(
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
@@ -231,15 +208,21 @@ class AegisCheckpointCallback(TrainerCallback):
         self._tail = SaveTail(
             self.store,
             self.options,
-            recorder=lambda: self._recorder,
+            recorder=lambda: self._run.recorder,
             protect=self._best_checkpoint,
             mirror=self.mirror,
         )
-        self._begin_run_record(args, state)  # before anything on disk changes: may refuse a second process
+        # Before anything on disk changes: may refuse a second process.
+        self._run.begin(args, state, self.options, has_checkpoints=bool(self.store.checkpoints()))
         if args.should_save:
             self.store.mark_managed()
             self.store.recover_staging()
-            self._set_aside_future_checkpoints(state.global_step)
+            # Folders beyond the start step belong to an abandoned timeline (e.g. a newer checkpoint was damaged
+            # and training resumed from an older one): the Trainer would overwrite them in place.
+            self._tail.set_aside_later(
+                state.global_step,
+                f"superseded: training (re)started at step {state.global_step}, before this checkpoint",
+            )
             self.store.empty_trash()
             if self.mirror is not None:
                 self.mirror.catch_up()  # an upload the previous process could not finish
@@ -256,52 +239,6 @@ class AegisCheckpointCallback(TrainerCallback):
             self.options.max_keep,
             args.output_dir,
         )
-
-    # ---- run record (lease, audit, statistics) -----------------------------------------------------------------
-    def _begin_run_record(self, args, state) -> None:
-        """Take the run lease on the main process and log how the previous run ended. If another live process
-        holds the directory, every rank raises ``RunLockedError`` (agreed, so no rank waits at a barrier)."""
-        if self._recorder is not None:  # a previous train() with this callback never reached on_train_end
-            self._recorder.end("trainer_end", step=state.global_step, detail="train() started again")
-        self._recorder = RunRecorder(
-            args.output_dir,
-            self.options,
-            policy=self.policy,
-            enabled=bool(args.should_save),
-            clock=self.clock,
-        )
-        refused: RunLockedError | None = None
-        try:
-            self._recorder.begin(
-                step=state.global_step, has_checkpoints=bool(self._require_store().checkpoints())
-            )
-        except RunLockedError as e:
-            refused = e
-        if distributed.agree_any(refused is not None):
-            self._recorder = None
-            raise refused or RunLockedError(
-                f"{args.output_dir} is in use by another training run (see rank 0)"
-            )
-        if state.global_step > 0:
-            checkpoint = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
-            self._recorder.resumed(step=state.global_step, checkpoint=checkpoint)
-
-    def _end_run_record(self, kind: str, step: int, detail: str = "") -> None:
-        if self._recorder is not None:
-            self._recorder.end(kind, step=step, detail=detail)
-            self._recorder = None
-
-    def _set_aside_future_checkpoints(self, start_step: int) -> None:
-        """Folders with a step beyond where training starts belong to an abandoned timeline (e.g. a newer
-        checkpoint was damaged and training resumed from an older one). The Trainer would overwrite them in
-        place, and retention would count them as newest; move them aside instead."""
-        store = self._require_store()
-        for entry in store.checkpoints():
-            if entry.step > start_step:
-                store.quarantine(
-                    entry.path,
-                    f"superseded: training (re)started at step {start_step}, before this checkpoint",
-                )
 
     # ---- decide --------------------------------------------------------------------------------------------
     def on_step_begin(self, args, state, control, **kwargs):
@@ -327,33 +264,32 @@ class AegisCheckpointCallback(TrainerCallback):
             agreed = self._agreement.exchange(local, step=state.global_step, sync=final)
         except PeerLostError as e:
             self.stops.exit_after_peer_loss(e, local.signal)
-        contributed_at = self._agreement.result_step
-        if (
-            contributed_at is not None
-            and self.last_saved_step is not None
-            and contributed_at <= self.last_saved_step
-        ):
-            # "Due" as seen before the last save (pipelined agreement lags one step): already served.
-            agreed = dataclasses.replace(agreed, save_due=0)
-        if agreed.signal:
+        decision = decide_step(
+            agreed,
+            final=final,
+            save_on_train_end=self.options.save_on_train_end,
+            trainer_saves=control.should_save,
+            contributed_at=self._agreement.result_step,
+            last_saved_step=self.last_saved_step,
+        )
+        if decision.action == SIGNAL:
             self._save_reason = self.stops.take_signal(agreed.signal)
             self._collect_async(wait=True)  # the grace watchdog bounds this wait
             control.should_save = True
-        elif final and self.options.save_on_train_end:
+        elif decision.action == FINAL:
             self._collect_async(wait=True)
             control.should_save = True
-            self._save_reason = "final"
-        elif agreed.save_due and not control.should_save:
+            self._save_reason = decision.reason
+        elif decision.action == DUE:
             self._save_when_due(args, state, control, agreed)
-        elif control.should_save:
-            self._save_reason = "interval" if agreed.save_due else "trainer"
+        elif decision.action == TRAINER:
+            self._save_reason = decision.reason
         if control.should_save:
             self._save_requested_at = self.clock()
             self._heartbeat.beat(state.global_step, "saving", force=True)
         else:
             self._heartbeat.beat(state.global_step, "train")
-        if self._recorder is not None:
-            self._recorder.heartbeat(state.global_step)  # throttled inside (heartbeat_every_sec)
+        self._run.heartbeat(state.global_step)
         return control
 
     # ---- asynchronous saves --------------------------------------------------------------------------------
@@ -381,37 +317,18 @@ class AegisCheckpointCallback(TrainerCallback):
             staging,
             step=state.global_step,
             reason="interval",
-            meta=self._manifest_meta(state, args.world_size, asynchronous=True),
-            sha256=self._recorder.sha256 if self._recorder is not None else False,
+            meta=manifest_meta(state, args.world_size, asynchronous=True),
+            sha256=self._run.sha256,
         )
         self.last_saved_step = state.global_step
         self.policy.record_save(started=started, finished=self.clock(), size_bytes=nbytes)
 
     def _collect_async(self, *, wait: bool) -> None:
-        """Publish a background save that finished (optionally waiting for it): rename its committed staging
-        folder to ``checkpoint-<step>``, then prune. Runs on the training thread only."""
+        """Publish a background save that finished (optionally waiting for it). Runs on the training thread."""
         job = self._async.writer.collect(wait=wait)
-        if job is None:
-            return
-        tail = self._require_tail()
-        if job.error is not None:
-            tail.failed(
-                step=job.step, reason=job.reason, error=job.error, leftover=job.staging, background=True
-            )
-            return
-        folder = tail.store.publish(job.staging, job.step, replace=False)
-        if folder is None or job.manifest is None:
-            return
-        self.last_commit_path = folder
-        tail.committed(
-            folder,
-            job.manifest,
-            reason=job.reason,
-            write_sec=job.snapshot_sec,
-            commit_sec=job.write_sec,
-            duration_sec=job.snapshot_sec + job.write_sec,
-            background=True,
-        )
+        if job is not None:
+            folder = publish_background_save(self._require_tail(), job)
+            self.last_commit_path = folder or self.last_commit_path
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if control.should_save and self.last_saved_step == state.global_step:
@@ -448,37 +365,19 @@ class AegisCheckpointCallback(TrainerCallback):
 
     def _commit_and_retain(self, state, folder: Path, write_sec: float, *, world_size: int) -> int:
         """Commit the folder the Trainer just wrote, then the save tail; the committed size (0: not committed)."""
-        tail = self._require_tail()
-        reason = self._save_reason or "trainer"
-        t0 = time.perf_counter()
-        try:
-            manifest = commit_checkpoint(
-                folder,
-                step=state.global_step,
-                reason=reason,
-                meta=self._manifest_meta(state, world_size, asynchronous=False),
-                sha256=self._recorder.sha256 if self._recorder is not None else False,
-            )
-        except CommitError as e:
-            tail.failed(step=state.global_step, reason=reason, error=e, leftover=folder, quarantine=True)
-            return 0
-        tail.committed(
-            folder, manifest, reason=reason, write_sec=write_sec, commit_sec=time.perf_counter() - t0
+        return commit_trainer_save(
+            self._require_tail(),
+            state,
+            folder,
+            reason=self._save_reason or "trainer",
+            write_sec=write_sec,
+            world_size=world_size,
+            sha256=self._run.sha256,
         )
-        return manifest.total_bytes
 
     def _best_checkpoint(self) -> list[Path]:
         best = self._trainer.state.best_model_checkpoint if self._trainer is not None else None
         return [Path(best)] if self.options.keep_best and best else []
-
-    @staticmethod
-    def _manifest_meta(state, world_size: int, *, asynchronous: bool) -> dict:
-        return {
-            "epoch": state.epoch,
-            "max_steps": state.max_steps,
-            "world_size": world_size,
-            "async": asynchronous,
-        }
 
     # ---- end -----------------------------------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
@@ -493,17 +392,8 @@ class AegisCheckpointCallback(TrainerCallback):
             logger.warning("%s (at train end)", e)
         self._agreement.close()
         watcher_signal = self.stops.disarm()
-        finished = state.max_steps > 0 and state.global_step >= state.max_steps
         final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
-        # The final checkpoint may be committed by this run, or by an earlier one that was killed before it
-        # wrote the record: a restart then resumes from that checkpoint with no step left to run.
-        final_path = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
-        if self.write_completion_marker and finished and args.should_save and is_committed(final_path):
-            mark_completed(args.output_dir, step=state.global_step, checkpoint=os.fspath(final_path))
-        if self._recorder is not None:  # clean-exit record; "finish" in the audit log when training completed
-            if finished and is_committed(final_path):
-                self._recorder.finished(step=state.global_step, checkpoint=final_path)
-        self._end_run_record("trainer_end", state.global_step)
+        self._run.finish(args, state, write_completion_marker=self.write_completion_marker)
         signum = late.signal or watcher_signal
         if signum and final_saved:
             # A stop request that arrived after the last step end: the final checkpoint is committed; honour the
@@ -535,15 +425,10 @@ class AegisCheckpointCallback(TrainerCallback):
         return False
 
     def record(self, event: str, *, step: int, signum: int = 0, error=None, saved: bool = False) -> None:
-        if self._recorder is None:
-            return
-        if event == "signal":
-            self._recorder.signal(signum, step=step)
-        else:
-            self._recorder.exception(error, step=step, saved=saved)
+        self._run.record(event, step=step, signum=signum, error=error, saved=saved)
 
     def end_run(self, kind: str, step: int, detail: str = "") -> None:
-        self._end_run_record(kind, step, detail)
+        self._run.end(kind, step, detail)
 
     def shut_down(self, *, agreement: bool) -> None:
         if agreement:
@@ -569,14 +454,3 @@ class AegisCheckpointCallback(TrainerCallback):
                 "AegisCheckpointCallback used before on_train_begin: is it registered with the Trainer?"
             )
         return self.store
-
-
-def _build_options(cls, given_object, **flat):
-    given = {k: v for k, v in flat.items() if v is not None}
-    if given_object is not None:
-        if given:
-            raise TypeError(
-                f"pass either the {cls.__name__} object or keyword options, not both (got {sorted(given)})"
-            )
-        return given_object
-    return cls(**given)

@@ -1,7 +1,11 @@
-"""Trainer setups that cannot give what aegis-ckpt promises, found before the first step.
+"""Trainer setups that cannot give what aegis-ckpt promises, found before the first step, and the setups an
+asynchronous save cannot express.
 
 Each check names the setting, says what would go wrong and what to do. A combination that would silently lose
 the user's result is refused (``ConfigError``); one that only weakens exact resume is a warning.
+``unsupported_reason`` names the setups whose state an asynchronous snapshot cannot express (sharded or
+engine-owned state, adapters, quantized or offloaded weights, a Trainer subclass with its own save methods); those
+keep the Trainer's synchronous save.
 """
 
 from __future__ import annotations
@@ -53,3 +57,91 @@ def check_training_setup(args, options: CheckpointOptions, env: Mapping[str, str
             "one process, and its checkpoints are for one process. For several processes without MPI, use a "
             "torchrun-based accelerate config (see docs/integrations.md) or torchrun."
         )
+
+
+# Trainer methods that write into a checkpoint folder. A subclass that overrides one may add or change files
+# (TRL's GRPOTrainer writes entropy_ctrl_state.json after super()._save_checkpoint; users save EMA weights or
+# extra heads that way); an asynchronous save writes the folder itself and would silently leave them out.
+_SAVE_METHODS = (
+    "_save_checkpoint",
+    "save_model",
+    "_save",
+    "_save_optimizer_and_scheduler",
+    "_save_scaler",
+    "_save_rng_state",
+)
+# _save_checkpoint overrides that only write a model card into output_dir (outside the checkpoint folder) and
+# then call the Trainer's: checked in TRL 1.16.
+_MODEL_CARD_ONLY_OVERRIDES = {
+    ("trl.trainer.sft_trainer", "SFTTrainer"),
+    ("trl.trainer.dpo_trainer", "DPOTrainer"),
+    ("trl.trainer.reward_trainer", "RewardTrainer"),
+    ("trl.trainer.kto_trainer", "KTOTrainer"),
+    ("trl.trainer.rloo_trainer", "RLOOTrainer"),
+    ("trl.trainer.distillation_trainer", "DistillationTrainer"),
+}
+
+
+def overridden_save_method(trainer) -> str | None:
+    """``Class.method`` of the first save method a subclass of ``transformers.Trainer`` overrides, if any."""
+    from transformers import Trainer
+
+    for cls in type(trainer).__mro__:
+        if cls is Trainer:
+            break
+        for name in _SAVE_METHODS:
+            if name not in vars(cls):
+                continue
+            if (
+                name == "_save_checkpoint"
+                and (cls.__module__, cls.__qualname__) in _MODEL_CARD_ONLY_OVERRIDES
+            ):
+                continue
+            return f"{cls.__qualname__}.{name}"
+    return None
+
+
+def unsupported_reason(trainer) -> str | None:
+    """Why the Trainer's state cannot be snapshotted here (None when it can)."""
+    from transformers import PreTrainedModel
+
+    if trainer is None:
+        return "the Trainer is unknown (callback added with add_callback after the Trainer was built)"
+    override = overridden_save_method(trainer)
+    if override is not None:
+        return f"{override} is overridden, and may add files that only the Trainer's own save writes"
+    for flag, name in (
+        ("is_deepspeed_enabled", "DeepSpeed owns the model and optimizer state"),
+        ("is_fsdp_enabled", "FSDP state is sharded across ranks"),
+        ("is_fsdp_xla_enabled", "FSDP on XLA"),
+    ):
+        if getattr(trainer, flag, False):
+            return name
+    try:
+        from transformers.utils import is_sagemaker_mp_enabled, is_torch_xla_available
+
+        if is_torch_xla_available():
+            return "XLA devices"
+        if is_sagemaker_mp_enabled():
+            return "SageMaker model parallelism"
+    except ImportError:
+        pass
+    if getattr(trainer, "is_distributed_loading_by_transformers", False):
+        return "the model was sharded at load time (tensor parallelism)"
+    model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
+    if not isinstance(model, PreTrainedModel):
+        return (
+            f"the model is a {type(model).__name__}, not a transformers PreTrainedModel (e.g. a PEFT wrapper)"
+        )
+    if getattr(model, "_hf_peft_config_loaded", False):
+        return "adapters are attached (the Trainer's save is small for them anyway)"
+    if getattr(model, "hf_quantizer", None) is not None:
+        return "the model is quantized"
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if "cpu" in device_map.values() or "disk" in device_map.values():
+        return "some weights are offloaded"
+    args = trainer.args
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", args.world_size))
+    if args.world_size > 1 and local_world != args.world_size:
+        return "ranks run on several machines (per-rank files cannot meet in one staging folder)"
+    return None

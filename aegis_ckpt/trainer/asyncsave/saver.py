@@ -33,15 +33,10 @@ from typing import Any
 
 from ...options import AsyncOptions
 from ...storage.commit import Manifest, commit_checkpoint
-from .snapshot import (
-    SnapshotBuffers,
-    TrainerSnapshot,
-    take_snapshot,
-    unsupported_reason,
-    write_rng_file,
-    write_snapshot,
-    write_snapshot_files,
-)
+from ..compat import unsupported_reason
+from .buffers import SnapshotBuffers
+from .hflayout import write_rng_file, write_snapshot, write_snapshot_files
+from .snapshot import TrainerSnapshot, take_snapshot
 from .writerproc import (
     WriteJob,
     WriterProcess,

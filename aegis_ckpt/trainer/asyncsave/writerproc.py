@@ -35,8 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parents[2]
-"""The ``aegis_ckpt`` folder: its parent goes on the writer process's ``PYTHONPATH``."""
+from ...system.platform import PACKAGE_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ def shared_memory_free_bytes() -> int:
 # ---- the job format ----------------------------------------------------------------------------------------------
 @dataclass
 class WriteJob:
-    """What the child does for one save: write ``files`` (``hfsnapshot.LargeFile``), then commit ``staging``."""
+    """What the child does for one save: write ``files`` (``trainer.asyncsave.hflayout.LargeFile``), then commit ``staging``."""
 
     staging: str
     files: list

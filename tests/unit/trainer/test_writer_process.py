@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from aegis_ckpt.storage.commit import verify_checkpoint
 from aegis_ckpt.storage.layout import MANIFEST_NAME
-from aegis_ckpt.trainer.asyncsave.snapshot import LargeFile, SnapshotBuffers
+from aegis_ckpt.trainer.asyncsave.buffers import SnapshotBuffers
+from aegis_ckpt.trainer.asyncsave.hflayout import LargeFile
 from aegis_ckpt.trainer.asyncsave.writerproc import (
     SHM_PREFIX,
     WriteJob,

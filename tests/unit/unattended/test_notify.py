@@ -18,7 +18,7 @@ from aegis_ckpt.cli import main as cli_main
 from aegis_ckpt.runstate.completion import mark_completed
 from aegis_ckpt.unattended import notify
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SECRET = "T0SECRET/B1SECRET/xyzSECRETtoken"
 
 

@@ -19,7 +19,7 @@ from aegis_ckpt.errors import ConfigError
 from aegis_ckpt.unattended import autostart
 from aegis_ckpt.unattended.autostart import AutostartOptions, CommandResult, Host, SystemOps
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TASK_NS = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
 
 

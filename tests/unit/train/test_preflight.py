@@ -22,7 +22,7 @@ from aegis_ckpt.storage.commit import commit_checkpoint
 from aegis_ckpt.train import preflight
 from aegis_ckpt.train.config import load_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = REPO / "configs" / "tiny.yaml"
 Usage = namedtuple("Usage", "total used free")
 MIB = 1024**2

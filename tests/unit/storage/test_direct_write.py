@@ -29,7 +29,7 @@ from aegis_ckpt.storage.directwrite import (
     write_safetensors,
     write_torch,
 )
-from aegis_ckpt.trainer.asyncsave.snapshot import LargeFile
+from aegis_ckpt.trainer.asyncsave.hflayout import LargeFile
 
 
 @pytest.fixture
@@ -206,7 +206,7 @@ def test_capture_of_weight_files_only_affects_the_capturing_thread(tmp_path):
     thread at the same moment (the Trainer's own save) must still write its weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from aegis_ckpt.trainer.asyncsave.snapshot import _capture_safetensors_writes
+    from aegis_ckpt.trainer.asyncsave.hflayout import _capture_safetensors_writes
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
     captured: list = []
@@ -236,7 +236,7 @@ needs_o_direct = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="O_DIREC
 
 @needs_o_direct
 def test_a_source_in_phase_with_the_file_is_written_in_place_and_the_file_is_exact(tmp_path, buffer):
-    from aegis_ckpt.trainer.asyncsave.snapshot import PageArena
+    from aegis_ckpt.trainer.asyncsave.buffers import PageArena
 
     g = torch.Generator().manual_seed(1)
     memory = PageArena().empty((1 << 20,), torch.uint8, 1 << 20)
@@ -260,7 +260,7 @@ def test_a_source_in_phase_with_the_file_is_written_in_place_and_the_file_is_exa
 
 @needs_o_direct
 def test_optimizer_state_in_page_aligned_snapshot_buffers_is_written_in_place(tmp_path, buffer, monkeypatch):
-    from aegis_ckpt.trainer.asyncsave.snapshot import SnapshotBuffers
+    from aegis_ckpt.trainer.asyncsave.buffers import SnapshotBuffers
 
     g = torch.Generator().manual_seed(2)
     buffers = SnapshotBuffers()
@@ -290,7 +290,7 @@ def test_optimizer_state_in_page_aligned_snapshot_buffers_is_written_in_place(tm
 
 
 def test_large_snapshot_buffers_start_on_a_page_and_hold_exactly_the_tensor(tmp_path):
-    from aegis_ckpt.trainer.asyncsave.snapshot import PAGE_ALIGNED_MIN_BYTES, SnapshotBuffers
+    from aegis_ckpt.trainer.asyncsave.buffers import PAGE_ALIGNED_MIN_BYTES, SnapshotBuffers
 
     buffers = SnapshotBuffers()
     large = buffers.copy(
@@ -305,7 +305,7 @@ def test_large_snapshot_buffers_start_on_a_page_and_hold_exactly_the_tensor(tmp_
 
 
 def test_page_arena_packs_many_tensors_into_few_maps_and_each_storage_is_exact():
-    from aegis_ckpt.trainer.asyncsave.snapshot import PageArena
+    from aegis_ckpt.trainer.asyncsave.buffers import PageArena
 
     arena = PageArena()
     arena.CHUNK_BYTES = 1 << 20  # small chunks, so that the last tensor needs a map of its own

@@ -13,7 +13,7 @@ import re
 import pytest
 from transformers import Seq2SeqTrainer, Trainer
 
-from aegis_ckpt.trainer.asyncsave.snapshot import _MODEL_CARD_ONLY_OVERRIDES, overridden_save_method
+from aegis_ckpt.trainer.compat import _MODEL_CARD_ONLY_OVERRIDES, overridden_save_method
 
 TRL_MODEL_CARD_ONLY_BODY = """
 if self.args.hub_model_id is None:

@@ -9,7 +9,7 @@ import pytest
 from aegis_ckpt.errors import ConfigError
 from aegis_ckpt.train.config import apply_overrides, load_config, parse_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def minimal(**sections):
