@@ -125,3 +125,12 @@ def s3(s3_env):
     import s3fs
 
     return s3fs.S3FileSystem(skip_instance_cache=True)
+
+
+@pytest.fixture(autouse=True)
+def restore_aegis_logger():
+    """The CLI run in-process installs its own handler on the ``aegis_ckpt`` logger; put the logger back."""
+    pkg = logging.getLogger("aegis_ckpt")
+    saved = (pkg.handlers[:], pkg.propagate, pkg.level)
+    yield
+    pkg.handlers[:], pkg.propagate, pkg.level = saved

@@ -3,10 +3,13 @@ remote copy (same weights, same step)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from remotelib import remote_steps
 
 from aegis_ckpt import RollingCheckpointManager
+
+pytestmark = pytest.mark.slow
 
 
 def _model(seed: int) -> torch.nn.Module:
