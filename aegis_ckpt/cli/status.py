@@ -154,9 +154,27 @@ def _when(t: float | None) -> str:
 
 
 def format_status(report: dict[str, Any]) -> str:
-    run = report["run"]
-    now = report["now_unix"]
+    """The report of ``collect_status`` as the text ``aegis-ckpt status`` prints: the run, the checkpoint table,
+    saves and the audit log."""
     lines = [f"aegis-ckpt status: {report['output_dir']}"]
+    lines += _run_lines(report["run"], report["now_unix"])
+    lines.append(f"Resume from:  {report['resume_from'] or '(nothing: a fresh start)'}")
+    lines.append("")
+    lines += _checkpoint_table(report["checkpoints"], report["verify_mode"])
+    lines.append("")
+    if report["quarantined"]:
+        lines.append(f"Quarantined:  {report['quarantined']} folder(s) in .aegis/quarantine/")
+    lines += _save_lines(report["save_stats"])
+    lines += _remote_lines(report.get("remote"), report["now_unix"])
+    audit = report["audit"]
+    lines.append(
+        f"Audit log:    {audit['events']} events in .aegis/{AUDIT_NAME}"
+        + (f" ({len(audit['problems'])} unreadable line(s))" if audit["problems"] else "")
+    )
+    return "\n".join(lines)
+
+
+def _run_lines(run: dict[str, Any], now: float) -> list[str]:
     session = run.get("session") or {}
     state = run["state"]
     if state == "running":
@@ -166,7 +184,7 @@ def format_status(report: dict[str, Any]) -> str:
         )
     elif state == "finished" and run.get("completion"):
         state += f" at step {run['completion'].get('step')} ({run['completion'].get('finished_at', '?')})"
-    lines.append(f"Run:          {state}")
+    lines = [f"Run:          {state}"]
     last = run.get("last_start")
     if last:
         lines.append(f"Last start:   {_when(last.get('unix'))}: {last.get('message')}")
@@ -180,20 +198,13 @@ def format_status(report: dict[str, Any]) -> str:
             f"Power loss:   detected {_when(loss.get('detected_unix'))}; about {_age(loss.get('lost_sec'))} "
             f"({loss.get('lost_steps')} steps) lost, down {_age(loss.get('downtime_sec'))}"
         )
-    lines.append(f"Resume from:  {report['resume_from'] or '(nothing: a fresh start)'}")
-    lines.append("")
-    header = (
-        "STEP",
-        "CHECKPOINT",
-        "AGE",
-        "SIZE",
-        "COMMITTED",
-        f"VERIFIED ({report['verify_mode']})",
-        "REASON",
-        "TAG",
-    )
+    return lines
+
+
+def _checkpoint_table(checkpoints: list[dict[str, Any]], verify_mode: str) -> list[str]:
+    header = ("STEP", "CHECKPOINT", "AGE", "SIZE", "COMMITTED", f"VERIFIED ({verify_mode})", "REASON", "TAG")
     rows = [header]
-    for c in report["checkpoints"]:
+    for c in checkpoints:
         verified = "ok" if c["verified"] else ("; ".join(c.get("problems") or []) or "no")
         tag = (c.get("tag") or "") + (" (kept)" if c.get("pinned") else "")
         rows.append(
@@ -209,36 +220,26 @@ def format_status(report: dict[str, Any]) -> str:
             )
         )
     if len(rows) == 1:
-        lines.append("(no checkpoint folders)")
-    else:
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-        for r in rows:
-            lines.append(
-                ("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1]).rstrip()
-            )
-    lines.append("")
-    if report["quarantined"]:
-        lines.append(f"Quarantined:  {report['quarantined']} folder(s) in .aegis/quarantine/")
-    s = report["save_stats"]
-    if s.get("saves"):
-        rate = s.get("median_throughput_bytes_per_sec")
-        share = s.get("share_of_wall_time")
-        lines.append(
-            f"Saves:        {s['saves']}, median {s['median_save_sec']:.2f} s (max {s['max_save_sec']:.2f} s), "
-            f"{_size(s.get('last_size_bytes'))} each, {_size(rate) + '/s' if rate else '?'}"
-            + (f", {100 * share:.1f} % of training time" if share is not None else "")
-        )
-        if s.get("interval_sec"):
-            lines.append(f"Interval:     {s['interval_sec']:.3g} s")
-    else:
-        lines.append("Saves:        none recorded")
-    lines += _remote_lines(report.get("remote"), now)
-    audit = report["audit"]
-    lines.append(
-        f"Audit log:    {audit['events']} events in .aegis/{AUDIT_NAME}"
-        + (f" ({len(audit['problems'])} unreadable line(s))" if audit["problems"] else "")
-    )
-    return "\n".join(lines)
+        return ["(no checkpoint folders)"]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    return [
+        ("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1]).rstrip() for r in rows
+    ]
+
+
+def _save_lines(s: dict[str, Any]) -> list[str]:
+    if not s.get("saves"):
+        return ["Saves:        none recorded"]
+    rate = s.get("median_throughput_bytes_per_sec")
+    share = s.get("share_of_wall_time")
+    lines = [
+        f"Saves:        {s['saves']}, median {s['median_save_sec']:.2f} s (max {s['max_save_sec']:.2f} s), "
+        f"{_size(s.get('last_size_bytes'))} each, {_size(rate) + '/s' if rate else '?'}"
+        + (f", {100 * share:.1f} % of training time" if share is not None else "")
+    ]
+    if s.get("interval_sec"):
+        lines.append(f"Interval:     {s['interval_sec']:.3g} s")
+    return lines
 
 
 def _remote_lines(remote: dict[str, Any] | None, now: float) -> list[str]:

@@ -1,6 +1,7 @@
 """What a run leaves behind besides checkpoints: the run lease and its record (``lease``), how the previous
 process ended (``start``), the completion marker (``completion``), the supervisor heartbeat (``heartbeat``), the
-recorder of saves and failures (``recorder``) and save statistics (``stats``).
+recorder of saves and failures (``recorder``), save statistics (``stats``) and the bookkeeping every save ends
+in (``saves``).
 
 ``aegis_ckpt.runstate`` was one module before 0.2; its names stay importable from here for one release.
 """

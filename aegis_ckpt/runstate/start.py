@@ -76,7 +76,11 @@ def classify_start(
     now_unix: float,
     pid: int | None = None,
 ) -> RunStart:
-    """Decide how the previous session ended (pure: every input is passed in)."""
+    """Decide how the previous session ended (pure: every input is passed in).
+
+    One decision table, kept in one function (about 70 lines) so that the order of precedence (finished, no
+    record, clean exit, same process, other boot, crash) reads top to bottom; the arithmetic of what was lost is in
+    ``_losses`` and ``_lost_text``."""
     if completion is not None:
         return RunStart(
             FINISHED,
@@ -90,20 +94,7 @@ def classify_start(
                 RESUME_UNRECORDED, "checkpoints found but no run record (written by an older version?)"
             )
         return RunStart(FRESH, "fresh start: no previous run in this directory")
-    last_alive = max(
-        float(previous.get("heartbeat_unix") or 0), float((previous.get("exit") or {}).get("unix") or 0)
-    )
-    downtime = now_unix - last_alive if last_alive else None
-    safe_since = max(float(previous.get("last_commit_unix") or 0), float(previous.get("started_unix") or 0))
-    lost_sec = max(0.0, last_alive - safe_since) if last_alive and safe_since else None
-    commit_step = previous.get("last_commit_step")
-    if commit_step is None:
-        commit_step = previous.get("start_step")  # nothing committed in that session: it began from there
-    lost_steps = (
-        max(0, int(previous["step"]) - int(commit_step))
-        if previous.get("step") is not None and commit_step is not None
-        else None
-    )
+    last_alive, downtime, lost_sec, lost_steps = _losses(previous, now_unix)
     exit_record = previous.get("exit")
     where = f"pid {previous.get('pid')} on {previous.get('host')}"
     if previous.get("state") == "exited" and exit_record:
@@ -130,16 +121,7 @@ def classify_start(
         return RunStart(
             RESUME_CLEAN, "a previous session of this same process did not end; continuing", previous, 0.0, 0
         )
-    beat_every = float(previous.get("heartbeat_every_sec") or 0)
-    span = (
-        f"{fmt_duration(lost_sec)} to {fmt_duration(lost_sec + beat_every)}"
-        if lost_sec is not None and beat_every
-        else f"about {fmt_duration(lost_sec)}"
-    )
-    lost = (
-        f"{span} of training (at least {lost_steps if lost_steps is not None else '?'} steps) after the last "
-        f"committed checkpoint (step {commit_step}) was lost"
-    )
+    lost = _lost_text(previous, lost_sec, lost_steps)
     if not same_boot(previous.get("boot_id"), boot_id):
         return RunStart(
             RESUME_POWER_LOSS,
@@ -159,4 +141,44 @@ def classify_start(
         lost_sec,
         lost_steps,
         downtime,
+    )
+
+
+def _commit_step(previous: dict[str, Any]):
+    """The step of the session's last commit; without one, the step it began from."""
+    commit_step = previous.get("last_commit_step")
+    return previous.get("start_step") if commit_step is None else commit_step
+
+
+def _losses(
+    previous: dict[str, Any], now_unix: float
+) -> tuple[float, float | None, float | None, int | None]:
+    """From a session's record: when it was last alive, how long ago, and the training time and steps done after
+    its last commit (what a crash or power loss threw away)."""
+    last_alive = max(
+        float(previous.get("heartbeat_unix") or 0), float((previous.get("exit") or {}).get("unix") or 0)
+    )
+    downtime = now_unix - last_alive if last_alive else None
+    safe_since = max(float(previous.get("last_commit_unix") or 0), float(previous.get("started_unix") or 0))
+    lost_sec = max(0.0, last_alive - safe_since) if last_alive and safe_since else None
+    commit_step = _commit_step(previous)
+    lost_steps = (
+        max(0, int(previous["step"]) - int(commit_step))
+        if previous.get("step") is not None and commit_step is not None
+        else None
+    )
+    return last_alive, downtime, lost_sec, lost_steps
+
+
+def _lost_text(previous: dict[str, Any], lost_sec: float | None, lost_steps: int | None) -> str:
+    """What was lost, as a range when the heartbeat period is known (the process may have run one more period)."""
+    beat_every = float(previous.get("heartbeat_every_sec") or 0)
+    span = (
+        f"{fmt_duration(lost_sec)} to {fmt_duration(lost_sec + beat_every)}"
+        if lost_sec is not None and beat_every
+        else f"about {fmt_duration(lost_sec)}"
+    )
+    return (
+        f"{span} of training (at least {lost_steps if lost_steps is not None else '?'} steps) after the last "
+        f"committed checkpoint (step {_commit_step(previous)}) was lost"
     )

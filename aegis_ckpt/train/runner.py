@@ -73,6 +73,24 @@ def _export_final_model(
     return store.output_dir / FINAL_MODEL_DIR
 
 
+def _build_parts(cfg: TrainConfig, output_dir: Path):
+    """The tokenizer, dataset and model the config describes (after the seed is set: the model's init uses it)."""
+    texts = read_texts(cfg.data)
+    tokenizer = build_tokenizer(cfg.tokenizer, cfg.model, texts, output_dir)
+    dataset = build_dataset(texts, tokenizer, cfg.data)
+    model = build_model(cfg.model, tokenizer, cfg.data.block_size)
+    total, trainable = count_parameters(model)
+    logger.info(
+        "Model: %s, %.2fM parameters (%.2fM trainable); %d training blocks of %d tokens",
+        cfg.model.name_or_path or cfg.model.arch,
+        total / 1e6,
+        trainable / 1e6,
+        len(dataset),
+        cfg.data.block_size,
+    )
+    return tokenizer, dataset, model
+
+
 def run_training(cfg: TrainConfig) -> TrainResult:
     """Run (or continue) the training a config describes. Raises ``AegisError`` subclasses on bad input."""
     started = time.perf_counter()
@@ -92,19 +110,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: {e}") from e
     set_seed(args.seed)
-    texts = read_texts(cfg.data)
-    tokenizer = build_tokenizer(cfg.tokenizer, cfg.model, texts, output_dir)
-    dataset = build_dataset(texts, tokenizer, cfg.data)
-    model = build_model(cfg.model, tokenizer, cfg.data.block_size)
-    total, trainable = count_parameters(model)
-    logger.info(
-        "Model: %s, %.2fM parameters (%.2fM trainable); %d training blocks of %d tokens",
-        cfg.model.name_or_path or cfg.model.arch,
-        total / 1e6,
-        trainable / 1e6,
-        len(dataset),
-        cfg.data.block_size,
-    )
+    tokenizer, dataset, model = _build_parts(cfg, output_dir)
 
     callback = AegisCheckpointCallback(
         options=cfg.checkpoint,

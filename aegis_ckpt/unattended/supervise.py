@@ -245,26 +245,10 @@ class Supervisor:
                         f"{opts.hang_timeout_sec:g} s" if opts.hang_timeout_sec else "disabled",
                     )
             if stopping_since is None:
-                silent = now - last_beat
-                if attempt.beats and opts.hang_timeout_sec and silent > opts.hang_timeout_sec:
-                    reason = f"no heartbeat for {silent:.0f} s (hang timeout {opts.hang_timeout_sec:g} s, last step {attempt.max_step})"
-                elif not attempt.beats and opts.startup_grace_sec and silent > opts.startup_grace_sec:
-                    reason = f"no first heartbeat after {silent:.0f} s (startup grace {opts.startup_grace_sec:g} s)"
-                else:
-                    reason = ""
+                reason = self._hang_reason(attempt, now - last_beat)
                 if reason:
-                    attempt.hung = True
                     stopping_since = now
-                    logger.error(
-                        "attempt %d: %s: the run is hung; asking it to stop, killing it in %g s if it does not",
-                        attempt.number,
-                        reason,
-                        opts.kill_grace_sec,
-                    )
-                    try:
-                        self.control.ask_to_stop(proc)
-                    except OSError as e:
-                        logger.debug("stop request failed: %s", e)
+                    self._stop_hung(attempt, proc, reason)
             elif not killed and now - stopping_since > opts.kill_grace_sec:
                 logger.error(
                     "attempt %d: still running %g s later: killing its process group",
@@ -283,6 +267,29 @@ class Supervisor:
                 pass
         attempt.code = normalize_exit_code(code)
         attempt.seconds = self.clock() - started
+
+    def _hang_reason(self, attempt: Attempt, silent: float) -> str:
+        """Why ``attempt`` counts as hung after ``silent`` seconds without a heartbeat ("" while it does not)."""
+        opts = self.options
+        if attempt.beats and opts.hang_timeout_sec and silent > opts.hang_timeout_sec:
+            return f"no heartbeat for {silent:.0f} s (hang timeout {opts.hang_timeout_sec:g} s, last step {attempt.max_step})"
+        if not attempt.beats and opts.startup_grace_sec and silent > opts.startup_grace_sec:
+            return f"no first heartbeat after {silent:.0f} s (startup grace {opts.startup_grace_sec:g} s)"
+        return ""
+
+    def _stop_hung(self, attempt: Attempt, proc, reason: str) -> None:
+        """Mark ``attempt`` as hung and ask it to stop (it is killed ``kill_grace_sec`` later if it does not)."""
+        attempt.hung = True
+        logger.error(
+            "attempt %d: %s: the run is hung; asking it to stop, killing it in %g s if it does not",
+            attempt.number,
+            reason,
+            self.options.kill_grace_sec,
+        )
+        try:
+            self.control.ask_to_stop(proc)
+        except OSError as e:
+            logger.debug("stop request failed: %s", e)
 
     def _wait(self, seconds: float) -> bool:
         """Sleep for a backoff; False when a stop signal arrived meanwhile."""
@@ -332,36 +339,10 @@ class Supervisor:
                     "cannot start %s: %s: check the command and PATH; not restarting", self.cmd[0], e
                 )
                 return EXIT_BAD_INPUT
-            code = attempt.code if attempt.code is not None else EXIT_FAILURE
-            summary = f"attempt {attempt.number}: {describe_exit(code)} after {attempt.seconds:.1f} s"
-            if self._stop_signal is not None:
-                name = signal_name(self._stop_signal)
-                if code == EXIT_OK:
-                    logger.info("%s: finished while stopping", summary)
-                    return EXIT_OK
-                logger.warning("%s: stopped on request (%s); not restarting", summary, name)
-                return exit_code_for_signal(self._stop_signal)
-            if attempt.hung:
-                logger.error("%s: killed as hung", summary)
-            elif code == EXIT_OK:
-                logger.info("%s: finished", summary)
-                return EXIT_OK
-            elif code == EXIT_BAD_INPUT:
-                logger.error(
-                    "%s: bad input (config, command line or output dir); a restart cannot help", summary
-                )
-                return EXIT_BAD_INPUT
-            elif code in STOP_EXIT_CODES:
-                logger.warning("%s: the run was stopped by a signal sent to it; not restarting", summary)
-                return code
-            else:
-                logger.error("%s: failed", summary)
-
-            progressed = attempt.max_step is not None and attempt.max_step > max(
-                best_step if best_step is not None else -1,
-                attempt.first_step if attempt.first_step is not None else -1,
-            )
-            if progressed:
+            final_code = self._final_code(attempt)
+            if final_code is not None:
+                return final_code
+            if _made_progress(attempt, best_step):
                 if failures_in_a_row:
                     logger.info(
                         "attempt %d made progress (step %s -> %s): restart budget reset",
@@ -393,6 +374,40 @@ class Supervisor:
                 name = signal_name(self._stop_signal or 0)
                 logger.warning("received %s while waiting to restart: not restarting", name)
                 return exit_code_for_signal(self._stop_signal or 0)
+
+    def _final_code(self, attempt: Attempt) -> int | None:
+        """Log how ``attempt`` ended; the code to exit with when no restart can or may follow, else None."""
+        code = attempt.code if attempt.code is not None else EXIT_FAILURE
+        summary = f"attempt {attempt.number}: {describe_exit(code)} after {attempt.seconds:.1f} s"
+        if self._stop_signal is not None:
+            name = signal_name(self._stop_signal)
+            if code == EXIT_OK:
+                logger.info("%s: finished while stopping", summary)
+                return EXIT_OK
+            logger.warning("%s: stopped on request (%s); not restarting", summary, name)
+            return exit_code_for_signal(self._stop_signal)
+        if attempt.hung:
+            logger.error("%s: killed as hung", summary)
+        elif code == EXIT_OK:
+            logger.info("%s: finished", summary)
+            return EXIT_OK
+        elif code == EXIT_BAD_INPUT:
+            logger.error("%s: bad input (config, command line or output dir); a restart cannot help", summary)
+            return EXIT_BAD_INPUT
+        elif code in STOP_EXIT_CODES:
+            logger.warning("%s: the run was stopped by a signal sent to it; not restarting", summary)
+            return code
+        else:
+            logger.error("%s: failed", summary)
+        return None
+
+
+def _made_progress(attempt: Attempt, best_step: int | None) -> bool:
+    """Whether ``attempt`` trained beyond every step reached before (and beyond where it started)."""
+    return attempt.max_step is not None and attempt.max_step > max(
+        best_step if best_step is not None else -1,
+        attempt.first_step if attempt.first_step is not None else -1,
+    )
 
 
 def run_supervised(cmd: Sequence[str], options: SuperviseOptions | None = None) -> int:

@@ -9,7 +9,8 @@ import tinylib
 from tinylib import ClockTicker
 from transformers.trainer_utils import get_last_checkpoint
 
-from aegis_ckpt import AegisCheckpointCallback, commit, find_resume_checkpoint
+from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
+from aegis_ckpt.storage import commit
 from aegis_ckpt.storage.commit import verify_checkpoint
 from aegis_ckpt.storage.store import CheckpointStore
 

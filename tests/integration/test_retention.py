@@ -10,7 +10,8 @@ import pytest
 import tinylib
 from tinylib import ClockTicker, SaveRecorder
 
-from aegis_ckpt import AegisCheckpointCallback, commit, find_resume_checkpoint
+from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
+from aegis_ckpt.storage import commit
 from aegis_ckpt.storage.commit import verify_checkpoint
 from aegis_ckpt.storage.store import CheckpointStore
 

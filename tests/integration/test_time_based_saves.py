@@ -159,8 +159,8 @@ def test_a_save_due_while_the_writer_is_busy_is_deferred_not_stacked(
     import threading
     import time
 
-    from aegis_ckpt.trainer.asyncsave.saver import AsyncCheckpointWriter
     from aegis_ckpt.trainer.asyncsave.hflayout import write_snapshot
+    from aegis_ckpt.trainer.asyncsave.saver import AsyncCheckpointWriter
 
     release = threading.Event()
     writes: list[tuple[int, float, float]] = []

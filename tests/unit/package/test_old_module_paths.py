@@ -111,4 +111,3 @@ def test_every_public_name_of_the_flat_layout_is_still_there():
                 f"{old}.{n}" for n in names.split() if (old, n) not in REMOVED and not hasattr(module, n)
             ]
     assert missing == []
-
