@@ -26,16 +26,16 @@ pytestmark = pytest.mark.slow
 def test_sigkill_during_upload_then_next_upload_completes_it(tmp_path, run_py, s3_server, bucket_url, s3):
     out = tmp_path / "run"
     root = bucket_url.removeprefix("s3://")
-    args = ["--output-dir", out, "--max-steps", "12", "--save-interval", "1e6", "--remote-url", bucket_url]
-    # Only the final checkpoint (step 12) is saved; its optimizer.pt upload hangs on the server side, so the
-    # process sits in the end-of-training wait for the upload when it is killed.
-    s3_server.hold_uploads(r"/checkpoint-12/optimizer\.pt")
+    args = ["--output-dir", out, "--max-steps", "10", "--save-interval", "1e6", "--remote-url", bucket_url]
+    # Only the final checkpoint (step 10, the end of the first epoch) is saved; its optimizer.pt upload hangs on
+    # the server side, so the process sits in the end-of-training wait for the upload when it is killed.
+    s3_server.hold_uploads(r"/checkpoint-10/optimizer\.pt")
     try:
         first = run_py(
             "train_tiny.py",
             args,
             kill_after=lambda: (
-                s3_server.held.is_set() and s3.exists(f"{root}/checkpoint-12/model.safetensors")
+                s3_server.held.is_set() and s3.exists(f"{root}/checkpoint-10/model.safetensors")
             ),
             poll_sec=0.2,
             timeout=180,
@@ -43,19 +43,19 @@ def test_sigkill_during_upload_then_next_upload_completes_it(tmp_path, run_py, s
     finally:
         s3_server.release()
     assert first.killed, first.stderr[-3000:]
-    assert remote_steps(s3, bucket_url) == {12: False}  # files arrived, the manifest did not
+    assert remote_steps(s3, bucket_url) == {10: False}  # files arrived, the manifest did not
 
     fresh = tmp_path / "fresh"
     folder, skipped = pull_newest(RemoteLocation(bucket_url), CheckpointStore(fresh))
-    assert folder is None and skipped == [(12, "no manifest (its upload did not finish)")]
+    assert folder is None and skipped == [(10, "no manifest (its upload did not finish)")]
     assert find_resume_checkpoint(tmp_path / "fresh2", remote_url=bucket_url) is None
 
-    second = run_py("train_tiny.py", args, timeout=180)  # resumes locally; the mirror catches up on start
+    # The same command again: the run is finished (nothing to train), but on start the mirror sees that the remote
+    # lacks the newest local checkpoint and uploads it, manifest last.
+    second = run_py("train_tiny.py", args, timeout=180)
     assert second.returncode == 0, second.stderr[-3000:]
-    steps = remote_steps(s3, bucket_url)
-    assert steps[12] is True and all(steps.values()), steps  # completed: now it has its manifest
-    newest = max(steps)
-    assert find_resume_checkpoint(fresh, remote_url=bucket_url) == str(fresh / f"checkpoint-{newest}")
+    assert remote_steps(s3, bucket_url) == {10: True}  # completed: the same folder, now with its manifest
+    assert find_resume_checkpoint(fresh, remote_url=bucket_url) == str(fresh / "checkpoint-10")
     assert_no_secret(first.stdout, first.stderr, second.stdout, second.stderr, folders=(out, fresh))
 
 
