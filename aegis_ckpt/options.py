@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
@@ -270,4 +270,92 @@ class AsyncOptions:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], *, where: str = "async_save") -> AsyncOptions:
+        return options_from_mapping(cls, values, where)
+
+
+# Option names that would carry a secret: credentials come from each backend's usual places (for S3 the
+# AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY environment variables or a profile), never from a config file.
+_SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "credential", "sas", "connection_string")
+
+
+def _secret_option_names(options: dict[str, Any], prefix: str = "") -> list[str]:
+    """Keys (also nested, e.g. in ``client_kwargs``) whose name says they hold a secret."""
+    found = []
+    for key, value in options.items():
+        name = f"{prefix}{key}"
+        if any(word in str(key).lower() for word in _SECRET_OPTION_WORDS):
+            found.append(name)
+        elif isinstance(value, dict):
+            found += _secret_option_names(value, f"{name}.")
+    return found
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoteOptions:
+    """Off-machine copies: every committed checkpoint is mirrored to object storage in the background, and a
+    fresh machine resumes from the newest verified remote copy (``docs/remote.md``)."""
+
+    url: str | None = None
+    """Where the copies go: ``s3://bucket/prefix`` or any fsspec URL (``gs://``, ``az://``, ``file://`` for a
+    mounted NAS). Credentials and endpoint come from the backend's usual places (for S3: the
+    ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` environment variables or a profile).
+    None: no remote copies."""
+
+    max_keep: int | None = None
+    """Remote checkpoints to keep (the newest verified one is never deleted); None keeps as many as the local
+    ``max_keep``."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the fsspec file system (e.g. ``{"profile": "backup"}`` or
+    ``{"client_kwargs": {"region_name": "eu-west-1"}}``). Secrets are refused here."""
+
+    upload_workers: int = 4
+    """Files of one checkpoint uploaded at the same time (large files are sent as multipart uploads)."""
+
+    attempts: int = 5
+    """Tries per file on a transient error (exponential backoff with jitter) before the upload is set back and
+    tried again later as a whole."""
+
+    flush_timeout_sec: float = 300.0
+    """At the end of training, wait at most this long for the last upload (training is over by then)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+    def __post_init__(self) -> None:
+        if self.url is not None and (not isinstance(self.url, str) or "://" not in self.url):
+            raise ConfigError(
+                f"remote url must be a URL such as s3://bucket/prefix or file:///mnt/nas/run (got {self.url!r})."
+            )
+        if self.url and ":" in self.url.split("://", 1)[1].partition("@")[0] and "@" in self.url:
+            raise ConfigError(
+                "remote url must not carry credentials (user:secret@...): they would end up in logs and "
+                "configs. Use the backend's environment variables or profiles instead."
+            )
+        if self.max_keep is not None and (
+            isinstance(self.max_keep, bool) or not isinstance(self.max_keep, int) or self.max_keep < 1
+        ):
+            raise ConfigError(
+                f"remote max_keep must be an integer >= 1 or null (got {self.max_keep!r}): the newest "
+                "verified remote checkpoint is always kept."
+            )
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"remote options must be a mapping (got {type(self.options).__name__}).")
+        secret = sorted(_secret_option_names(self.options))
+        if secret:
+            raise ConfigError(
+                f"remote options must not hold credentials ({', '.join(secret)}): they come from the "
+                "environment (for S3 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or a profile, never from a config."
+            )
+        for name in ("upload_workers", "attempts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"remote {name} must be an integer >= 1 (got {value!r}).")
+        _check_positive(
+            "flush_timeout_sec", self.flush_timeout_sec, "it bounds the wait for the last upload."
+        )
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any], *, where: str = "remote") -> RemoteOptions:
         return options_from_mapping(cls, values, where)

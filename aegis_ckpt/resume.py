@@ -17,6 +17,10 @@ A committed folder must also be loadable: its ``trainer_state.json`` (when it ha
 can resume from, or every restart would fail on it. A ``checkpoint-<step>`` that is a symbolic link is set aside
 without being followed (``storage.confine``). The whole scan runs under the run lease's lock: a live run refuses
 it, and no run can start writing while it moves folders.
+
+With a ``remote_url`` (a fresh machine, a lost disk), a remote copy newer than the newest intact local
+checkpoint is downloaded into staging, verified file by file and committed locally first (``remote.download``);
+damaged or partial remote copies are skipped with the reason.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from filelock import FileLock
 
 from .errors import AegisError, CommitError, ConfigError
 from .logsetup import follow_transformers_verbosity
-from .options import VERIFY_MODES
+from .options import VERIFY_MODES, RemoteOptions
+from .remote.download import pull_newest
+from .remote.location import RemoteLocation, describe_error
 from .runstate.lease import holding_run_lock
 from .storage.commit import commit_checkpoint, is_committed, read_manifest, verify_checkpoint
 from .storage.confine import check_folder
@@ -45,6 +51,7 @@ from .storage.layout import (
     TRAINER_STATE_NAME,
     WEIGHT_INDEXES,
     checkpoint_dir_name,
+    parse_checkpoint_step,
 )
 from .storage.plaincheck import check_plain_checkpoint, check_trainer_state, read_index_shards
 from .storage.store import CheckpointStore
@@ -233,6 +240,8 @@ def find_resume_checkpoint(
     allow_unverified: bool = False,
     adopt_plain: bool = False,
     exclude: Collection[str | os.PathLike] = (),
+    remote_url: str | None = None,
+    remote_options: dict | None = None,
 ) -> str | None:
     """Return the newest intact checkpoint in ``output_dir`` for ``Trainer.train(resume_from_checkpoint=...)``.
 
@@ -248,6 +257,11 @@ def find_resume_checkpoint(
             structural checks (they are then committed checkpoints like ours) and quarantine the others.
         exclude (`Collection[str]`, *optional*):
             Checkpoint folders to pass over (e.g. one the Trainer failed to load); they are not moved.
+        remote_url (`str`, *optional*):
+            Where the run mirrors its checkpoints (the callback's ``remote_url``). When the newest remote copy
+            is newer than the newest intact local one, it is downloaded, verified and committed locally first.
+        remote_options (`dict`, *optional*):
+            Extra keyword arguments of the fsspec file system (never credentials).
 
     Returns:
         The path of the checkpoint folder, or ``None`` when there is nothing to resume from (a fresh start).
@@ -269,6 +283,8 @@ def find_resume_checkpoint(
     follow_transformers_verbosity()  # called before train(): the Trainer has not applied its log level yet
     rank, world = _distributed_rank_and_size()
     chosen: str | None = None
+    if rank == 0 and remote_url:
+        output_dir.mkdir(parents=True, exist_ok=True)  # a fresh machine: the remote copy goes there
     if rank == 0 and output_dir.is_dir():
         # A live run owns this directory: its in-progress save would look like an interrupted one and be moved
         # aside. Hold its lease's lock for the whole scan (RunLockedError says who holds it), so no run can begin
@@ -282,7 +298,11 @@ def find_resume_checkpoint(
                 adopt_plain=adopt_plain,
                 exclude=exclude,
             )
-        chosen = report.chosen
+            chosen = report.chosen
+            if remote_url:
+                chosen = newer_remote_copy(
+                    output_dir, chosen, RemoteOptions(url=remote_url, options=remote_options or {})
+                )
         if chosen:
             logger.info("Resuming from %s (%s verification, %.2f s)", chosen, verify, report.seconds)
         else:
@@ -294,6 +314,32 @@ def find_resume_checkpoint(
         dist.broadcast_object_list(box, src=0)
         chosen = box[0]
     return chosen
+
+
+def newer_remote_copy(output_dir: Path, chosen: str | None, remote: RemoteOptions) -> str | None:
+    """The local copy of the newest verified remote checkpoint newer than ``chosen`` (the local resume point),
+    else ``chosen``. An unreachable remote costs a warning, never the local resume point."""
+    local_step = parse_checkpoint_step(Path(chosen).name) if chosen else None
+    store = CheckpointStore(output_dir)
+    try:
+        location = RemoteLocation(remote.url, remote.options)
+        folder, skipped = pull_newest(
+            location, store, newer_than=local_step, workers=remote.upload_workers, attempts=remote.attempts
+        )
+    except Exception as e:  # noqa: BLE001 - the local checkpoints stay usable whatever the remote does
+        logger.warning(
+            "Could not look for a newer remote copy in %s (%s); resuming from the local checkpoints",
+            remote.url,
+            describe_error(e),
+        )
+        return chosen
+    if folder is None:
+        if skipped:
+            logger.warning("No usable remote copy newer than the local checkpoints in %s", remote.url)
+        return chosen
+    store.mark_managed()
+    logger.info("Using %s, downloaded from %s (newer than the local checkpoints)", folder.name, remote.url)
+    return str(folder)
 
 
 def check_resume_world_size(

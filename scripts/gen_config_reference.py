@@ -72,7 +72,12 @@ def class_doc(cls) -> str:
 
 
 # Callback keyword arguments whose name differs from the option field they set.
-KEYWORD_ALIASES = {("AsyncOptions", "enabled"): "async_save"}
+KEYWORD_ALIASES = {
+    ("AsyncOptions", "enabled"): "async_save",
+    ("RemoteOptions", "url"): "remote_url",
+    ("RemoteOptions", "max_keep"): "remote_max_keep",
+    ("RemoteOptions", "options"): "remote_options",
+}
 
 
 def option_classes(module) -> list[type]:

@@ -15,6 +15,7 @@ from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE,
 from ..system.redact import RedactingFormatter, redact
 from .maintenance import add_maintenance_commands
 from .output import print_json
+from .remote import add_remote_commands
 from .unattended import add_unattended_commands
 
 
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_resume_path)
     add_unattended_commands(sub)
     add_maintenance_commands(sub)
+    add_remote_commands(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..remote.mirror import read_remote_status
 from ..resume import scan_checkpoints
 from ..runstate.completion import read_completion
 from ..runstate.lease import read_run_record, session_is_alive
@@ -125,6 +126,7 @@ def collect_status(output_dir: str | os.PathLike, *, full: bool = False) -> dict
         "save_stats": stats,
         "audit": {"events": len(audit.events), "problems": audit.problems},
         "verify_mode": "full" if full else "quick",
+        "remote": read_remote_status(out),
     }
 
 
@@ -175,6 +177,7 @@ def format_status(report: dict[str, Any]) -> str:
     if report["quarantined"]:
         lines.append(f"Quarantined:  {report['quarantined']} folder(s) in .aegis/quarantine/")
     lines += _save_lines(report["save_stats"])
+    lines += _remote_lines(report.get("remote"), report["now_unix"])
     audit = report["audit"]
     lines.append(
         f"Audit log:    {audit['events']} events in .aegis/{AUDIT_NAME}"
@@ -250,6 +253,25 @@ def _save_lines(s: dict[str, Any]) -> list[str]:
     ]
     if s.get("interval_sec"):
         lines.append(f"Interval:     {s['interval_sec']:.3g} s")
+    return lines
+
+
+def _remote_lines(remote: dict[str, Any] | None, now: float) -> list[str]:
+    """The mirror's last recorded state: newest remote step, uploads pending, last error."""
+    if not remote:
+        return []
+    newest = remote.get("newest_remote_step")
+    pending = remote.get("pending_steps") or []
+    lines = [
+        f"Remote:       {remote.get('url')}: newest remote step "
+        f"{newest if newest is not None else '(none yet)'}, {len(pending)} upload(s) pending"
+        + (f" (step {', '.join(map(str, pending))})" if pending else "")
+        + f", recorded {_age(now - remote['updated_unix']) if remote.get('updated_unix') else '?'} ago"
+    ]
+    if remote.get("last_error"):
+        lines.append(
+            f"Remote error: {remote['last_error']} ({_age(now - (remote.get('last_error_unix') or now))} ago)"
+        )
     return lines
 
 

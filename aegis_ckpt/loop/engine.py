@@ -31,9 +31,10 @@ from typing import Any
 
 from ..errors import CommitError, ConfigError
 from ..exitcodes import exit_code_for_signal
-from ..options import CheckpointOptions
+from ..options import CheckpointOptions, RemoteOptions
 from ..policy import SavePolicy, make_policy
-from ..resume import scan_checkpoints
+from ..remote.mirror import RemoteMirror
+from ..resume import newer_remote_copy, scan_checkpoints
 from ..runstate.completion import mark_completed
 from ..runstate.recorder import RunRecorder
 from ..runstate.saves import SaveTail
@@ -59,9 +60,11 @@ class LoopCheckpointer:
         keep_tagged: bool = True,
         policy: SavePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        remote: RemoteOptions | None = None,
     ):
         self.output_dir = check_output_dir(base_dir)
         self.options = options
+        self.remote = remote if remote is not None else RemoteOptions()
         self.keep_tagged = keep_tagged
         self.policy = policy if policy is not None else make_policy(options)
         self.clock = clock
@@ -93,6 +96,11 @@ class LoopCheckpointer:
         self.store.mark_managed()
         self.store.recover_staging()
         self.store.empty_trash()
+        self.mirror: RemoteMirror | None = None
+        if self.remote.enabled:
+            self.mirror = RemoteMirror(self.remote, self.output_dir, local_max_keep=options.max_keep)
+            self.tail.mirror = self.mirror  # every commit is handed to it by the save tail
+            self.mirror.catch_up()  # an upload the previous process could not finish
         self._atexit_hook = self._close_at_exit
         atexit.register(self._atexit_hook)
 
@@ -325,10 +333,13 @@ class LoopCheckpointer:
         report = scan_checkpoints(
             self.output_dir, verify=self.options.verify, allow_unverified=self.options.allow_unverified
         )
-        if report.chosen is None:
+        chosen_name = report.chosen
+        if self.remote.enabled:
+            chosen_name = newer_remote_copy(self.output_dir, chosen_name, self.remote)
+        if chosen_name is None:
             logger.info("No intact checkpoint in %s: starting from scratch", self.output_dir)
             return None
-        chosen = Path(report.chosen)
+        chosen = Path(chosen_name)
         state = load_training_state(
             chosen,
             model=self.model,
@@ -379,6 +390,8 @@ class LoopCheckpointer:
             except Exception as e:  # restoring handlers is best effort; the lease must still be released
                 logger.warning("Could not restore the previous signal handlers: %s", e)
             self.watcher = None
+        if self.mirror is not None:
+            self.mirror.close(self.remote.flush_timeout_sec)  # bounded wait for the last upload
         self.recorder.end(kind, step=self.global_step, detail=detail)
         atexit.unregister(self._atexit_hook)
 

@@ -30,7 +30,8 @@ class EnhancedAutoCheckpointManager:
     manager it also protects the loop against exceptions and releases the directory at the end.
 
     Args:
-        base_dir, max_keep, save_interval_sec, keep_tagged, adaptive, options, policy, clock:
+        base_dir, max_keep, save_interval_sec, keep_tagged, adaptive, options, policy, clock, remote_url,
+        remote_max_keep, remote_options:
             As for `RollingCheckpointManager`.
         signals, save_on_exception:
             As for `EmergencyCheckpointManager`.
@@ -64,6 +65,9 @@ class EnhancedAutoCheckpointManager:
         signals=LOOP_STOP_SIGNALS,
         save_on_exception: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        remote_url: str | None = None,
+        remote_max_keep: int | None = None,
+        remote_options: dict | None = None,
     ):
         self.rolling = RollingCheckpointManager(
             base_dir,
@@ -74,6 +78,9 @@ class EnhancedAutoCheckpointManager:
             options=options,
             policy=policy,
             clock=clock,
+            remote_url=remote_url,
+            remote_max_keep=remote_max_keep,
+            remote_options=remote_options,
         )
         self.emergency = EmergencyCheckpointManager(
             self.rolling, signals=signals, save_on_exception=save_on_exception

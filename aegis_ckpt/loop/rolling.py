@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..options import CheckpointOptions
+from ..options import CheckpointOptions, RemoteOptions
 from ..policy import SavePolicy
 from ..runstate.start import RunStart
 from .engine import LoopCheckpointer
@@ -37,6 +37,9 @@ class RollingCheckpointManager:
             A custom save policy instead of the one the options describe.
         clock (`Callable[[], float]`, *optional*, defaults to `time.monotonic`):
             Time source of the policy; tests inject a fake one.
+        remote_url (`str`, *optional*), remote_max_keep (`int`, *optional*), remote_options (`dict`, *optional*):
+            Mirror every committed checkpoint to object storage in the background and resume from the newest
+            verified remote copy when it is newer than the local ones (``RemoteOptions``, ``docs/remote.md``).
 
     Example:
 
@@ -66,7 +69,11 @@ class RollingCheckpointManager:
         options: CheckpointOptions | None = None,
         policy: SavePolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        remote_url: str | None = None,
+        remote_max_keep: int | None = None,
+        remote_options: dict | None = None,
     ):
+        remote = RemoteOptions(url=remote_url, max_keep=remote_max_keep, options=remote_options or {})
         if options is None:
             options = CheckpointOptions(
                 max_keep=max_keep, save_interval_sec=save_interval_sec, adaptive=adaptive
@@ -74,7 +81,7 @@ class RollingCheckpointManager:
         elif (max_keep, save_interval_sec, adaptive) != (5, 180.0, False):
             raise TypeError("pass either options= or max_keep/save_interval_sec/adaptive, not both")
         self._engine = LoopCheckpointer(
-            base_dir, options, keep_tagged=keep_tagged, policy=policy, clock=clock
+            base_dir, options, keep_tagged=keep_tagged, policy=policy, clock=clock, remote=remote
         )
 
     # ---- registration ----------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ one is safe). A failed save gets one error line, its ``save_failed`` record, and
 set aside in quarantine with the reason, where the folder is the Trainer's own and may be worth a look; never
 when the disk is full: the leftover is then deleted, since keeping it would keep the disk full).
 
+With a remote mirror (``remote.RemoteMirror``), every committed folder is also handed to it for a background
+upload, and retention keeps the folders it is still uploading.
+
 The save policy's feedback (``record_save``) stays with the callers: the callback feeds it on every rank, also
 after a failed commit, and an asynchronous save feeds it when the snapshot is taken, not when it commits.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from ..options import CheckpointOptions
 from ..storage import fsio
@@ -27,6 +31,15 @@ from .recorder import RunRecorder
 logger = logging.getLogger(__name__)
 
 
+class Mirror(Protocol):
+    """What the save tail asks of an off-machine mirror (``remote.RemoteMirror``): take a committed folder for
+    a background upload (never blocking), and name the folders still being uploaded."""
+
+    def submit(self, folder: Path, manifest: Manifest) -> None: ...
+
+    def in_flight(self) -> list[Path]: ...
+
+
 class SaveTail:
     """The bookkeeping after each save of one output directory.
 
@@ -35,6 +48,7 @@ class SaveTail:
         options: ``max_keep`` and ``keep_milestone_every_sec`` for retention.
         recorder: returns the run's recorder, or None where nothing is recorded (a replica rank, a finished run).
         protect: returns the checkpoints retention must keep besides the newest (e.g. the Trainer's best model).
+        mirror: uploads each committed checkpoint off the machine in the background (None: no remote copies).
     """
 
     def __init__(
@@ -44,11 +58,13 @@ class SaveTail:
         *,
         recorder: Callable[[], RunRecorder | None] = lambda: None,
         protect: Callable[[], Iterable[Path]] = tuple,
+        mirror: Mirror | None = None,
     ):
         self.store = store
         self.options = options
         self._recorder = recorder
         self._protect = protect
+        self.mirror = mirror
 
     def committed(
         self,
@@ -91,6 +107,8 @@ class SaveTail:
                 duration_sec=duration_sec,
                 tag=tag,
             )
+        if self.mirror is not None:
+            self.mirror.submit(folder, manifest)
         if retain:
             self.prune(folder)
 
@@ -150,7 +168,10 @@ class SaveTail:
         ``keep_best_k`` by metric."""
         return self.store.prune(
             self.options.max_keep,
-            protect={newest, *(Path(p) for p in self._protect())},
+            protect={newest, *(Path(p) for p in self._protect()), *self._uploading()},
             milestone_every_sec=self.options.keep_milestone_every_sec,
             keep_best_k=self.options.keep_best_k,
         )
+
+    def _uploading(self) -> list[Path]:
+        return self.mirror.in_flight() if self.mirror is not None else []

@@ -9,6 +9,7 @@ A config has these sections; every key is checked, and unknown keys are named in
     checkpoint:  ``CheckpointOptions`` (save interval, retention)
     emergency:   ``EmergencyOptions`` (signals, grace period, exception saves)
     async_save:  ``AsyncOptions`` (two-phase saves: snapshot, then write and commit in the background)
+    remote:      ``RemoteOptions`` (off-machine copies in object storage: url, max_keep, options)
     resume:      how the resume checkpoint is verified
     preflight:   what ``aegis-ckpt preflight`` refuses on (GPU required, disk margin); optional
     notify:      end-of-run sound and webhook (``aegis-ckpt notify``); optional
@@ -31,7 +32,14 @@ import yaml
 
 from ..configcheck import check_fields, check_known_keys
 from ..errors import ConfigError
-from ..options import VERIFY_MODES, AsyncOptions, CheckpointOptions, EmergencyOptions, options_from_mapping
+from ..options import (
+    VERIFY_MODES,
+    AsyncOptions,
+    CheckpointOptions,
+    EmergencyOptions,
+    RemoteOptions,
+    options_from_mapping,
+)
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -191,6 +199,7 @@ class TrainConfig:
     emergency: EmergencyOptions
     async_save: AsyncOptions
     resume: ResumeConfig
+    remote: RemoteOptions = field(default_factory=RemoteOptions)
     preflight: PreflightConfig = field(default_factory=PreflightConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: str = "<memory>"
@@ -210,6 +219,7 @@ SECTIONS = (
     "checkpoint",
     "emergency",
     "async_save",
+    "remote",
     "resume",
     "preflight",
     "notify",
@@ -286,6 +296,10 @@ def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = 
     checkpoint = CheckpointOptions.from_mapping(checkpoint_raw, where="checkpoint")
     emergency = EmergencyOptions.from_mapping(_section(raw, "emergency"), where="emergency")
     async_save = AsyncOptions.from_mapping(_section(raw, "async_save"), where="async_save")
+    remote_raw = dict(_section(raw, "remote"))
+    if remote_raw.get("url") == "":  # ${AEGIS_REMOTE_URL:-} with the variable unset: no remote copies
+        remote_raw["url"] = None
+    remote = RemoteOptions.from_mapping(remote_raw, where="remote")
     resume = _build_dataclass(ResumeConfig, "resume", _section(raw, "resume"))
     if resume.verify not in VERIFY_MODES:
         raise ConfigError(f"resume.verify must be one of {VERIFY_MODES} (got {resume.verify!r})")
@@ -302,6 +316,7 @@ def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = 
         checkpoint=checkpoint,
         emergency=emergency,
         async_save=async_save,
+        remote=remote,
         resume=resume,
         preflight=preflight,
         notify=notify,

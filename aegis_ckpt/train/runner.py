@@ -185,6 +185,8 @@ def _find_resume(cfg: TrainConfig, args, output_dir: Path, *, exclude: list[str]
         allow_unverified=cfg.resume.allow_unverified,
         adopt_plain=cfg.resume.adopt_plain,
         exclude=exclude,
+        remote_url=cfg.remote.url,
+        remote_options=cfg.remote.options,
     )
 
 
@@ -207,6 +209,7 @@ def _build_trainer(cfg: TrainConfig, args, tokenizer, dataset, output_dir: Path,
         options=cfg.checkpoint,
         emergency=cfg.emergency,
         async_options=cfg.async_save,
+        remote=cfg.remote,
         write_completion_marker=False,
     )
     probe = _LoadProbe(CheckpointStore(output_dir), failed)

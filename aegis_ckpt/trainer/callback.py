@@ -24,8 +24,9 @@ from ..cluster.nodes import CommonCheckpointGuard, node_local_checkpoints
 from ..distributed import PeerLostError, StepAgreement, StepFlags
 from ..errors import DiskFullError
 from ..exitcodes import exit_code_for_signal
-from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
+from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions, RemoteOptions
 from ..policy import SavePolicy, make_policy
+from ..remote.mirror import RemoteMirror
 from ..resume import check_resume_world_size
 from ..runstate.completion import mark_completed
 from ..runstate.heartbeat import SupervisorHeartbeat
@@ -89,8 +90,16 @@ class AegisCheckpointCallback(TrainerCallback):
         args (`AegisArguments`, *optional*):
             All of the above as one dataclass (e.g. parsed by ``HfArgumentParser`` next to ``TrainingArguments``);
             when given, the other option arguments must be left unset.
+        remote_url (`str`, *optional*):
+            Mirror every committed checkpoint to this fsspec URL (``s3://bucket/prefix``, ``gs://...``,
+            ``file:///mnt/nas/run``) in the background; credentials come from the backend's environment variables
+            or profiles. ``find_resume_checkpoint(..., remote_url=...)`` resumes from it on a fresh machine.
+        remote_max_keep (`int`, *optional*):
+            Remote copies to keep (the newest verified one always); defaults to ``max_keep``.
+        remote_options (`dict`, *optional*):
+            Extra keyword arguments of the fsspec file system (never credentials).
         options (`CheckpointOptions`, *optional*), emergency (`EmergencyOptions`, *optional*),
-        async_options (`AsyncOptions`, *optional*):
+        async_options (`AsyncOptions`, *optional*), remote (`RemoteOptions`, *optional*):
             The same settings as objects; when given, the matching keyword arguments must be left unset.
         write_completion_marker (`bool`, *optional*, defaults to `True`):
             Record ``.aegis/completed.json`` when training reaches its last step with a committed checkpoint.
@@ -125,6 +134,10 @@ class AegisCheckpointCallback(TrainerCallback):
         emergency: EmergencyOptions | None = None,
         async_options: AsyncOptions | None = None,
         args: AegisArguments | None = None,
+        remote_url: str | None = None,
+        remote_max_keep: int | None = None,
+        remote_options: dict | None = None,
+        remote: RemoteOptions | None = None,
         policy: SavePolicy | None = None,
         write_completion_marker: bool = True,
         clock: Callable[[], float] = time.monotonic,
@@ -171,6 +184,10 @@ class AegisCheckpointCallback(TrainerCallback):
             preempt_signals=preempt_signals,
         )
         self.async_options = build_options(AsyncOptions, async_options, enabled=async_save)
+        self.remote = build_options(
+            RemoteOptions, remote, url=remote_url, max_keep=remote_max_keep, options=remote_options
+        )
+        self.mirror: RemoteMirror | None = None
         self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
         self.clock = clock
         self.write_completion_marker = write_completion_marker
@@ -238,11 +255,17 @@ class AegisCheckpointCallback(TrainerCallback):
         # Node-local output dirs: retention keeps the newest step committed on every node (cluster/nodes.py).
         self._common = CommonCheckpointGuard(args.output_dir, active=node_local_checkpoints(args))
         self._common.start(state.global_step)
+        if self.remote.enabled and args.should_save and args.process_index == 0 and self.mirror is None:
+            # The committing main process uploads, after every rank wrote its files (the commit follows a
+            # barrier). With save_on_each_node the other nodes' main processes commit their own copies too; one
+            # remote copy per run, so only the global main process mirrors.
+            self.mirror = RemoteMirror(self.remote, args.output_dir, local_max_keep=self.options.max_keep)
         self._tail = SaveTail(
             self.store,
             self.options,
             recorder=lambda: self._run.recorder,
             protect=lambda: [*self._best_checkpoint(), *self._common.protected()],
+            mirror=self.mirror,
         )
         # Before anything on disk changes: may refuse a second process.
         self._run.begin(args, state, self.options, has_checkpoints=bool(self.store.checkpoints()))
@@ -261,6 +284,8 @@ class AegisCheckpointCallback(TrainerCallback):
                 max_age_days=self.options.quarantine_max_age_days,
                 max_gb=self.options.quarantine_max_gb,
             )
+            if self.mirror is not None:
+                self.mirror.catch_up()  # an upload the previous process could not finish
         self._agreement.setup()
         distributed.barrier()
         self.last_saved_step = None
@@ -472,6 +497,7 @@ class AegisCheckpointCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._collect_async(wait=True)
         self._async.close()
+        self._flush_remote(self.remote.flush_timeout_sec)
         self._heartbeat.beat(state.global_step, "train_end", force=True)
         try:
             late = self._agreement.drain()
@@ -533,8 +559,16 @@ class AegisCheckpointCallback(TrainerCallback):
         if agreement:
             self._agreement.close()
         self._async.close()
+        # The process is about to exit (a signal, a lost peer): give the last upload the grace period at most.
+        self._flush_remote(self.emergency.grace_period_sec)
 
     # ---- helpers -------------------------------------------------------------------------------------------
+    def _flush_remote(self, timeout_sec: float) -> None:
+        """Training is over: wait (bounded) for the last upload, then stop the mirror."""
+        if self.mirror is not None:
+            self.mirror.close(timeout_sec)
+            self.mirror = None
+
     def _require_tail(self) -> SaveTail:
         self._require_store()
         return self._tail

@@ -53,16 +53,20 @@ def main() -> int:
     p.add_argument(
         "--sync", action="store_true", help="async_save=False: the Trainer writes every save itself"
     )
+    p.add_argument("--remote-url", help="mirror checkpoints there and resume from it (remote_url)")
     p.add_argument("--result", help="write the final weights (torch.save of the state dict) here")
     p.add_argument("--log", help="append JSON lines (start/done events) here")
     a = p.parse_args()
 
     tinylib.quiet_and_single_threaded()
-    resume = find_resume_checkpoint(a.output_dir, a.verify)
+    resume = find_resume_checkpoint(a.output_dir, a.verify, remote_url=a.remote_url)
     callbacks = [
         tinylib.SleepPerStep(a.step_sleep),
         AegisCheckpointCallback(
-            save_interval_sec=a.save_interval, max_keep=a.max_keep, async_save=not a.sync
+            save_interval_sec=a.save_interval,
+            max_keep=a.max_keep,
+            async_save=not a.sync,
+            remote_url=a.remote_url,
         ),
         LogTrainBegin(a.log, resume),
     ]

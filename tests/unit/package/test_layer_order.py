@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("system", "rngstate", "distributed", "options", "progress"),
     ("policy",),
     ("storage",),
+    ("remote",),
     ("runstate",),
     ("resume", "cluster"),
     ("trainer", "loop", "arguments"),

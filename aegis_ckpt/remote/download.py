@@ -1,0 +1,147 @@
+"""Bringing a remote copy back: into the output directory's staging folder, every file checked against the
+manifest, then published as ``checkpoint-<step>`` in one rename (the same path a local save takes).
+
+The manifest is read first (it says what to fetch and is itself checksummed), each listed file is fetched and
+flushed, the manifest is written last, and the staged folder must pass ``verify_checkpoint`` (full hashes)
+before it is published. A copy that fails any of that is refused with the reason and removed from staging; the
+caller goes on with the next older remote copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+
+from ..storage import commit
+from ..storage.commit import atomic_write_bytes, verify_checkpoint
+from ..storage.layout import MANIFEST_NAME
+from ..storage.store import CheckpointStore
+from .catalog import RemoteEntry, list_remote, read_remote_manifest
+from .location import RemoteError, RemoteLocation, describe_error, with_retries
+
+logger = logging.getLogger(__name__)
+
+
+def _safe_relative(name: str) -> str:
+    """A manifest name that stays inside the checkpoint folder, or ``RemoteError``: a remote manifest is input
+    from outside and must never make us write elsewhere."""
+    path = PurePosixPath(name)
+    if (
+        not name
+        or "\\" in name
+        or "\x00" in name
+        or path.is_absolute()
+        or any(part in ("", ".", "..") for part in name.split("/"))
+        or name == MANIFEST_NAME
+        or (len(name) > 1 and name[1] == ":")
+    ):
+        raise RemoteError(f"manifest lists an unsafe file name {name!r}")
+    return name
+
+
+def download_checkpoint(
+    location: RemoteLocation,
+    entry: RemoteEntry,
+    store: CheckpointStore,
+    *,
+    workers: int = 4,
+    attempts: int = 5,
+) -> Path:
+    """Download, verify and publish one remote copy; returns the local ``checkpoint-<step>`` folder.
+
+    Raises:
+        RemoteError: the copy is refused (no or damaged manifest, unsafe names, a file that does not verify) or
+            could not be fetched; nothing is left behind in the output directory.
+    """
+    started = time.perf_counter()
+    try:
+        manifest, raw = read_remote_manifest(location, entry)
+        names = [_safe_relative(name) for name in manifest.files]
+    except RemoteError:
+        raise
+    except Exception as e:
+        raise RemoteError(f"remote {entry.path}: unusable manifest ({describe_error(e)})") from e
+    store.aegis_dir.mkdir(parents=True, exist_ok=True)
+    staging = store.fresh_staging(entry.step)
+    try:
+        _fetch_files(location, entry, staging, names, workers=workers, attempts=attempts)
+        atomic_write_bytes(staging / MANIFEST_NAME, raw)  # last, as in a local commit
+        result = verify_checkpoint(staging, full=True)
+        if not result.ok:
+            raise RemoteError(f"remote {entry.path} does not verify: {result.summary()}")
+        folder = store.publish(staging, entry.step)
+    except BaseException as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, RemoteError) or not isinstance(e, Exception):
+            raise
+        raise RemoteError(f"remote {entry.path}: download failed ({describe_error(e)})") from e
+    logger.info(
+        "Downloaded %s from %s (%.1f MB in %.1f s, every file verified)",
+        folder.name,
+        location.url,
+        manifest.total_bytes / 1e6,
+        time.perf_counter() - started,
+    )
+    return folder
+
+
+def _fetch_files(
+    location: RemoteLocation,
+    entry: RemoteEntry,
+    staging: Path,
+    names: list[str],
+    *,
+    workers: int,
+    attempts: int,
+) -> None:
+    def get(name: str) -> None:
+        local = staging / name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with_retries(
+            lambda: location.fs.get_file(f"{entry.path}/{name}", os.fspath(local)),
+            attempts=attempts,
+            what=f"download {entry.path}/{name}",
+        )
+        commit.fsync_file(local)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="aegis-download") as pool:
+        for future in [pool.submit(get, name) for name in names]:
+            future.result()
+    for folder in sorted({(staging / n).parent for n in names}, key=lambda p: len(p.parts), reverse=True):
+        commit.fsync_dir(folder)
+
+
+def pull_newest(
+    location: RemoteLocation,
+    store: CheckpointStore,
+    *,
+    newer_than: int | None = None,
+    workers: int = 4,
+    attempts: int = 5,
+) -> tuple[Path | None, list[tuple[int, str]]]:
+    """Download the newest remote copy (above step ``newer_than``) that verifies.
+
+    Returns:
+        The local folder (None when no remote copy qualifies) and the ``(step, reason)`` of every newer copy
+        that was skipped.
+    """
+    skipped: list[tuple[int, str]] = []
+    for entry in reversed(list_remote(location)):
+        if newer_than is not None and entry.step <= newer_than:
+            break
+        if not entry.committed:
+            reason = "no manifest (its upload did not finish)"
+        else:
+            try:
+                return download_checkpoint(
+                    location, entry, store, workers=workers, attempts=attempts
+                ), skipped
+            except RemoteError as e:
+                reason = str(e)
+        logger.warning("Skipping remote checkpoint-%d: %s", entry.step, reason)
+        skipped.append((entry.step, reason))
+    return None, skipped
