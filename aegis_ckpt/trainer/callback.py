@@ -20,9 +20,8 @@ from transformers import TrainerCallback
 
 from .. import distributed
 from ..arguments import AegisArguments
-from ..cluster.nodes import CommonCheckpointGuard, node_local_checkpoints
+from ..cluster.nodes import CommonCheckpointGuard
 from ..distributed import PeerLostError, StepAgreement, StepFlags
-from ..errors import DiskFullError
 from ..exitcodes import exit_code_for_signal
 from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
 from ..policy import SavePolicy, make_policy
@@ -36,16 +35,16 @@ from ..storage.store import CheckpointStore
 from ..system.platform import signal_name
 from ..system.signals import SignalWatcher
 from .asyncsave.saver import AsyncSaver
-from .commits import commit_trainer_save, manifest_meta, publish_background_save
+from .commits import manifest_meta, publish_background_save
 from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
 from .metric import EvaluationTracker
 from .runrecord import TrainerRunRecord
-from .savefaults import SyncSaveGuard
 from .savegate import SaveGate
 from .settings import follow_trainer_logging, resolve_options, take_over_rotation
 from .stepdecision import DUE, FINAL, SIGNAL, TRAINER, decide_step
-from .trainbegin import tidy_output_dir
+from .syncsave import SyncSaves, final_save_failed
+from .trainbegin import open_output_dir, tidy_output_dir
 from .trainentry import TrainEntry
 
 logger = logging.getLogger(__name__)
@@ -169,7 +168,8 @@ class AegisCheckpointCallback(TrainerCallback):
         self._evaluations = EvaluationTracker()  # the metric of a checkpoint (keep_best_k)
         # A save that cannot fit is never started.
         self._gate = SaveGate(run=self._run, stops=self.stops, policy=lambda: self.policy, clock=clock)
-        self._sync_guard = SyncSaveGuard()  # a full disk inside the Trainer's own save does not end training
+        # A full disk inside the Trainer's own save does not end training; a completed one is committed.
+        self._sync = SyncSaves(tail=self._require_tail, run=self._run, metric=self._metric)
         self._entry = TrainEntry(self._already_finished)  # what train() resumes from; no step past the end
 
     @property
@@ -201,7 +201,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._take_over_rotation(args)
         self._trainer = find_trainer()
         self.stops.attach(self._trainer)
-        self._sync_guard.install(self._trainer)
+        self._sync.install(self._trainer)
         self._entry.install(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -211,15 +211,8 @@ class AegisCheckpointCallback(TrainerCallback):
         check_resume_world_size(
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
-        self.store = CheckpointStore(args.output_dir)
-        # Node-local output dirs: retention keeps the newest step committed on every node (cluster/nodes.py).
-        self._common = CommonCheckpointGuard(args.output_dir, active=node_local_checkpoints(args))
-        self._common.start(state.global_step)
-        self._tail = SaveTail(
-            self.store,
-            self.options,
-            recorder=lambda: self._run.recorder,
-            protect=lambda: [*self._best_checkpoint(), *self._common.protected()],
+        self.store, self._common, self._tail = open_output_dir(
+            args, state, self.options, self._run, best=self._best_checkpoint
         )
         # Before anything on disk changes: may refuse a second process.
         self._run.begin(args, state, self.options, has_checkpoints=bool(self.store.checkpoints()))
@@ -365,14 +358,14 @@ class AegisCheckpointCallback(TrainerCallback):
         write_sec = self.clock() - started
         folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
         self._common.complete_node_copy(kwargs.get("model"), folder, writes_files=args.should_save)
-        size_bytes = 0
-        failure = self._sync_guard.take_failure()  # the Trainer's save ran out of space: nothing to commit
-        if failure is not None and args.should_save:
-            self._require_tail().failed(
-                step=state.global_step, reason=self._save_reason or "trainer", error=failure, leftover=folder
-            )
-        elif args.should_save:
-            size_bytes = self._commit_and_retain(state, folder, write_sec, world_size=args.world_size)
+        size_bytes, failure = self._sync.commit_written(
+            state,
+            folder,
+            reason=self._save_reason or "trainer",
+            write_sec=write_sec,
+            world_size=args.world_size,
+            writes_files=args.should_save,
+        )
         distributed.barrier()
         self._common.confirm(state.global_step, committed_here=size_bytes > 0 or not args.should_save)
         self.policy.record_save(started=started, finished=self.clock(), size_bytes=size_bytes)
@@ -383,25 +376,8 @@ class AegisCheckpointCallback(TrainerCallback):
         if self.stops.stop_signal is not None:
             self.stops.exit_after_save(state, folder, committed=size_bytes > 0 or not args.should_save)
         if failure is not None and self._save_reason == "final":
-            raise DiskFullError(
-                f"The final checkpoint of step {state.global_step} ran out of space while it was written "
-                f"({failure}); the previous committed checkpoint stays the resume point. Free space and start "
-                "the run again to finish it."
-            ) from failure
+            raise final_save_failed(state.global_step, failure) from failure
         return control
-
-    def _commit_and_retain(self, state, folder: Path, write_sec: float, *, world_size: int) -> int:
-        """Commit the folder the Trainer just wrote, then the save tail; the committed size (0: not committed)."""
-        return commit_trainer_save(
-            self._require_tail(),
-            state,
-            folder,
-            reason=self._save_reason or "trainer",
-            write_sec=write_sec,
-            world_size=world_size,
-            sha256=self._run.sha256,
-            metric=self._metric(state),
-        )
 
     def _best_checkpoint(self) -> list[Path]:
         return self._evaluations.best_checkpoint(self._trainer, keep_best=self.options.keep_best)
@@ -443,14 +419,7 @@ class AegisCheckpointCallback(TrainerCallback):
 
     def save_now(self, trainer, folder: Path, reason: str) -> bool:
         self._save_reason = reason
-        t0 = time.perf_counter()
-        trainer._save_checkpoint(trainer.model, trial=None)
-        failure = self._sync_guard.take_failure()
-        if failure is not None:
-            step = trainer.state.global_step
-            self._require_tail().failed(step=step, reason=reason, error=failure, leftover=folder)
-            return False
-        if self._commit_and_retain(trainer.state, folder, time.perf_counter() - t0, world_size=1):
+        if self._sync.save_now(trainer, folder, reason):
             self.last_saved_step = trainer.state.global_step
             return True
         return False

@@ -1,16 +1,40 @@
-"""The output dir at train begin, for the Trainer callback: put it in order before the first save of this run.
+"""The output dir at train begin, for the Trainer callback: open its store and put it in order before the
+first save of this run.
 
-Runs on the saving rank only, after the run lease is taken (which may refuse a second process) and before
-anything else on disk changes: staging folders of an interrupted save are recovered, checkpoints beyond the
-start step are set aside, the trash is emptied and the quarantine trimmed to its limits.
+The run lease is taken first (it may refuse a second process), before anything on disk changes. Then, on the
+saving rank only, staging folders of an interrupted save are recovered, checkpoints beyond the start step are set
+aside, the trash is emptied and the quarantine trimmed to its limits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+from ..cluster.nodes import CommonCheckpointGuard, node_local_checkpoints
 from ..options import CheckpointOptions
 from ..runstate.saves import SaveTail
 from ..storage.quarantine import trim_quarantine
 from ..storage.store import CheckpointStore
+from .runrecord import TrainerRunRecord
+
+
+def open_output_dir(
+    args, state, options: CheckpointOptions, run: TrainerRunRecord, best: Callable[[], list[Path]]
+) -> tuple[CheckpointStore, CommonCheckpointGuard, SaveTail]:
+    """The store of the output dir, the node-local guard and the save tail of this run (``best``: the
+    checkpoints retention must keep besides its own choice). Changes nothing on disk."""
+    store = CheckpointStore(args.output_dir)
+    # Node-local output dirs: retention keeps the newest step committed on every node (cluster/nodes.py).
+    common = CommonCheckpointGuard(args.output_dir, active=node_local_checkpoints(args))
+    common.start(state.global_step)
+    tail = SaveTail(
+        store,
+        options,
+        recorder=lambda: run.recorder,
+        protect=lambda: [*best(), *common.protected()],
+    )
+    return store, common, tail
 
 
 def tidy_output_dir(
