@@ -20,9 +20,8 @@ from transformers import TrainerCallback
 
 from .. import distributed
 from ..arguments import AegisArguments
-from ..cluster.nodes import CommonCheckpointGuard, node_local_checkpoints
+from ..cluster.nodes import CommonCheckpointGuard
 from ..distributed import PeerLostError, StepAgreement, StepFlags
-from ..errors import DiskFullError
 from ..exitcodes import exit_code_for_signal
 from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions, RemoteOptions
 from ..policy import SavePolicy, make_policy
@@ -33,19 +32,20 @@ from ..runstate.heartbeat import SupervisorHeartbeat
 from ..runstate.saves import SaveTail
 from ..storage.commit import is_committed
 from ..storage.layout import checkpoint_dir_name
-from ..storage.quarantine import trim_quarantine
 from ..storage.store import CheckpointStore
 from ..system.platform import signal_name
 from ..system.signals import SignalWatcher
 from .asyncsave.saver import AsyncSaver
-from .commits import commit_trainer_save, manifest_meta, publish_background_save
+from .commits import manifest_meta, publish_background_save
 from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
-from .metric import checkpoint_metric
+from .metric import EvaluationTracker
 from .runrecord import TrainerRunRecord
-from .savefaults import SaveSpace, SyncSaveGuard, skipped_line
-from .settings import build_options, follow_trainer_logging, refuse_mixed, take_over_rotation
+from .savegate import SaveGate
+from .settings import build_options, follow_trainer_logging, resolve_options, take_over_rotation
 from .stepdecision import DUE, FINAL, SIGNAL, TRAINER, decide_step
+from .syncsave import SyncSaves, final_save_failed
+from .trainbegin import open_output_dir, tidy_output_dir
 from .trainentry import TrainEntry
 
 logger = logging.getLogger(__name__)
@@ -142,48 +142,23 @@ class AegisCheckpointCallback(TrainerCallback):
         write_completion_marker: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ):
-        if args is not None:
-            others = {
-                "save_interval_sec": save_interval_sec,
-                "max_keep": max_keep,
-                "save_on_train_end": save_on_train_end,
-                "keep_milestone_every_sec": keep_milestone_every_sec,
-                "keep_best": keep_best,
-                "keep_best_k": keep_best_k,
-                "handle_signals": handle_signals,
-                "grace_period_sec": grace_period_sec,
-                "save_on_exception": save_on_exception,
-                "async_save": async_save,
-                "options": options,
-                "emergency": emergency,
-                "async_options": async_options,
-            }
-            refuse_mixed(args, others)
-            options, emergency, async_options = args.to_options()
-        # An explicit max_keep wins over the Trainer's save_total_limit; AegisArguments leaves it None when unset.
-        if args is not None:
-            self._max_keep_explicit = args.explicit_max_keep
-        else:
-            self._max_keep_explicit = options is not None or max_keep is not None
-        self.options = build_options(
-            CheckpointOptions,
-            options,
+        self.options, self.emergency, self.async_options, self._max_keep_explicit = resolve_options(
+            args,
+            options=options,
+            emergency=emergency,
+            async_options=async_options,
+            preempt_signals=preempt_signals,
             save_interval_sec=save_interval_sec,
             max_keep=max_keep,
             save_on_train_end=save_on_train_end,
             keep_milestone_every_sec=keep_milestone_every_sec,
             keep_best=keep_best,
             keep_best_k=keep_best_k,
-        )
-        self.emergency = build_options(
-            EmergencyOptions,
-            emergency,
             handle_signals=handle_signals,
             grace_period_sec=grace_period_sec,
             save_on_exception=save_on_exception,
-            preempt_signals=preempt_signals,
+            async_save=async_save,
         )
-        self.async_options = build_options(AsyncOptions, async_options, enabled=async_save)
         self.remote = build_options(
             RemoteOptions, remote, url=remote_url, max_keep=remote_max_keep, options=remote_options
         )
@@ -207,9 +182,11 @@ class AegisCheckpointCallback(TrainerCallback):
         self._heartbeat = SupervisorHeartbeat(clock, every_sec=HEARTBEAT_EVERY_SEC)
         self._run = TrainerRunRecord(self.policy, clock)  # run lease, audit log, save statistics
         self._async = AsyncSaver(self.async_options)
-        self._evaluation: tuple[int, dict] | None = None  # (step, metrics) of the last evaluation
-        self._space = SaveSpace()  # a save that cannot fit is never started
-        self._sync_guard = SyncSaveGuard()  # a full disk inside the Trainer's own save does not end training
+        self._evaluations = EvaluationTracker()  # the metric of a checkpoint (keep_best_k)
+        # A save that cannot fit is never started.
+        self._gate = SaveGate(run=self._run, stops=self.stops, policy=lambda: self.policy, clock=clock)
+        # A full disk inside the Trainer's own save does not end training; a completed one is committed.
+        self._sync = SyncSaves(tail=self._require_tail, run=self._run, metric=self._metric)
         self._entry = TrainEntry(self._already_finished)  # what train() resumes from; no step past the end
 
     @property
@@ -241,7 +218,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self._take_over_rotation(args)
         self._trainer = find_trainer()
         self.stops.attach(self._trainer)
-        self._sync_guard.install(self._trainer)
+        self._sync.install(self._trainer)
         self._entry.install(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -251,39 +228,18 @@ class AegisCheckpointCallback(TrainerCallback):
         check_resume_world_size(
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
-        self.store = CheckpointStore(args.output_dir)
-        # Node-local output dirs: retention keeps the newest step committed on every node (cluster/nodes.py).
-        self._common = CommonCheckpointGuard(args.output_dir, active=node_local_checkpoints(args))
-        self._common.start(state.global_step)
         if self.remote.enabled and args.should_save and args.process_index == 0 and self.mirror is None:
             # The committing main process uploads, after every rank wrote its files (the commit follows a
             # barrier). With save_on_each_node the other nodes' main processes commit their own copies too; one
             # remote copy per run, so only the global main process mirrors.
             self.mirror = RemoteMirror(self.remote, args.output_dir, local_max_keep=self.options.max_keep)
-        self._tail = SaveTail(
-            self.store,
-            self.options,
-            recorder=lambda: self._run.recorder,
-            protect=lambda: [*self._best_checkpoint(), *self._common.protected()],
-            mirror=self.mirror,
+        self.store, self._common, self._tail = open_output_dir(
+            args, state, self.options, self._run, best=self._best_checkpoint, mirror=self.mirror
         )
         # Before anything on disk changes: may refuse a second process.
         self._run.begin(args, state, self.options, has_checkpoints=bool(self.store.checkpoints()))
         if args.should_save:
-            self.store.mark_managed()
-            self.store.recover_staging()
-            # Folders beyond the start step belong to an abandoned timeline (e.g. a newer checkpoint was damaged
-            # and training resumed from an older one): the Trainer would overwrite them in place.
-            self._tail.set_aside_later(
-                state.global_step,
-                f"superseded: training (re)started at step {state.global_step}, before this checkpoint",
-            )
-            self.store.empty_trash()
-            trim_quarantine(
-                self.store.quarantine_dir,
-                max_age_days=self.options.quarantine_max_age_days,
-                max_gb=self.options.quarantine_max_gb,
-            )
+            tidy_output_dir(self.store, self._tail, state.global_step, self.options)
             if self.mirror is not None:
                 self.mirror.catch_up()  # an upload the previous process could not finish
         self._agreement.setup()
@@ -388,31 +344,8 @@ class AegisCheckpointCallback(TrainerCallback):
         self.policy.record_save(started=started, finished=self.clock(), size_bytes=nbytes)
 
     def _save_fits(self, args, state, reason: str) -> bool:
-        """Whether the save decided at this step fits on disk (agreed by all ranks). One that does not is never
-        started: a periodic one is skipped with one log line, a stop signal exits without it, a final one raises
-        ``DiskFullError``; in every case the previous committed checkpoint stays the resume point."""
-        problem = self._space.refusal(self.store, self._trainer) if args.should_save and self.store else None
-        if not distributed.agree_any(problem is not None):
-            return True
-        problem = problem or "the output dir is full on another rank"
-        step = state.global_step
-        if self._run.recorder is not None:
-            error = DiskFullError(f"the {reason} checkpoint of step {step} does not fit: {problem}")
-            self._run.recorder.save_failed(step=step, reason=reason, error=error)
-        if reason.startswith("signal:"):
-            logger.error("Not saving the emergency checkpoint of step %d: %s", step, problem)
-            folder = Path(args.output_dir) / checkpoint_dir_name(step)
-            self.stops.exit_after_save(state, folder, committed=False)
-        if reason == "final":
-            raise DiskFullError(
-                f"The final checkpoint of step {step} does not fit: {problem}. The previous committed checkpoint "
-                "stays the resume point; free space and start the run again to finish it."
-            )
-        nbytes = self._space.checkpoint_bytes(self.store, self._trainer) if self.store else 0
-        logger.error("%s", skipped_line(step, reason, problem, checkpoint_bytes=nbytes))
-        now = self.clock()
-        self.policy.record_save(started=now, finished=now, size_bytes=0)  # tried again one interval from now
-        return False
+        """Whether the save decided at this step fits on disk on every rank (``savegate``)."""
+        return self._gate.fits(args, state, reason, store=self.store, trainer=self._trainer)
 
     def _collect_async(self, *, wait: bool) -> None:
         """Publish a background save that finished (optionally waiting for it). Runs on the training thread."""
@@ -422,13 +355,11 @@ class AegisCheckpointCallback(TrainerCallback):
             self.last_commit_path = folder or self.last_commit_path
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if metrics is not None:  # the metric of a checkpoint saved at this step (keep_best_k)
-            self._evaluation = (state.global_step, dict(metrics))
+        self._evaluations.record(state.global_step, metrics)  # the metric of a checkpoint saved at this step
         return control
 
     def _metric(self, state) -> dict | None:
-        trainer_args = self._trainer.args if self._trainer is not None else None
-        return checkpoint_metric(trainer_args, state.global_step, self._evaluation)
+        return self._evaluations.metric(self._trainer, state.global_step)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if control.should_save and self.last_saved_step == state.global_step:
@@ -451,14 +382,14 @@ class AegisCheckpointCallback(TrainerCallback):
         write_sec = self.clock() - started
         folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
         self._common.complete_node_copy(kwargs.get("model"), folder, writes_files=args.should_save)
-        size_bytes = 0
-        failure = self._sync_guard.take_failure()  # the Trainer's save ran out of space: nothing to commit
-        if failure is not None and args.should_save:
-            self._require_tail().failed(
-                step=state.global_step, reason=self._save_reason or "trainer", error=failure, leftover=folder
-            )
-        elif args.should_save:
-            size_bytes = self._commit_and_retain(state, folder, write_sec, world_size=args.world_size)
+        size_bytes, failure = self._sync.commit_written(
+            state,
+            folder,
+            reason=self._save_reason or "trainer",
+            write_sec=write_sec,
+            world_size=args.world_size,
+            writes_files=args.should_save,
+        )
         distributed.barrier()
         self._common.confirm(state.global_step, committed_here=size_bytes > 0 or not args.should_save)
         self.policy.record_save(started=started, finished=self.clock(), size_bytes=size_bytes)
@@ -469,29 +400,11 @@ class AegisCheckpointCallback(TrainerCallback):
         if self.stops.stop_signal is not None:
             self.stops.exit_after_save(state, folder, committed=size_bytes > 0 or not args.should_save)
         if failure is not None and self._save_reason == "final":
-            raise DiskFullError(
-                f"The final checkpoint of step {state.global_step} ran out of space while it was written "
-                f"({failure}); the previous committed checkpoint stays the resume point. Free space and start "
-                "the run again to finish it."
-            ) from failure
+            raise final_save_failed(state.global_step, failure) from failure
         return control
 
-    def _commit_and_retain(self, state, folder: Path, write_sec: float, *, world_size: int) -> int:
-        """Commit the folder the Trainer just wrote, then the save tail; the committed size (0: not committed)."""
-        return commit_trainer_save(
-            self._require_tail(),
-            state,
-            folder,
-            reason=self._save_reason or "trainer",
-            write_sec=write_sec,
-            world_size=world_size,
-            sha256=self._run.sha256,
-            metric=self._metric(state),
-        )
-
     def _best_checkpoint(self) -> list[Path]:
-        best = self._trainer.state.best_model_checkpoint if self._trainer is not None else None
-        return [Path(best)] if self.options.keep_best and best else []
+        return self._evaluations.best_checkpoint(self._trainer, keep_best=self.options.keep_best)
 
     # ---- end -----------------------------------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
@@ -531,14 +444,7 @@ class AegisCheckpointCallback(TrainerCallback):
 
     def save_now(self, trainer, folder: Path, reason: str) -> bool:
         self._save_reason = reason
-        t0 = time.perf_counter()
-        trainer._save_checkpoint(trainer.model, trial=None)
-        failure = self._sync_guard.take_failure()
-        if failure is not None:
-            step = trainer.state.global_step
-            self._require_tail().failed(step=step, reason=reason, error=failure, leftover=folder)
-            return False
-        if self._commit_and_retain(trainer.state, folder, time.perf_counter() - t0, world_size=1):
+        if self._sync.save_now(trainer, folder, reason):
             self.last_saved_step = trainer.state.global_step
             return True
         return False

@@ -8,7 +8,7 @@ import logging
 from typing import TypeVar
 
 from ..logsetup import apply_training_log_level
-from ..options import CheckpointOptions
+from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions
 
 logger = logging.getLogger(__name__)
 
@@ -66,3 +66,39 @@ def follow_trainer_logging(args) -> None:
             "save_only_model=True: checkpoints hold no optimizer, scheduler or RNG state, so a resumed run "
             "will not continue exactly where it stopped."
         )
+
+
+def resolve_options(
+    args, *, options, emergency, async_options, preempt_signals=None, **flat
+) -> tuple[CheckpointOptions, EmergencyOptions, AsyncOptions, bool]:
+    """The callback's three option objects from its constructor arguments: ``AegisArguments`` (``args``), the
+    option objects, or the flat keyword arguments (``flat``), never two of them for the same option. Also
+    whether ``max_keep`` was given explicitly: an explicit one wins over the Trainer's ``save_total_limit``."""
+    if args is not None:
+        refuse_mixed(
+            args, {**flat, "options": options, "emergency": emergency, "async_options": async_options}
+        )
+        options, emergency, async_options = args.to_options()
+        max_keep_explicit = args.explicit_max_keep  # AegisArguments leaves max_keep None when unset
+    else:
+        max_keep_explicit = options is not None or flat["max_keep"] is not None
+    checkpoint = build_options(
+        CheckpointOptions,
+        options,
+        save_interval_sec=flat["save_interval_sec"],
+        max_keep=flat["max_keep"],
+        save_on_train_end=flat["save_on_train_end"],
+        keep_milestone_every_sec=flat["keep_milestone_every_sec"],
+        keep_best=flat["keep_best"],
+        keep_best_k=flat["keep_best_k"],
+    )
+    emergency = build_options(
+        EmergencyOptions,
+        emergency,
+        handle_signals=flat["handle_signals"],
+        grace_period_sec=flat["grace_period_sec"],
+        save_on_exception=flat["save_on_exception"],
+        preempt_signals=preempt_signals,
+    )
+    async_options = build_options(AsyncOptions, async_options, enabled=flat["async_save"])
+    return checkpoint, emergency, async_options, max_keep_explicit
