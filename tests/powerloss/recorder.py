@@ -247,10 +247,15 @@ class Recorder:
             @wrap(_REAL[name])
             def os_sync(fd):
                 rel = rec._fds.get(fd)
-                if rel is not None:
+                if rel is None:
+                    _REAL[name](fd)
+                    return
+                # Under the lock: another thread's reconcile must not fall between this file's pending writes and
+                # its flush (the commit flushes files on several threads at once), or the log would order a
+                # write after the flush that made it durable.
+                with rec._lock:
                     rec._reconcile()
-                _REAL[name](fd)
-                if rel is not None:
+                    _REAL[name](fd)
                     rec._add(Op("fsync", rel))
 
             return os_sync
