@@ -42,7 +42,7 @@ import tinylib
 from aegis_ckpt.runstate.completion import read_completion
 from aegis_ckpt.storage.commit import verify_checkpoint
 from aegis_ckpt.storage.layout import MANIFEST_NAME
-from aegis_ckpt.storage.store import CheckpointStore
+from aegis_ckpt.storage.store import QUARANTINE_KEEP, CheckpointStore
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -246,12 +246,20 @@ def test_sigkill_chaos(mode, tmp_path, run_py, reference_weights):
     assert not any((out / ".aegis" / "trash").iterdir())
     assert not _staged(out), "no staging folder left"
     assert read_completion(out)["step"] == MAX_STEPS
-    # Invariant 3: uncommitted folders went to quarantine; nothing committed ever did.
+    # Invariant 3: uncommitted folders went to quarantine; nothing committed ever did. Quarantine keeps only its
+    # newest QUARANTINE_KEEP folders (a full disk must not fill up with leftovers), so the newest uncommitted
+    # folders seen are the ones it still holds.
     records = store.quarantined()
     assert all(r["reason"].startswith("uncommitted") for r in records), records
+    assert len(records) <= QUARANTINE_KEEP, records
     quarantined_inodes = {Path(r["path"]).stat().st_ino for r in records}
-    missing = {name for ino, name in uncommitted_seen.items() if ino not in quarantined_inodes}
-    assert not missing, f"uncommitted folders seen after a kill but not quarantined: {sorted(missing)}"
+    assert quarantined_inodes <= set(uncommitted_seen), "only folders seen uncommitted are in quarantine"
+    newest_seen = list(uncommitted_seen)[-min(len(records), len(uncommitted_seen)) :] if records else []
+    missing = {uncommitted_seen[ino] for ino in newest_seen if ino not in quarantined_inodes}
+    assert len(records) == min(QUARANTINE_KEEP, len(uncommitted_seen)), (records, uncommitted_seen)
+    assert not missing, (
+        f"the newest uncommitted folders seen after a kill are not in quarantine: {sorted(missing)}"
+    )
     # Invariant 5.
     assert during_save >= MIN_KILLS_DURING_SAVE, (
         f"only {during_save} kills landed during a save: {phase_counts}"
