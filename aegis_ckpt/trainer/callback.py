@@ -454,6 +454,12 @@ class AegisCheckpointCallback(TrainerCallback):
         args = trainer.args
         if self.write_completion_marker and args.should_save and is_committed(checkpoint):
             mark_completed(args.output_dir, step=step, checkpoint=checkpoint)
+        if self.remote.enabled and args.should_save and args.process_index == 0:
+            # No step runs, so no train begin either: an upload the previous process could not finish is
+            # completed here, within the same bound as at the end of training.
+            mirror = RemoteMirror(self.remote, args.output_dir, local_max_keep=self.options.max_keep)
+            mirror.catch_up()
+            mirror.close(self.remote.flush_timeout_sec)
 
     def record(self, event: str, *, step: int, signum: int = 0, error=None, saved: bool = False) -> None:
         self._run.record(event, step=step, signum=signum, error=error, saved=saved)
