@@ -228,11 +228,7 @@ class AegisCheckpointCallback(TrainerCallback):
         check_resume_world_size(
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
-        if self.remote.enabled and args.should_save and args.process_index == 0 and self.mirror is None:
-            # The committing main process uploads, after every rank wrote its files (the commit follows a
-            # barrier). With save_on_each_node the other nodes' main processes commit their own copies too; one
-            # remote copy per run, so only the global main process mirrors.
-            self.mirror = RemoteMirror(self.remote, args.output_dir, local_max_keep=self.options.max_keep)
+        self._open_mirror(args)
         self.store, self._common, self._tail = open_output_dir(
             args, state, self.options, self._run, best=self._best_checkpoint, mirror=self.mirror
         )
@@ -454,12 +450,21 @@ class AegisCheckpointCallback(TrainerCallback):
         args = trainer.args
         if self.write_completion_marker and args.should_save and is_committed(checkpoint):
             mark_completed(args.output_dir, step=step, checkpoint=checkpoint)
-        if self.remote.enabled and args.should_save and args.process_index == 0:
+        if self._open_mirror(args) is not None:
             # No step runs, so no train begin either: an upload the previous process could not finish is
             # completed here, within the same bound as at the end of training.
-            mirror = RemoteMirror(self.remote, args.output_dir, local_max_keep=self.options.max_keep)
-            mirror.catch_up()
-            mirror.close(self.remote.flush_timeout_sec)
+            self.mirror.catch_up()
+            self._flush_remote(self.remote.flush_timeout_sec)
+
+    def _open_mirror(self, args) -> RemoteMirror | None:
+        """The remote mirror of this run, started once, on the process that mirrors (None elsewhere).
+
+        The committing main process uploads, after every rank wrote its files (the commit follows a barrier).
+        With save_on_each_node the other nodes' main processes commit their own copies too; one remote copy per
+        run, so only the global main process mirrors."""
+        if self.remote.enabled and args.should_save and args.process_index == 0 and self.mirror is None:
+            self.mirror = RemoteMirror(self.remote, args.output_dir, local_max_keep=self.options.max_keep)
+        return self.mirror
 
     def record(self, event: str, *, step: int, signum: int = 0, error=None, saved: bool = False) -> None:
         self._run.record(event, step=step, signum=signum, error=error, saved=saved)
