@@ -254,9 +254,9 @@ def test_sigkill_chaos(mode, tmp_path, run_py, reference_weights):
     assert len(records) <= QUARANTINE_KEEP, records
     quarantined_inodes = {Path(r["path"]).stat().st_ino for r in records}
     assert quarantined_inodes <= set(uncommitted_seen), "only folders seen uncommitted are in quarantine"
-    newest_seen = list(uncommitted_seen)[-min(len(records), len(uncommitted_seen)) :] if records else []
-    missing = {uncommitted_seen[ino] for ino in newest_seen if ino not in quarantined_inodes}
     assert len(records) == min(QUARANTINE_KEEP, len(uncommitted_seen)), (records, uncommitted_seen)
+    newest_seen = list(uncommitted_seen)[-len(records) :] if records else []
+    missing = {uncommitted_seen[ino] for ino in newest_seen if ino not in quarantined_inodes}
     assert not missing, (
         f"the newest uncommitted folders seen after a kill are not in quarantine: {sorted(missing)}"
     )
