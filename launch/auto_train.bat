@@ -122,7 +122,7 @@ call :say "FINISHED: training finished (exit 0)"
 exit /b 0
 
 :already_finished
-call :say "already finished: nothing to do (delete the run's .aegis\completed.json to train again)"
+call :say "already finished: nothing to do (raise training.max_steps in the config to train further)"
 exit /b 0
 
 :preflight_refused

@@ -95,7 +95,7 @@ say "preflight"
 "$py" -m aegis_ckpt preflight "$config"
 rc=$?
 if [ "$rc" -eq 3 ]; then
-  say "already finished: nothing to do (delete the run's .aegis/completed.json to train again)"
+  say "already finished: nothing to do (raise training.max_steps in the config to train further)"
   exit 0
 fi
 if [ "$rc" -ne 0 ]; then

@@ -44,7 +44,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
             f"aegis-ckpt: this run already finished at step {result.step}; nothing to do.\n"
             f"  output: {result.output_dir}\n"
             f"  final model: {result.final_model or '(none)'}\n"
-            f"  (delete {result.output_dir}/.aegis/completed.json to train again)"
+            f"  (to train further, raise max_steps: --set training.max_steps=N with N > {result.step})"
         )
         return EXIT_OK
     from ..storage.store import CheckpointStore
