@@ -13,6 +13,7 @@ from .. import __version__
 from ..errors import AegisError, ConfigError, PreflightError, RunLockedError
 from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE, exit_code_for_signal
 from ..system.redact import RedactingFormatter, redact
+from .launchers import add_launcher_command
 from .maintenance import add_maintenance_commands
 from .output import print_json
 from .remote import add_remote_commands
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_unattended_commands(sub)
     add_maintenance_commands(sub)
     add_remote_commands(sub)
+    add_launcher_command(sub)
     return parser
 
 
