@@ -91,7 +91,9 @@ def cmd_launcher(ns: argparse.Namespace) -> int:
         print(f"wrote {path}")
     print(f"The launchers treat {folder.parent} as the project folder (its venv/ or .venv/ is used).")
     print("Next, with your config:")
-    print(f"  {folder / 'auto_train.sh'} CONFIG.yaml        (Windows: {folder / 'auto_train.bat'} CONFIG.yaml)")
+    print(
+        f"  {folder / 'auto_train.sh'} CONFIG.yaml        (Windows: {folder / 'auto_train.bat'} CONFIG.yaml)"
+    )
     print(f"  sbatch {folder / 'train.sbatch'} CONFIG.yaml    (on a Slurm cluster)")
     return EXIT_OK
 

@@ -85,7 +85,7 @@ def classify_start(
         return RunStart(
             FINISHED,
             f"this run already finished at step {completion.get('step')} ({completion.get('finished_at', '?')}); "
-            "nothing to do (raise max_steps to train further)",
+            "nothing to do (delete .aegis/completed.json to train again)",
             previous,
         )
     if previous is None:

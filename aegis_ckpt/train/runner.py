@@ -136,9 +136,10 @@ def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> Tr
         raise ConfigError(f"training: {e}") from e
     done = read_completion(output_dir)
     # A raised max_steps (or num_train_epochs) continues a finished run; the Trainer's entry says so in the log.
-    if done is not None and weigh_completion(
-        done, max_steps=args.max_steps, num_train_epochs=args.num_train_epochs
-    ).finished:
+    if (
+        done is not None
+        and weigh_completion(done, max_steps=args.max_steps, num_train_epochs=args.num_train_epochs).finished
+    ):
         final = output_dir / FINAL_MODEL_DIR
         return TrainResult(
             "already_finished", int(done.get("step", 0)), output_dir, final if final.is_dir() else None

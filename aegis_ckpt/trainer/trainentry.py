@@ -44,7 +44,9 @@ def checkpoint_step_and_target(checkpoint: str | os.PathLike, args) -> tuple[int
     except (KeyError, TypeError, ValueError):
         return None
     target = last_step(
-        state, max_steps=getattr(args, "max_steps", -1), num_train_epochs=getattr(args, "num_train_epochs", None)
+        state,
+        max_steps=getattr(args, "max_steps", -1),
+        num_train_epochs=getattr(args, "num_train_epochs", None),
     )
     return None if target is None else (step, target)
 

@@ -53,7 +53,13 @@ def aegis(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def train(out: Path, max_steps: int) -> subprocess.CompletedProcess:
     proc = aegis(
-        "train", str(TINY), *SMALL, "--set", f"training.output_dir={out}", "--set", f"training.max_steps={max_steps}"
+        "train",
+        str(TINY),
+        *SMALL,
+        "--set",
+        f"training.output_dir={out}",
+        "--set",
+        f"training.max_steps={max_steps}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -77,9 +83,7 @@ def completed_step(out: Path) -> int:
 
 def checkpoint_bytes(out: Path) -> dict[str, bytes]:
     return {
-        str(p.relative_to(out)): p.read_bytes()
-        for p in sorted(out.glob("checkpoint-*/**/*"))
-        if p.is_file()
+        str(p.relative_to(out)): p.read_bytes() for p in sorted(out.glob("checkpoint-*/**/*")) if p.is_file()
     }
 
 

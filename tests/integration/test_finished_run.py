@@ -84,7 +84,9 @@ class _RecordAtFirstStep(TrainerCallback):
 
 
 @pytest.mark.parametrize("more", [dict(max_steps=9), dict(max_steps=-1, num_train_epochs=2)])
-def test_raising_the_last_step_continues_a_finished_run(tmp_path, make_trainer, reference_weights, caplog, more):
+def test_raising_the_last_step_continues_a_finished_run(
+    tmp_path, make_trainer, reference_weights, caplog, more
+):
     """``max_steps`` 6 -> 9 (mid-epoch), or an epoch-based run 1 -> 2 epochs (10 -> 20 steps): the continuation
     says so once, withdraws the completion record while it trains, and ends with the weights of a straight run."""
     if "num_train_epochs" in more:
@@ -112,7 +114,9 @@ def test_raising_the_last_step_continues_a_finished_run(tmp_path, make_trainer, 
     with caplog.at_level(logging.INFO, logger="aegis_ckpt"):
         more_trainer.train(resume_from_checkpoint=True)
     lines = [r.getMessage() for r in caplog.records if "Continuing finished run" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].startswith(f"Continuing finished run from step {finished} to {target}")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"Continuing finished run from step {finished} to {target}"
+    )
     assert during.seen == [None]  # withdrawn: a stop now resumes instead of reporting "already finished"
     assert more_trainer.state.global_step == target and is_committed(tmp_path / f"checkpoint-{target}")
     assert read_completion(tmp_path)["step"] == target

@@ -144,7 +144,9 @@ def test_logs_go_to_the_runs_output_dir_unless_given(sh_project, tmp_path):
     (log,) = sh_project.logs(run_logs)
     assert f"[auto_train] log: {log}" in log.read_text()
     assert not (sh_project.root / "logs").exists()
-    assert sh_project.calls("launcher")[0].startswith("argv=-m aegis_ckpt launcher --log-dir configs/tiny.yaml |")
+    assert sh_project.calls("launcher")[0].startswith(
+        "argv=-m aegis_ckpt launcher --log-dir configs/tiny.yaml |"
+    )
 
     code, _ = sh_project.run("configs/tiny.yaml", "5", "given logs", FAKEPY_LOG_DIR=str(run_logs))
     assert code == 0 and len(sh_project.logs("given logs")) == 1 and sh_project.calls("launcher") == []

@@ -74,7 +74,12 @@ def aegis(installed: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess
     env = {k: v for k, v in os.environ.items() if not k.startswith("AEGIS_")}
     env["PYTHONPATH"] = str(installed)
     return subprocess.run(
-        [str(installed / "bin" / "aegis-ckpt"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        [str(installed / "bin" / "aegis-ckpt"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -115,7 +120,10 @@ def test_launcher_write_from_a_pip_install(installed, tmp_path):
     assert again.stderr.count("\n") == 1 and "pass --force to overwrite" in again.stderr
     assert (launch / "auto_train.sh").read_text() == "edited by the user\n"
     forced = aegis(installed, "launcher", "--write", "launch", "--force", cwd=project)
-    assert forced.returncode == 0 and (launch / "auto_train.sh").read_bytes() == SHIPPED["auto_train.sh"].read_bytes()
+    assert (
+        forced.returncode == 0
+        and (launch / "auto_train.sh").read_bytes() == SHIPPED["auto_train.sh"].read_bytes()
+    )
 
     _written_sh_runs(installed, project)
 
