@@ -48,11 +48,12 @@ LAUNCHERS = (
 
 
 def default_log_dir(config: str) -> Path:
-    """``logs/`` in the output dir of ``config`` (absolute; raises ``ConfigError`` for a bad config)."""
+    """``logs/`` in the output dir of ``config`` (absolute; raises ``ConfigError`` when it cannot be read).
+    Only that one value is read: a full validation would import transformers on every start of a launcher."""
     from ..storage.layout import LAUNCHER_LOGS_DIR
-    from ..train.config import load_config
+    from ..train.config import read_output_dir
 
-    return Path(load_config(config).output_dir).resolve() / LAUNCHER_LOGS_DIR
+    return read_output_dir(config).resolve() / LAUNCHER_LOGS_DIR
 
 
 def write_launchers(folder: Path, *, force: bool) -> list[Path] | str:
