@@ -233,6 +233,36 @@ def committed_checkpoint(plain_checkpoint) -> Callable[..., Path]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Parallel runs (pytest-xdist, --dist loadgroup)
+# --------------------------------------------------------------------------------------------------------------
+# Session fixtures that must exist once per machine, not once per worker: one Slurm cluster (its daemons share
+# munge's socket and state paths), one Wine prefix and fake python.exe per run.
+_MACHINE_WIDE_GROUPS = {"slurm": "slurm", "reference_runs": "slurm", "wine_env": "wine", "fake_python_exe": "wine"}
+
+
+def _xdist_group(item) -> str | None:
+    """The worker group of a test: machine-wide resources first, then the module of any module-scoped fixture it
+    uses (so that fixture is built once, on one worker, instead of once per worker that runs one of its tests)."""
+    names = set(getattr(item, "fixturenames", ()))
+    for fixture, group in _MACHINE_WIDE_GROUPS.items():
+        if fixture in names:
+            return group
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info else ()):
+        if any(d.scope == "module" for d in defs):
+            return item.module.__name__
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = _xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Exit status
 # --------------------------------------------------------------------------------------------------------------
 def pytest_sessionfinish(session, exitstatus):
