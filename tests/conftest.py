@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -233,33 +234,44 @@ def committed_checkpoint(plain_checkpoint) -> Callable[..., Path]:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Parallel runs (pytest-xdist, --dist loadgroup)
+# Parallel runs (pytest-xdist)
 # --------------------------------------------------------------------------------------------------------------
-# Session fixtures that must exist once per machine, not once per worker: one Slurm cluster (its daemons share
-# munge's socket and state paths), one Wine prefix and fake python.exe per run.
-_MACHINE_WIDE_GROUPS = {"slurm": "slurm", "reference_runs": "slurm", "wine_env": "wine", "fake_python_exe": "wine"}
+# Test folders whose tests share machine-wide resources and run on one worker: one Slurm cluster (its daemons and
+# the reference runs the cluster tests compare with), one Wine prefix and one fake python.exe.
+_ONE_WORKER_FOLDERS = ("tests/cluster/", "tests/windows/")
+_SHARED_FIXTURE = re.compile(r"""@pytest\.fixture\([^)]*scope=["'](module|session|package)["']""")
 
 
-def _xdist_group(item) -> str | None:
-    """The worker group of a test: machine-wide resources first, then the module of any module-scoped fixture it
-    uses (so that fixture is built once, on one worker, instead of once per worker that runs one of its tests)."""
-    names = set(getattr(item, "fixturenames", ()))
-    for fixture, group in _MACHINE_WIDE_GROUPS.items():
-        if fixture in names:
-            return group
-    info = getattr(item, "_fixtureinfo", None)
-    for defs in (info.name2fixturedefs.values() if info else ()):
-        if any(d.scope == "module" for d in defs):
-            return item.module.__name__
-    return None
+def _worker_scope(nodeid: str, rootpath: Path) -> str:
+    """Which tests must run on the same worker: a whole folder of machine-wide resources, a whole file when it
+    defines a module- or session-scoped fixture (built once instead of once per worker), otherwise the test
+    alone. Decided from the node id only: the scheduler runs in the controller, which collects nothing."""
+    path = nodeid.split("::", 1)[0]
+    for folder in _ONE_WORKER_FOLDERS:
+        if path.startswith(folder):
+            return folder
+    try:
+        source = (rootpath / path).read_text(encoding="utf-8")
+    except OSError:
+        return nodeid
+    return path if _SHARED_FIXTURE.search(source) else nodeid
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = _xdist_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's own ``--dist loadgroup`` reads groups from node ids it rewrites in the workers, which pytest 9.2
+    no longer honours (pytest-xdist issue 1386): the groups are decided here instead, from the node ids."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    scopes: dict[str, str] = {}
+
+    class SharedResourceScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid not in scopes:
+                scopes[nodeid] = _worker_scope(nodeid, config.rootpath)
+            return scopes[nodeid]
+
+    return SharedResourceScheduling(config, log)
 
 
 # --------------------------------------------------------------------------------------------------------------
