@@ -11,36 +11,31 @@ both ranks' files, and both exit with 128 + 15. Rank 1 writes its files slowly i
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
+from loopddplib import (
+    SCRIPT_ARGS,
+    STEPS,
+    assert_collective_checkpoint,
+    assert_same_weights,
+    events,
+    finish,
+    load_weights,
+    power_cut,
+    steps_done,
+    wait_for,
+)
 from testenv import SCRIPTS_DIR, subprocess_env
 
-from aegis_ckpt.loop.loopstate import read_loop_state
-from aegis_ckpt.storage.commit import read_manifest, verify_checkpoint
+from aegis_ckpt.storage.commit import read_manifest
 from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
-
-STEPS = 100
-SCRIPT_ARGS = [
-    "--steps",
-    str(STEPS),
-    "--interval",
-    "0.3",
-    "--step-sleep",
-    "0.03",
-    "--slow-rank-write",
-    "1:0.2",
-]
-RNG_FILES = {"rng_state_0.pth", "rng_state_1.pth"}
 
 
 def launch(out: Path, status: Path, *, result: Path | None = None) -> subprocess.Popen:
@@ -57,82 +52,12 @@ def launch(out: Path, status: Path, *, result: Path | None = None) -> subprocess
     )  # fmt: skip
 
 
-def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str]:
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        raise AssertionError(
-            f"torchrun did not end within {timeout} s (a rank waits for another):\n{output[-4000:]}"
-        ) from None
-    return proc.returncode, output
-
-
-def events(status: Path, rank: int, kind: str) -> list[dict]:
-    path = status / f"rank{rank}.jsonl"
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [e for e in lines if e["event"] == kind]
-
-
-def wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"torchrun ended before {what}:\n{proc.communicate()[0][-4000:]}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def steps_done(status: Path, rank: int) -> int:
-    done = events(status, rank, "step")
-    return done[-1]["step"] if done else 0
-
-
-def power_cut(proc: subprocess.Popen, status: Path) -> None:
-    """SIGKILL both ranks and torchrun at once (torchrun starts each worker in a session of its own)."""
-    for rank in (0, 1):
-        os.kill(events(status, rank, "start")[-1]["pid"], signal.SIGKILL)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
-    assert got.keys() == want.keys()
-    differ = [k for k in want if not torch.equal(got[k], want[k])]
-    assert differ == [], f"weights differ from the uninterrupted run: {differ}"
-
-
-def assert_collective_checkpoint(folder: Path) -> None:
-    """One manifest over the shared files and every rank's own generators, each written by its rank."""
-    assert verify_checkpoint(folder, full=True).ok, folder
-    manifest = read_manifest(folder)
-    assert RNG_FILES <= set(manifest.files), (folder, sorted(manifest.files))
-    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "aegis_loop_state.json"} <= set(
-        manifest.files
-    )
-    assert manifest.meta["world_size"] == 2
-    assert read_loop_state(folder)["world_size"] == 2
-    states = [torch.load(folder / name, weights_only=True) for name in sorted(RNG_FILES)]
-    assert not torch.equal(states[0]["cpu"], states[1]["cpu"]), "both RNG files hold one rank's generators"
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted 2-process run: its output directory, final weights and log."""
     root = tmp_path_factory.mktemp("loop_ddp_reference")
     result = root / "final.safetensors"
-    code, output = finish(launch(root / "out", root / "status", result=result))
+    code, output = finish(launch(root / "out", root / "status", result=result), root / "status")
     assert code == 0, output[-4000:]
     return {"out": root / "out", "weights": load_weights(result), "output": output}
 
@@ -145,7 +70,9 @@ def test_every_save_is_collective_and_its_manifest_covers_each_ranks_rng_file(re
     committed = CheckpointStore(reference["out"]).committed()
     reasons = {e.step: read_manifest(e.path).reason for e in committed}
     # The last step is committed (by finish(), or by an interval save of that very step that finish() found).
-    assert reasons.get(STEPS) in ("final", "interval") and list(reasons.values()).count("interval") >= 2, reasons
+    assert reasons.get(STEPS) in ("final", "interval") and list(reasons.values()).count("interval") >= 2, (
+        reasons
+    )
     for entry in committed:
         assert_collective_checkpoint(entry.path)
     # One writer per shared file: only rank 0 commits, publishes and logs it.
@@ -156,15 +83,15 @@ def test_every_save_is_collective_and_its_manifest_covers_each_ranks_rng_file(re
 def test_sigkill_of_the_whole_group_resumes_both_ranks_bit_identical(reference, tmp_path):
     out, status = tmp_path / "out", tmp_path / "status"
     proc = launch(out, status)
-    wait_for(lambda: bool(CheckpointStore(out).committed()), "a committed checkpoint", proc)
+    wait_for(lambda: bool(CheckpointStore(out).committed()), "a committed checkpoint", proc, status)
     newest = CheckpointStore(out).committed()[-1].step
-    wait_for(lambda: steps_done(status, 1) >= newest + 3, "steps after the commit", proc)
+    wait_for(lambda: steps_done(status, 1) >= newest + 3, "steps after the commit", proc, status)
     power_cut(proc, status)
     newest = CheckpointStore(out).committed()[-1].step
     assert newest < STEPS
 
     status2, result = tmp_path / "status2", tmp_path / "final.safetensors"
-    code, output = finish(launch(out, status2, result=result))
+    code, output = finish(launch(out, status2, result=result), status2)
     assert code == 0, output[-4000:]
     assert [events(status2, rank, "start")[-1]["step"] for rank in (0, 1)] == [newest, newest], output[-4000:]
     assert_same_weights(load_weights(result), reference["weights"])
@@ -173,9 +100,9 @@ def test_sigkill_of_the_whole_group_resumes_both_ranks_bit_identical(reference, 
 def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_resumes_exactly(reference, tmp_path):
     out, status = tmp_path / "out", tmp_path / "status"
     proc = launch(out, status)
-    wait_for(lambda: steps_done(status, 1) >= 10, "rank 1 at step 10", proc)
+    wait_for(lambda: steps_done(status, 1) >= 10, "rank 1 at step 10", proc, status)
     os.kill(events(status, 1, "start")[-1]["pid"], signal.SIGTERM)  # rank 1 only
-    code, output = finish(proc, timeout=120)
+    code, output = finish(proc, status, timeout=120)
     assert code != 0, output[-4000:]
     exits = {rank: events(status, rank, "exit") for rank in (0, 1)}
     assert all(len(e) == 1 for e in exits.values()), output[-4000:]
@@ -190,7 +117,7 @@ def test_sigterm_to_one_rank_stops_both_at_the_same_step_and_resumes_exactly(ref
     assert not any((out / ".aegis" / "staging").glob("*")), "a staging folder was left behind"
 
     status2, result = tmp_path / "status2", tmp_path / "final.safetensors"
-    code, output = finish(launch(out, status2, result=result))
+    code, output = finish(launch(out, status2, result=result), status2)
     assert code == 0, output[-4000:]
     assert [events(status2, rank, "start")[-1]["step"] for rank in (0, 1)] == [stopped, stopped]
     assert_same_weights(load_weights(result), reference["weights"])
