@@ -56,7 +56,10 @@ def test_sigterm_to_accelerate_launch_stops_both_ranks_at_one_step_and_resumes(t
     out, status = tmp_path / "out", tmp_path / "status"
     proc = launch(tmp_path, out, status)
     wait_for(
-        lambda: steps_done(status, 0) >= 10 and steps_done(status, 1) >= 10, "both ranks at step 10", proc, status
+        lambda: steps_done(status, 0) >= 10 and steps_done(status, 1) >= 10,
+        "both ranks at step 10",
+        proc,
+        status,
     )
     os.kill(proc.pid, signal.SIGTERM)  # the launcher: it forwards the signal to both ranks
     code, output = finish(proc, status, timeout=120)
