@@ -69,7 +69,9 @@ def provenance() -> str:
 def targets(
     stall: dict, overhead: list, resume: dict, lost: list, remote: dict
 ) -> list[tuple[str, str, bool | None]]:
-    """(target, measured, met) rows, computed from this run's numbers."""
+    """(target, measured, met) rows, computed from this run's numbers.
+
+    Long because: one block per target of the page, in the page's order; splitting them would scatter the list."""
     rows: list[tuple[str, str, bool | None]] = []
     disk = stall["summary"].get("_disk_write_fsync_mb_per_sec")
     for size, e in stall["summary"].items():
@@ -200,6 +202,9 @@ def targets(
 def render(
     machine: str, command: str, stall: dict, overhead: list, resume: dict, lost: list, remote: dict
 ) -> str:
+    """The page docs/benchmarks.md from this run's numbers.
+
+    Long because: it is the page's template, one f-string."""
     rows = targets(stall, overhead, resume, lost, remote)
     target_lines = ["| target | measured | met |", "| --- | --- | --- |"]
     for name, measured, met in rows:
