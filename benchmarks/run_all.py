@@ -291,6 +291,11 @@ background (see docs/remote.md).
   measured directly in the same runs; it is the callback's whole cost when no save is due (it starts no thread
   and no process then; under torchrun the agreement's all-reduce runs in gloo's threads while training goes on).
 - Full verification reads every byte once and hashes it with xxh3 (tens of GB/s); it is bound by the disk.
+- Remote copies: the S3 server is moto (pure Python) on the same two cores; it takes about three times the
+  client's CPU per GB received, so it, the upload client, the training loop and every other job compete for the
+  cores. Single rounds of the upload comparison scatter widely on a shared machine (docs/remote.md shows two runs
+  and what limits them). About three quarters of the CPU an upload takes here is the server's, which a remote
+  S3 endpoint does not take from the training machine.
 """
 
 
