@@ -19,6 +19,7 @@ from .. import distributed
 from ..cluster.nodes import find_common_resume_checkpoint, node_local_checkpoints, write_node_model_copy
 from ..errors import ConfigError
 from ..options import CheckpointOptions
+from ..remote.finalmodel import mirror_final_model
 from ..resume import find_resume_checkpoint
 from ..runstate.completion import mark_completed, read_completion
 from ..runstate.continuation import weigh_completion
@@ -141,6 +142,8 @@ def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> Tr
         and weigh_completion(done, max_steps=args.max_steps, num_train_epochs=args.num_train_epochs).finished
     ):
         final = output_dir / FINAL_MODEL_DIR
+        if _is_main_launcher_rank():  # an upload of the final model that the finished run could not complete
+            mirror_final_model(cfg.remote, final, only_if_missing=True)
         return TrainResult(
             "already_finished", int(done.get("step", 0)), output_dir, final if final.is_dir() else None
         )
@@ -176,6 +179,8 @@ def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> Tr
     if trainer.args.should_save:  # only once final_model/ is durable
         newest = store.committed()
         mark_completed(output_dir, step=step, checkpoint=str(newest[-1].path) if newest else None)
+    if trainer.args.process_index == 0:  # the remote copy of the final model, its completion marker last
+        mirror_final_model(cfg.remote, final)
     return TrainResult("finished", step, output_dir, final, resume, time.perf_counter() - started)
 
 

@@ -40,6 +40,7 @@ from .commits import manifest_meta, publish_background_save
 from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
 from .metric import EvaluationTracker
+from .remoteranks import RankUploads
 from .runrecord import TrainerRunRecord
 from .savegate import SaveGate
 from .settings import build_options, follow_trainer_logging, resolve_options, take_over_rotation
@@ -163,6 +164,7 @@ class AegisCheckpointCallback(TrainerCallback):
             RemoteOptions, remote, url=remote_url, max_keep=remote_max_keep, options=remote_options
         )
         self.mirror: RemoteMirror | None = None
+        self._uploads = RankUploads(self.remote, lambda: self.options.max_keep)  # who uploads what
         self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
         self.clock = clock
         self.write_completion_marker = write_completion_marker
@@ -228,7 +230,7 @@ class AegisCheckpointCallback(TrainerCallback):
         check_resume_world_size(
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
-        self._open_mirror(args)
+        self._open_mirror(args, collective=True)
         self.store, self._common, self._tail = open_output_dir(
             args, state, self.options, self._run, best=self._best_checkpoint, mirror=self.mirror
         )
@@ -270,12 +272,17 @@ class AegisCheckpointCallback(TrainerCallback):
         final = state.global_step >= state.max_steps
         fits = self._async.fits_in_ram(self._trainer, args, now=now, urgent=bool(save_due or signal or final))
         local = StepFlags(
-            save_due=save_due, signal=signal, writer_busy=int(self._async.busy), sync_only=int(not fits)
+            save_due=save_due,
+            signal=signal,
+            writer_busy=int(self._async.busy),
+            sync_only=int(not fits),
+            uploads_from=self._uploads.contribution(),
         )
         try:
             agreed = self._agreement.exchange(local, step=state.global_step, sync=final)
         except PeerLostError as e:
             self.stops.exit_after_peer_loss(e, local.signal)
+        self._uploads.agreed(agreed, contributed_at=self._agreement.result_step)
         decision = decide_step(
             agreed,
             final=final,
@@ -406,7 +413,7 @@ class AegisCheckpointCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._collect_async(wait=True)
         self._async.close()
-        self._flush_remote(self.remote.flush_timeout_sec)
+        self._flush_remote(self.remote.flush_timeout_sec, collective=True)
         self._heartbeat.beat(state.global_step, "train_end", force=True)
         try:
             late = self._agreement.drain()
@@ -450,20 +457,16 @@ class AegisCheckpointCallback(TrainerCallback):
         args = trainer.args
         if self.write_completion_marker and args.should_save and is_committed(checkpoint):
             mark_completed(args.output_dir, step=step, checkpoint=checkpoint)
-        if self._open_mirror(args) is not None:
+        if self._open_mirror(args, collective=False) is not None:
             # No step runs, so no train begin either: an upload the previous process could not finish is
             # completed here, within the same bound as at the end of training.
             self.mirror.catch_up()
             self._flush_remote(self.remote.flush_timeout_sec)
 
-    def _open_mirror(self, args) -> RemoteMirror | None:
-        """The remote mirror of this run, started once, on the process that mirrors (None elsewhere).
-
-        The committing main process uploads, after every rank wrote its files (the commit follows a barrier).
-        With save_on_each_node the other nodes' main processes commit their own copies too; one remote copy per
-        run, so only the global main process mirrors."""
-        if self.remote.enabled and args.should_save and args.process_index == 0 and self.mirror is None:
-            self.mirror = RemoteMirror(self.remote, args.output_dir, local_max_keep=self.options.max_keep)
+    def _open_mirror(self, args, *, collective: bool) -> RemoteMirror | None:
+        """The remote mirror of this process, started once (None where it uploads nothing): ``remoteranks``
+        says which processes upload what."""
+        self.mirror = self._uploads.open(args, collective=collective)
         return self.mirror
 
     def record(self, event: str, *, step: int, signum: int = 0, error=None, saved: bool = False) -> None:
@@ -477,14 +480,14 @@ class AegisCheckpointCallback(TrainerCallback):
             self._agreement.close()
         self._async.close()
         # The process is about to exit (a signal, a lost peer): give the last upload the grace period at most.
-        self._flush_remote(self.emergency.grace_period_sec)
+        self._flush_remote(self.emergency.grace_period_sec, collective=agreement)
 
     # ---- helpers -------------------------------------------------------------------------------------------
-    def _flush_remote(self, timeout_sec: float) -> None:
-        """Training is over: wait (bounded) for the last upload, then stop the mirror."""
-        if self.mirror is not None:
-            self.mirror.close(timeout_sec)
-            self.mirror = None
+    def _flush_remote(self, timeout_sec: float, *, collective: bool = False) -> None:
+        """Training is over: wait (bounded) for the last upload, then stop the mirror (``collective``: every
+        rank is here, so node-local uploads can settle their last step)."""
+        self._uploads.finish(timeout_sec, collective=collective)
+        self.mirror = None
 
     def _require_tail(self) -> SaveTail:
         self._require_store()
