@@ -110,8 +110,17 @@ def build_tokenizer(cfg: TokenizerConfig, model: ModelConfig, texts: list[str], 
     cached = load_cached_tokenizer(cache)
     if cached is not None:
         return cached
-    tokenizer = train_bpe_tokenizer(texts, cfg.vocab_size)
-    save_tokenizer_cache(tokenizer, cache)
+    # The ranks of one run start together on a fresh output dir: one of them builds the cache while the others
+    # wait and then load it, so that no rank deletes or replaces a folder another rank is writing.
+    from filelock import FileLock
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(output_dir / f".{TOKENIZER_CACHE_DIR}.lock")):
+        cached = load_cached_tokenizer(cache)
+        if cached is not None:
+            return cached
+        tokenizer = train_bpe_tokenizer(texts, cfg.vocab_size)
+        save_tokenizer_cache(tokenizer, cache)
     return tokenizer
 
 
@@ -132,7 +141,8 @@ def load_cached_tokenizer(cache: Path):
 
 def save_tokenizer_cache(tokenizer, cache: Path) -> None:
     """Keep the trained tokenizer in ``cache``, durably and all at once: written into a temporary folder, flushed,
-    renamed into place, the output folder flushed. After a power cut the cache is complete or absent."""
+    renamed into place, the output folder flushed. After a power cut the cache is complete or absent. Called
+    under the cache's lock (``build_tokenizer``), so a leftover temporary folder is one a crash left behind."""
     for leftover in cache.parent.glob(f".{TOKENIZER_CACHE_DIR}.tmp-*"):
         fsio.rmtree(leftover, ignore_errors=True)
     tmp = cache.parent / f".{TOKENIZER_CACHE_DIR}.tmp-{os.getpid()}"
