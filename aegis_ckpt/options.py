@@ -14,6 +14,7 @@ from typing import Any
 from .errors import ConfigError
 
 VERIFY_MODES = ("full", "quick")
+AUDIT_DIGESTS = ("xxh3", "sha256")
 WHEN_BUSY_MODES = ("skip", "wait")
 WRITER_KINDS = ("thread", "process")
 
@@ -103,11 +104,15 @@ class CheckpointOptions:
     max_save_overhead: float = 0.05
     """Largest share of wall-clock time the adaptive policy lets saving take (0.05 = 5 %)."""
 
-    audit_sha256: bool = True
-    """Record the sha256 of every committed file in ``.aegis/audit.jsonl``. It is computed in the same read as
-    the integrity checksum, but costs about 0.5 s of CPU per GB with SHA CPU extensions (about 2.5 s/GB
-    without): switch it off for checkpoints of tens of GB, or when training on the CPU keeps every core busy
-    (there it is most of what an asynchronous save costs the training loop; docs/audit-log.md)."""
+    audit_digest: str = "xxh3"
+    """The digest of every committed file that ``.aegis/audit.jsonl`` records: ``xxh3`` (the manifest's own
+    xxh3-128, free: computed anyway) or ``sha256`` (a cryptographic hash other tools can check with
+    ``sha256sum``; computed in the same pass over the bytes as the xxh3, but it costs about 0.5 s of CPU per GB,
+    which on a CPU-bound machine is most of what an asynchronous save costs training; docs/audit-log.md)."""
+
+    audit_sha256: bool | None = None
+    """Older spelling of ``audit_digest``: ``true`` means ``sha256``, ``false`` means ``xxh3``; null (default)
+    leaves ``audit_digest`` as set."""
 
     heartbeat_every_sec: float = 30.0
     """How often the run lease (``.aegis/run.json``) records progress. After a power loss, the time between the
@@ -157,7 +162,16 @@ class CheckpointOptions:
             )
         for name in ("quarantine_max_age_days", "quarantine_max_gb"):
             _check_positive(name, getattr(self, name), "it bounds .aegis/quarantine/; use null for no limit.")
+        if self.audit_digest not in AUDIT_DIGESTS:
+            raise ConfigError(f"audit_digest must be one of {AUDIT_DIGESTS} (got {self.audit_digest!r}).")
         self._check_adaptive()
+
+    @property
+    def audit_uses_sha256(self) -> bool:
+        """Whether saves compute sha256 for the audit log (``audit_digest``, or the older ``audit_sha256``)."""
+        if self.audit_sha256 is not None:
+            return bool(self.audit_sha256)
+        return self.audit_digest == "sha256"
 
     def _check_adaptive(self) -> None:
         _check_positive(
