@@ -265,7 +265,9 @@ class AsyncOptions:
     less (docs/benchmarks.md), so it is the default."""
 
     writer_niceness: int = 19
-    """``nice`` increment of the writer process (0-19): 19 lets it use only CPU time that training leaves idle."""
+    """``nice`` increment of the background writer, thread or process (0-19; its I/O priority drops with it):
+    19 lets it use mostly CPU time that training leaves idle. Per thread on Linux; elsewhere a writer thread
+    keeps the training's priority (docs/async-saves.md)."""
 
     def __post_init__(self) -> None:
         if self.when_busy not in WHEN_BUSY_MODES:

@@ -105,6 +105,12 @@ class IOWorker:
     def drain(self) -> None:
         self.wait(self._submitted)
 
+    def drain_quietly(self) -> None:
+        """Wait for every queued call without raising (cleanup after an error the caller already handles)."""
+        with self._done:
+            while self._finished < self._submitted:
+                self._done.wait()
+
     def close(self) -> None:
         """Let the queued calls finish, then end the thread (errors are left for the caller to read)."""
         self._queue.put(None)
