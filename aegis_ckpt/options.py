@@ -264,6 +264,11 @@ class AsyncOptions:
     shares no GIL with training; Linux, CPU models). On the 2-core benchmark machine the thread stalled training
     less (docs/benchmarks.md), so it is the default."""
 
+    direct_sync_saves: bool = True
+    """Write synchronous saves (final, signal and emergency saves; ``enabled=False``) through the same direct
+    writer, hashed in the same pass, where the setup allows it (``trainer.directsave``); ``false`` keeps the
+    Trainer's own ``_save_checkpoint``, whose files the commit then reads back to hash."""
+
     writer_niceness: int = 19
     """``nice`` increment of the background writer, thread or process (0-19; its I/O priority drops with it):
     19 lets it use mostly CPU time that training leaves idle. Per thread on Linux; elsewhere a writer thread
