@@ -270,19 +270,23 @@ class AsyncOptions:
     Trainer's own ``_save_checkpoint``, whose files the commit then reads back to hash."""
 
     writer_niceness: int = 19
-    """``nice`` increment of the background writer, thread or process (0-19; its I/O priority drops with it):
-    19 lets it use mostly CPU time that training leaves idle. Per thread on Linux; elsewhere a writer thread
-    keeps the training's priority (docs/async-saves.md)."""
+    """``nice`` increment of the writer process (0-19): 19 lets it use only CPU time that training leaves idle."""
+
+    thread_niceness: int = 5
+    """``nice`` increment of the writer thread and the threads it starts (0-19; its I/O priority drops to the
+    lowest best-effort level with it). Per thread on Linux; elsewhere the thread keeps the training's priority.
+    5 gives it about a third of the CPU weight of a training thread when both want a core; 19 starves it while
+    training keeps every core busy, and saves are then deferred (docs/async-saves.md)."""
 
     def __post_init__(self) -> None:
         if self.when_busy not in WHEN_BUSY_MODES:
             raise ConfigError(f"when_busy must be one of {WHEN_BUSY_MODES} (got {self.when_busy!r}).")
         if self.writer not in WRITER_KINDS:
             raise ConfigError(f"writer must be one of {WRITER_KINDS} (got {self.writer!r}).")
-        if not isinstance(self.writer_niceness, int) or not 0 <= self.writer_niceness <= 19:
-            raise ConfigError(
-                f"writer_niceness must be an integer from 0 to 19 (got {self.writer_niceness!r})."
-            )
+        for name in ("writer_niceness", "thread_niceness"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
+                raise ConfigError(f"{name} must be an integer from 0 to 19 (got {value!r}).")
         if not 0 <= self.min_free_ram_fraction < 1:
             raise ConfigError(
                 f"min_free_ram_fraction must be in [0, 1) (got {self.min_free_ram_fraction!r}): it is the share of "

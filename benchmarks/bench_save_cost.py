@@ -120,7 +120,7 @@ def child(size_name: str, repeats: int, out_dir: str) -> dict:
         "direct": DirectSyncSave(lambda: False),
         "direct_sha": DirectSyncSave(lambda: True),
         "buffers": SnapshotBuffers(),
-        "writer": AsyncCheckpointWriter(niceness=AsyncOptions().writer_niceness),
+        "writer": AsyncCheckpointWriter(niceness=AsyncOptions().thread_niceness),
     }
     runs: dict[str, list[dict]] = {m: [] for m in MODES}
     for m in MODES:  # warm-up: first-touch of buffers, imports, the first O_DIRECT open

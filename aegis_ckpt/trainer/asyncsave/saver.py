@@ -218,7 +218,7 @@ class AsyncSaver:
 
     def __init__(self, options: AsyncOptions):
         self.options = options
-        self.writer: AsyncCheckpointWriter = AsyncCheckpointWriter(niceness=options.writer_niceness)
+        self.writer: AsyncCheckpointWriter = AsyncCheckpointWriter(niceness=options.thread_niceness)
         self.buffers = SnapshotBuffers()
         self.off_reason: str | None = None
         self.uses_process = False
@@ -260,7 +260,7 @@ class AsyncSaver:
                 atexit.register(self.close)
             else:
                 self.buffers = SnapshotBuffers()
-                self.writer = AsyncCheckpointWriter(niceness=self.options.writer_niceness)
+                self.writer = AsyncCheckpointWriter(niceness=self.options.thread_niceness)
             self.uses_process = use_process
         if use_process:
             self.writer.process.start()  # imports torch at low priority while training starts
@@ -269,7 +269,7 @@ class AsyncSaver:
             "background (%s)",
             f"a writer process (nice {self.options.writer_niceness})"
             if use_process
-            else f"a thread (nice +{self.options.writer_niceness})",
+            else f"a thread (nice +{self.options.thread_niceness})",
             why,
         )
 
