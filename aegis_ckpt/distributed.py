@@ -96,6 +96,17 @@ def agree_min(value: int) -> int:
     return int(tensor.item())
 
 
+def share_from_main(value):
+    """``value`` as rank 0 has it, on every rank (one blocking broadcast of a picklable object on the default
+    group; for rare decisions that only rank 0 can take, such as which checkpoint every rank resumes from)."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 @dataclass(frozen=True)
 class StepFlags:
     """What one rank knows at a step end; agreement takes the MAX of each field over all ranks."""
