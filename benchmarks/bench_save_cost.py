@@ -173,7 +173,7 @@ def format_table(results: list[dict], disk_mb_s: float) -> str:
             f"| {med('ours_sync', 'wall') / med('native_fsync', 'wall'):.2f} "
             f"| {med('async', 'blocking'):.3f} s | {persist:.2f} s ({med('async', 'cpu'):.2f} s CPU in all) "
             f"| {med('async', 'read_back'):.2f} s | {gb * 1e3 / persist:.0f} MB/s ({gb * 1e3 / persist / disk_mb_s:.0%} "
-            f"of disk) | {med('async_sha256', 'persist'):.2f} s ({med('async_sha256', 'cpu'):.2f} s CPU) |"
+            f"of disk) | {med('async_sha256', 'persist'):.2f} s ({med('async_sha256', 'cpu'):.2f} s CPU in all) |"
         )
     return "\n".join(lines)
 
