@@ -104,7 +104,13 @@ def hash_from_disk(path: str | os.PathLike, buffer: AlignedBuffer, io: IOWorker)
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
-    data = os.pread(fd, len(view), offset)
+    """A positioned read into ``view`` where ``preadv`` is missing (``pread`` on macOS; a seek and a read on
+    Windows, safe because one I/O thread does every read of a file in order)."""
+    if hasattr(os, "pread"):
+        data = os.pread(fd, len(view), offset)
+    else:
+        os.lseek(fd, offset, os.SEEK_SET)
+        data = os.read(fd, len(view))
     view[: len(data)] = data
     return len(data)
 

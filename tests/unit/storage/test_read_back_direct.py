@@ -91,3 +91,17 @@ def test_reads_bypass_the_page_cache_where_the_file_system_allows(tmp_path, buff
         pytest.skip("this file system refuses O_DIRECT")
     read_back(folder, buffer)
     assert len(opened) == 5 and all(direct for _, direct in opened)
+
+
+@pytest.mark.parametrize("missing", [("preadv",), ("preadv", "pread")], ids=["macos", "windows"])
+def test_platforms_without_positioned_vector_reads_hash_the_same(tmp_path, buffer, monkeypatch, missing):
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(3 * SLOT + 17))
+    for name in missing:
+        monkeypatch.delattr(os, name)
+    io = IOWorker()
+    try:
+        got = hash_from_disk(path, buffer, io)
+    finally:
+        io.close()
+    assert got == hash_file(path)
