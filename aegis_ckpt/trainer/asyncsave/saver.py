@@ -164,11 +164,11 @@ class AsyncCheckpointWriter:
 
 
 class ProcessCheckpointWriter(AsyncCheckpointWriter):
-    """Hands each job to a low-priority writer process (``writerproc``); the thread here only waits on a pipe,
-    so it costs training neither CPU nor the GIL."""
+    """Hands each job to a low-priority writer process (``writerproc``); the thread here waits on a pipe and
+    then reads the committed folder back, at the process's niceness too."""
 
     def __init__(self, niceness: int = 19):
-        super().__init__()
+        super().__init__(niceness=niceness)
         self.process = WriterProcess(niceness)
 
     def _persist(self, job: SaveJob) -> Manifest:
