@@ -14,6 +14,7 @@ from typing import Any
 from .errors import ConfigError
 
 VERIFY_MODES = ("full", "quick")
+AUDIT_DIGESTS = ("xxh3", "sha256")
 WHEN_BUSY_MODES = ("skip", "wait")
 WRITER_KINDS = ("thread", "process")
 
@@ -103,11 +104,15 @@ class CheckpointOptions:
     max_save_overhead: float = 0.05
     """Largest share of wall-clock time the adaptive policy lets saving take (0.05 = 5 %)."""
 
-    audit_sha256: bool = True
-    """Record the sha256 of every committed file in ``.aegis/audit.jsonl``. It is computed in the same read as
-    the integrity checksum, but costs about 0.5 s of CPU per GB with SHA CPU extensions (about 2.5 s/GB
-    without): switch it off for checkpoints of tens of GB, or when training on the CPU keeps every core busy
-    (there it is most of what an asynchronous save costs the training loop; docs/audit-log.md)."""
+    audit_digest: str = "xxh3"
+    """The digest of every committed file that ``.aegis/audit.jsonl`` records: ``xxh3`` (the manifest's own
+    xxh3-128, free: computed anyway) or ``sha256`` (a cryptographic hash other tools can check with
+    ``sha256sum``; computed in the same pass over the bytes as the xxh3, but it costs about 0.5 s of CPU per GB,
+    which on a CPU-bound machine is most of what an asynchronous save costs training; docs/audit-log.md)."""
+
+    audit_sha256: bool | None = None
+    """Older spelling of ``audit_digest``: ``true`` means ``sha256``, ``false`` means ``xxh3``; null (default)
+    leaves ``audit_digest`` as set."""
 
     heartbeat_every_sec: float = 30.0
     """How often the run lease (``.aegis/run.json``) records progress. After a power loss, the time between the
@@ -157,7 +162,16 @@ class CheckpointOptions:
             )
         for name in ("quarantine_max_age_days", "quarantine_max_gb"):
             _check_positive(name, getattr(self, name), "it bounds .aegis/quarantine/; use null for no limit.")
+        if self.audit_digest not in AUDIT_DIGESTS:
+            raise ConfigError(f"audit_digest must be one of {AUDIT_DIGESTS} (got {self.audit_digest!r}).")
         self._check_adaptive()
+
+    @property
+    def audit_uses_sha256(self) -> bool:
+        """Whether saves compute sha256 for the audit log (``audit_digest``, or the older ``audit_sha256``)."""
+        if self.audit_sha256 is not None:
+            return bool(self.audit_sha256)
+        return self.audit_digest == "sha256"
 
     def _check_adaptive(self) -> None:
         _check_positive(
@@ -250,18 +264,29 @@ class AsyncOptions:
     shares no GIL with training; Linux, CPU models). On the 2-core benchmark machine the thread stalled training
     less (docs/benchmarks.md), so it is the default."""
 
+    direct_sync_saves: bool = True
+    """Write synchronous saves (final, signal and emergency saves; ``enabled=False``) through the same direct
+    writer, hashed in the same pass, where the setup allows it (``trainer.directsave``); ``false`` keeps the
+    Trainer's own ``_save_checkpoint``, whose files the commit then reads back to hash."""
+
     writer_niceness: int = 19
     """``nice`` increment of the writer process (0-19): 19 lets it use only CPU time that training leaves idle."""
+
+    thread_niceness: int = 5
+    """``nice`` increment of the writer thread and the threads it starts (0-19; its I/O priority drops to the
+    lowest best-effort level with it). Per thread on Linux; elsewhere the thread keeps the training's priority.
+    5 gives it about a third of the CPU weight of a training thread when both want a core; 19 starves it while
+    training keeps every core busy, and saves are then deferred (docs/async-saves.md)."""
 
     def __post_init__(self) -> None:
         if self.when_busy not in WHEN_BUSY_MODES:
             raise ConfigError(f"when_busy must be one of {WHEN_BUSY_MODES} (got {self.when_busy!r}).")
         if self.writer not in WRITER_KINDS:
             raise ConfigError(f"writer must be one of {WRITER_KINDS} (got {self.writer!r}).")
-        if not isinstance(self.writer_niceness, int) or not 0 <= self.writer_niceness <= 19:
-            raise ConfigError(
-                f"writer_niceness must be an integer from 0 to 19 (got {self.writer_niceness!r})."
-            )
+        for name in ("writer_niceness", "thread_niceness"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
+                raise ConfigError(f"{name} must be an integer from 0 to 19 (got {value!r}).")
         if not 0 <= self.min_free_ram_fraction < 1:
             raise ConfigError(
                 f"min_free_ram_fraction must be in [0, 1) (got {self.min_free_ram_fraction!r}): it is the share of "

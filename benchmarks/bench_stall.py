@@ -17,9 +17,10 @@ Modes:
   native        the Trainer's own save_steps save (files in the page cache, not durable)
   native_fsync  the same followed by fsync of every file (durable, what the Trainer alone cannot promise)
   ours_sync     AegisCheckpointCallback(async_save=False): the Trainer writes, we fsync + hash + manifest
-  ours_async    AegisCheckpointCallback(): snapshot to CPU memory, write + fsync + commit on a background thread
-  ours_async_no_sha  ours_async with CheckpointOptions(audit_sha256=False): the same save without the sha256
-                that the audit log records by default (what the save mechanism itself costs)
+  ours_async    AegisCheckpointCallback(): snapshot to CPU memory, write + fsync + commit + read-back on a
+                background thread at lowered priority; the audit records the manifest's xxh3 (the default)
+  ours_async_sha256  ours_async with CheckpointOptions(audit_digest="sha256"): the audit's sha256 computed in the
+                same pass over the bytes
   ours_async_process  the same with AsyncOptions(writer="process"): a child process at nice 19 writes from
                 shared memory (no GIL shared with training)
 
@@ -42,18 +43,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO, SIZES, machine_description, median  # noqa: E402
+from stall_report import MODES, SAVES, format_table, print_read_back  # noqa: E402,F401 - format_table: run_all
 
-MODES = (
-    "baseline",
-    "native",
-    "native_fsync",
-    "ours_sync",
-    "ours_async",
-    "ours_async_no_sha",
-    "ours_async_process",
-)
 STEPS_BETWEEN_SAVES = {"10M": 12, "50M": 8, "125M": 8}
-SAVES = 4
 
 
 # ---- one run (child process) -----------------------------------------------------------------------------------
@@ -154,7 +146,7 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
                     save_interval_sec=every - 0.5,
                     max_keep=2,
                     save_on_train_end=False,
-                    audit_sha256=mode != "ours_async_no_sha",
+                    audit_sha256=mode != "ours_async_sha256",
                 ),
                 async_options=AsyncOptions(
                     enabled=mode != "ours_sync",
@@ -253,7 +245,7 @@ def summarize(runs: list[dict]) -> dict:
                 "stall_max": max(stalls),
                 "extra_peak_rss_gib": median(extra_rss) / 2**30,
             }
-        for mode, key in (("ours_async", "async"), ("ours_async_no_sha", "async_no_sha")):
+        for mode, key in (("ours_async", "async"), ("ours_async_sha256", "async_sha256")):
             commits = [c for r in by_mode[mode] for c in r["commits"]]
             if commits:
                 entry[key] = {
@@ -261,6 +253,9 @@ def summarize(runs: list[dict]) -> dict:
                     "write_sec": median([c["write_sec"] for c in commits]),
                     "persist_mb_per_sec": median(
                         [c["mb"] / c["write_sec"] for c in commits if c["write_sec"] > 0]
+                    ),
+                    "read_back_sec": median(
+                        [s for r in by_mode[mode] for s in r.get("read_back_sec", [])] or [0.0]
                     ),
                 }
         entry["step_sec"] = median([r["seconds"] / r["steps"] for r in base])
@@ -328,94 +323,6 @@ def main() -> int:
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": runs, "summary": summary}, indent=2))
     return 0
-
-
-def print_read_back(size: str, mode: str, runs: list[dict]) -> None:
-    """The read-back of each async save (files from disk against the manifest, before it is published): its
-    median time, and its share of the background write it is part of."""
-    seconds = [s for r in runs for s in r.get("read_back_sec", [])]
-    writes = [c["write_sec"] for r in runs for c in r["commits"]]
-    mb = [c["mb"] for r in runs for c in r["commits"]]
-    if seconds and writes:
-        print(
-            f"  {size:>4} {mode:<20} read-back after commit: {median(seconds):.3f} s per save of {median(mb):.0f} MB "
-            f"({median(seconds) / median(writes):.0%} of the background write+commit of {median(writes):.2f} s)"
-        )
-
-
-def format_table(summary: dict) -> str:
-    lines = [
-        "| model | state | step | native | native+fsync | ours sync | ours async | ours async, no audit sha256 "
-        "| ours async, process writer | async/native | async/(native+fsync) | async no sha256/native "
-        "| sync/(native+fsync) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for size, e in summary.items():
-        if size.startswith("_"):
-            continue
-        m = e["modes"]
-
-        def cell(mode, m=m):
-            s = m[mode]
-            return f"{s['stall_sec']:.2f} s ({s['stall_min']:.2f}..{s['stall_max']:.2f})"
-
-        def ratio(a, b, m=m):
-            return f"{m[a]['stall_sec'] / m[b]['stall_sec']:.2f}" if m[b]["stall_sec"] > 0 else "n/a"
-
-        lines.append(
-            f"| {size} ({e['params_m']:.0f}M) | {e['state_gib']:.2f} GiB | {e['step_sec'] * 1000:.0f} ms "
-            f"| {cell('native')} | {cell('native_fsync')} | {cell('ours_sync')} | {cell('ours_async')} "
-            f"| {cell('ours_async_no_sha')} | {cell('ours_async_process')} "
-            f"| {ratio('ours_async', 'native')} | {ratio('ours_async', 'native_fsync')} "
-            f"| {ratio('ours_async_no_sha', 'native')} | {ratio('ours_sync', 'native_fsync')} |"
-        )
-    lines.append("")
-    lines.append(
-        "Split by save (median over repeats; the middle saves are the steady state of a long run; the first one "
-        "also allocates the snapshot buffers; the last one includes the wait for its background write at the end):"
-    )
-    lines.append("")
-    lines.append(
-        "| model | mode | first save | each middle save | last save (with the end wait) | middle: async/native |"
-    )
-    lines.append("| --- | --- | --- | --- | --- | --- |")
-    for size, e in summary.items():
-        if size.startswith("_"):
-            continue
-        m = e["modes"]
-        for mode in MODES[1:]:
-            s = m[mode]
-            ratio = ""
-            if mode.startswith("ours_async") and m["native"]["middle_save_sec"] > 0:
-                ratio = f"{s['middle_save_sec'] / m['native']['middle_save_sec']:.2f}"
-            lines.append(
-                f"| {size} | {mode} | {s['first_save_sec']:.2f} s | {s['middle_save_sec']:.2f} s "
-                f"({s['middle_min']:.2f}..{s['middle_max']:.2f}) | {s['last_save_sec']:.2f} s | {ratio} |"
-            )
-    lines.append("")
-    lines.append(
-        "| model | async snapshot (blocking) | background write+commit | persist throughput "
-        "| the same without the audit sha256 | disk write+fsync (best of page cache, O_DIRECT) "
-        "| extra peak RSS (async) / state |"
-    )
-    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
-    disk = summary.get("_disk_write_fsync_mb_per_sec", float("nan"))
-    for size, e in summary.items():
-        if size.startswith("_") or "async" not in e:
-            continue
-        a = e["async"]
-        b = e.get("async_no_sha")
-        no_sha = (
-            f"{b['write_sec']:.2f} s, {b['persist_mb_per_sec']:.0f} MB/s ({b['persist_mb_per_sec'] / disk:.0%})"
-            if b
-            else "n/a"
-        )
-        rss = e["modes"]["ours_async"]["extra_peak_rss_gib"] / e["state_gib"]
-        lines.append(
-            f"| {size} | {a['snapshot_sec']:.3f} s | {a['write_sec']:.2f} s | {a['persist_mb_per_sec']:.0f} MB/s "
-            f"({a['persist_mb_per_sec'] / disk:.0%} of disk) | {no_sha} | {disk:.0f} MB/s | {rss:.2f} |"
-        )
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import bench_lost_work  # noqa: E402
 import bench_overhead  # noqa: E402
 import bench_remote  # noqa: E402
 import bench_resume  # noqa: E402
+import bench_save_cost  # noqa: E402
 import bench_stall  # noqa: E402
 from common import REPO, machine_description  # noqa: E402
 
@@ -55,7 +56,14 @@ def _meta_path(result: Path) -> Path:
 def provenance() -> str:
     """One line per benchmark: the date its result file was written and how long the script ran."""
     parts = []
-    for stem in ("bench_stall", "bench_overhead", "bench_resume", "bench_lost_work", "bench_remote"):
+    for stem in (
+        "bench_save_cost",
+        "bench_stall",
+        "bench_overhead",
+        "bench_resume",
+        "bench_lost_work",
+        "bench_remote",
+    ):
         out = HERE / "results" / f"{stem}.json"
         if not out.exists():
             continue
@@ -92,11 +100,11 @@ def targets(
                     mid_a <= 0.2 * mid_n,
                 )
             )
-        if "ours_async_no_sha" in m:
-            b = m["ours_async_no_sha"]["stall_sec"]
+        if "ours_async_sha256" in m:
+            b = m["ours_async_sha256"]["stall_sec"]
             rows.append(
                 (
-                    f"{size}: the same without the audit sha256 (audit_sha256=False; not the default)",
+                    f"{size}: the same with the audit sha256 (audit_digest=sha256; not the default)",
                     f"{b:.2f} s vs {native:.2f} s ({b / native:.2f} x)",
                     b <= 0.2 * native,
                 )
@@ -117,7 +125,7 @@ def targets(
         )
         for key, name in (
             ("async", "background persist >= 80% of disk write+fsync"),
-            ("async_no_sha", "the same without the audit sha256 (not the default)"),
+            ("async_sha256", "the same with the audit sha256 (not the default)"),
         ):
             if key in e and disk:
                 t = e[key]["persist_mb_per_sec"]
@@ -199,8 +207,29 @@ def targets(
     return rows  # fmt: skip
 
 
+def cost_section(cost: dict) -> str:
+    """The "cost of one save" section from ``bench_save_cost``'s result file."""
+    return f"""## Cost of one save
+
+Each way to save the same Trainer state (AdamW after one step), without training around it, side by side in one
+process: wall time, and in brackets the CPU time of the whole process (every thread). Median of interleaved
+repeats after one warm-up round. "ours sync" is the durable synchronous save (final, signal and emergency saves,
+`async_save=False`); "async" is the snapshot (what training waits for) and then the background writer at its
+default priority (write, commit, read-back from disk), with the training thread idle meanwhile.
+
+{bench_save_cost.format_table(cost["results"], cost["disk_mb_per_sec"])}
+"""
+
+
 def render(
-    machine: str, command: str, stall: dict, overhead: list, resume: dict, lost: list, remote: dict
+    machine: str,
+    command: str,
+    stall: dict,
+    overhead: list,
+    resume: dict,
+    lost: list,
+    remote: dict,
+    cost: dict,
 ) -> str:
     """The page docs/benchmarks.md from this run's numbers.
 
@@ -219,6 +248,7 @@ Measured by: {provenance()}. Every ratio compares runs taken side by side in one
 rewritten by the next `--write-docs` run. What the
 numbers mean, and what limits them, is explained after the tables.
 
+{cost_section(cost)}
 ## Stall per checkpoint
 
 Stall = (wall time of a run with {bench_stall.SAVES} saves - the same run without saves) / {bench_stall.SAVES}: the blocking part of a save plus every
@@ -256,11 +286,10 @@ background (see docs/remote.md).
   the "ours async" stall is the snapshot (a copy into CPU buffers that are reused from one save to the next)
   plus that competition. The writer's own CPU work is small (the large optimizer tensors go to the disk with
   `O_DIRECT` straight from the snapshot, the rest through one copy into an aligned buffer, xxh3 from memory:
-  about 0.09 s of CPU per 0.6 GB, see docs/async-saves.md), except the SHA-256 that the audit log records by
-  default (`audit_sha256`), about 0.35 s per 0.6 GB. A CPU-second the writer takes costs training about a
-  second of wall time here (measured: SHA-256 of 0.6 GB on a second thread, 0.35 s of CPU, made the training
-  steps 0.29 s slower). The "no audit sha256" column is the same save with `audit_sha256=False`: what the save
-  mechanism costs without the audit's hash. On a GPU machine training runs on the GPU, the CPU mostly waits
+  about 0.09 s of CPU per 0.6 GB, see docs/async-saves.md), except the SHA-256 that the audit log records with
+  `audit_digest: sha256` (not the default), about 0.35 s per 0.6 GB. A CPU-second the writer takes costs
+  training about a second of wall time here (measured: SHA-256 of 0.6 GB on a second thread, 0.35 s of CPU, made
+  the training steps 0.29 s slower). The "audit sha256" column is the same save with `audit_digest: sha256`. On a GPU machine training runs on the GPU, the CPU mostly waits
   and the hash is close to free; no GPU machine was lent to this task, so that case is not measured.
 - The first save of a run also allocates and first touches the snapshot buffers (one copy of the state), so it
   can cost more than the saves after it; the split table shows the first, middle (steady state) and last saves
@@ -280,9 +309,9 @@ background (see docs/remote.md).
   SHA-256 alone runs at about 1.7 GB/s on one idle core, and it gets only what training leaves of two. The
   persist time also includes the commit (fsync of every file, the manifest, the directory flushes).
 - "native" is the Trainer's own save without `fsync`: the data is only in the page cache when it returns, and a
-  power cut loses it. "native+fsync" is the cheapest durable save the Trainer could make; "ours sync" adds
-  hashing (xxh3 for the manifest and, with the audit log's default `audit_sha256`, SHA-256 as well; the hashing
-  runs while the `fsync`s are in flight) and the manifest on top of that; "ours async" moves all of it off the training loop.
+  power cut loses it. "native+fsync" is the cheapest durable save the Trainer could make; "ours sync" writes
+  the same files through the direct writer, hashed in the same pass (xxh3 for the manifest, SHA-256 as well with
+  `audit_digest: sha256`), then flushes them and writes the manifest; "ours async" moves all of it off the training loop.
 - Negative or widely spread stalls mean the difference is within the noise of this shared machine for that size.
 - Per-step overhead: run-to-run differences of a few percent are the noise of this VM, so the wall-clock
   difference of paired runs in separate processes cannot resolve 0.5 %. Alternating runs inside one process
@@ -312,12 +341,14 @@ def main() -> int:
     machine = machine_description()
     print(f"machine: {machine}", flush=True)
     if a.quick:
+        cost = _sh(["--sizes", "10M", "--repeats", "1"], HERE / "bench_save_cost.py")
         stall = _sh(["--sizes", "10M", "--repeats", "1"], HERE / "bench_stall.py")
         overhead = _sh(["--steps", "150", "--repeats", "2"], HERE / "bench_overhead.py")
         resume = _sh(["--size", "10M", "--repeats", "1"], HERE / "bench_resume.py")
         lost = _sh(["--kills", "3"], HERE / "bench_lost_work.py")
         remote = _sh(["--mb", "64", "--rounds", "3", "--repeats", "1"], HERE / "bench_remote.py")
     else:
+        cost = _sh([], HERE / "bench_save_cost.py")
         stall = _sh([], HERE / "bench_stall.py")
         overhead = _sh([], HERE / "bench_overhead.py")
         resume = _sh([], HERE / "bench_resume.py")
@@ -331,7 +362,7 @@ def main() -> int:
         + (" --reuse" if a.reuse else "")
         + (" --write-docs" if a.write_docs else "")
     )
-    text = render(machine, command, stall, overhead, resume, lost, remote)
+    text = render(machine, command, stall, overhead, resume, lost, remote, cost)
     print(text)
     if a.write_docs:
         (REPO / "docs" / "benchmarks.md").write_text(text, encoding="utf-8")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..options import CheckpointOptions
 from ..policy import AdaptivePolicy, SavePolicy
-from ..storage.audit import AuditLog
+from ..storage.audit import AuditLog, audit_digests
 from ..storage.commit import Manifest
 from ..storage.layout import AEGIS_DIR
 from ..system.platform import signal_name
@@ -43,7 +43,7 @@ class RunRecorder:
         self.output_dir = Path(output_dir)
         self.enabled = enabled
         self.policy = policy
-        self.sha256 = options.audit_sha256
+        self.sha256 = options.audit_uses_sha256
         aegis_dir = self.output_dir / AEGIS_DIR
         self.lease = RunLease(self.output_dir, heartbeat_every_sec=options.heartbeat_every_sec, clock=clock)
         self.audit = AuditLog.in_dir(aegis_dir)
@@ -127,7 +127,7 @@ class RunRecorder:
         duration_sec: float | None = None,
         tag: str | None = None,
     ) -> None:
-        """A checkpoint committed: audit it (with sha256 of its files), update statistics and the lease."""
+        """A checkpoint committed: audit it (with the digests of its files), update statistics and the lease."""
         if not self.enabled:
             return
         name = Path(folder).name
@@ -143,7 +143,7 @@ class RunRecorder:
             bytes=manifest.total_bytes,
             **extra,
         )
-        hashes = {n: d.sha256 for n, d in sorted(manifest.files.items()) if d.sha256}
+        digests = audit_digests(manifest)
         self.audit.append(
             "commit",
             step=manifest.step,
@@ -152,7 +152,7 @@ class RunRecorder:
             commit_sec=round(commit_sec, 4),
             duration_sec=round(duration, 4),
             bytes=manifest.total_bytes,
-            sha256=hashes if hashes else "off (audit_sha256=False)",
+            **digests,
             **extra,
         )
         record = SaveRecord(

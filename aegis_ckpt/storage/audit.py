@@ -1,8 +1,8 @@
 """The audit log ``<output_dir>/.aegis/audit.jsonl``: one JSON object a line, one line per event.
 
 Every line has ``event``, ``time_unix``, ``time`` (UTC, ISO 8601), ``pid`` and, where it applies, ``step`` and
-``reason``; the rest depends on the event (see ``docs/audit-log.md``). A commit lists the sha256 of every
-committed file. The log holds names, numbers and hashes only: never tensor values, training data or text.
+``reason``; the rest depends on the event (see ``docs/audit-log.md``). A commit lists a digest of every
+committed file: the manifest's xxh3-128 by default, sha256 with ``audit_digest="sha256"`` (``audit_digests``). The log holds names, numbers and hashes only: never tensor values, training data or text.
 ``AuditLog.append`` enforces that by accepting only JSON scalars (strings capped in length) and lists/dicts of
 them; anything else is dropped and named by its type.
 
@@ -36,7 +36,7 @@ EVENTS = (
     "crash_detected",  # the previous process died without a clean exit record, same boot
     "resume",  # state restored from a committed checkpoint
     "save",  # checkpoint files written (before the commit)
-    "commit",  # manifest written: the checkpoint counts; sha256 of its files
+    "commit",  # manifest written: the checkpoint counts; digests of its files
     "save_failed",  # a save or commit failed; the previous committed checkpoint stays the resume point
     "prune",  # retention deleted a committed checkpoint
     "quarantine",  # an uncommitted, damaged or superseded folder was moved aside
@@ -66,6 +66,16 @@ def _clean(value: Any, depth: int = 0) -> Any:
         return {str(k)[:MAX_STRING_CHARS]: _clean(v, depth + 1) for k, v in value.items()}
     # Tensors, arrays, bytes, arbitrary objects: never serialise them (their repr could carry data).
     return f"<dropped {type(value).__name__}>"
+
+
+def audit_digests(manifest) -> dict[str, Any]:
+    """The digest fields of a commit event for a ``commit.Manifest``: ``digest`` names the hash, and the field of
+    that name maps each file to it. sha256 when the save computed it for every file (``audit_digest="sha256"``);
+    otherwise the xxh3-128 the manifest already holds, which costs nothing more to record."""
+    files = sorted(manifest.files.items())
+    if files and all(d.sha256 for _, d in files):
+        return {"digest": "sha256", "sha256": {name: d.sha256 for name, d in files}}
+    return {"digest": "xxh3_128", "xxh3_128": {name: d.xxh3_128 for name, d in files}}
 
 
 class AuditLog:

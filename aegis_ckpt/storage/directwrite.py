@@ -1,16 +1,13 @@
-"""Write the large files of an asynchronous save (weight shards, ``optimizer.pt``) with as little CPU as possible.
+"""Write the large files of a save (weight shards, ``optimizer.pt``) in their standard formats through
+``directfile.DirectFile``: one pass over each byte that hashes it and hands it to the disk (``O_DIRECT`` where the
+file system takes it), so the commit does not read the files back.
 
-Why: a background writer only helps if training does not pay for its CPU time, and on a machine whose cores
-training keeps busy it does pay, step by step. Writing through ``safetensors.save_file`` and ``torch.save`` and
-then reading every file back to hash it costs, per byte: a copy into a ``bytes`` object (safetensors), a CRC32
-(``torch.save``'s zip records), a copy into freshly allocated page-cache pages, and a second read for the
-checksum. Here each byte is copied at most once, into a reused, page-aligned buffer (the large tensors of
-``optimizer.pt`` are not copied at all: their records start on a page like the snapshot's buffers, see
-``DirectFile._write_in_place``), and handed to the disk with ``O_DIRECT`` (no page-cache pages to allocate, fill
-and later evict: on the 2-vCPU VM of docs/benchmarks.md a 600 MB buffered write took 1.45 s of system time when
-the pages had to come fresh from the host, 0.12 s right after the same process had freed as many; 600 MB with
-``O_DIRECT`` took about 0.1 s of CPU), and it is hashed from memory on the way out, so the commit does not read
-it back.
+Why: writing through ``safetensors.save_file`` and ``torch.save`` and then reading every file back to hash it
+costs, per byte: a copy into a ``bytes`` object (safetensors), a CRC32 (``torch.save``'s zip records), a copy
+into freshly allocated page-cache pages, and a second read for the checksum. Through ``DirectFile`` each byte is
+read once (on the 2-vCPU VM of docs/benchmarks.md a 600 MB buffered write took 1.45 s of system time when the
+pages had to come fresh from the host, 0.12 s right after the same process had freed as many; 600 MB with
+``O_DIRECT`` took about 0.1 s of CPU).
 
 The files are the standard ones, byte for byte what a loader expects:
 
@@ -21,20 +18,13 @@ The files are the standard ones, byte for byte what a loader expects:
 * ``optimizer.pt`` and other ``torch.save`` files: written by ``torch.save``'s own serializer into a file-like
   object; where this torch version allows it, without the zip CRC32 (``torch.load`` does not check it, and the
   manifest's xxh3 covers the file). Otherwise with it.
-
-Where ``O_DIRECT`` does not exist (Windows, macOS) or the file system refuses it (tmpfs on older kernels, some
-network file systems), the same code writes through the page cache. Nothing here fsyncs: the commit protocol
-flushes every file before it writes the manifest.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
-import hashlib
 import json
 import logging
-import mmap
 import os
 import pickle
 import struct
@@ -42,189 +32,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import xxhash
-
-from . import fsio
+from .aligned import ALIGNMENT, CHUNK_BYTES, AlignedBuffer  # noqa: F401 - re-exported
 from .commit import FileDigest
+from .directfile import IN_PLACE_MIN_BYTES, IN_PLACE_WRITE_BYTES, DirectFile  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
-
-ALIGNMENT = 4096  # covers 512-byte and 4 KiB logical blocks
-CHUNK_BYTES = 4 * 1024 * 1024  # the reused buffer; big sequential writes, a small fixed memory cost
-IN_PLACE_MIN_BYTES = 64 * 1024  # smaller writes are not worth a system call of their own
-IN_PLACE_WRITE_BYTES = 16 * 1024 * 1024  # one write() call at most: steady disk queue, bounded pinned pages
-_HAS_O_DIRECT = hasattr(os, "O_DIRECT")
-
-
-class AlignedBuffer:
-    """A page-aligned buffer reused by every file a writer writes (touched once, never reallocated)."""
-
-    def __init__(self, size: int = CHUNK_BYTES) -> None:
-        if size <= 0 or size % ALIGNMENT:
-            raise ValueError(f"buffer size must be a positive multiple of {ALIGNMENT}, got {size}")
-        self.size = size
-        self._map = mmap.mmap(-1, size)  # anonymous maps are page-aligned
-        self.view = memoryview(self._map)
-        # Copies go through numpy because it lets go of the GIL while it copies; a memoryview slice assignment
-        # holds it, and the training thread then waits for every 4 MiB the writer copies.
-        self.array = np.frombuffer(self._map, dtype=np.uint8)
-
-    def close(self) -> None:
-        del self.array  # the mmap cannot close while an array still exports it
-        self.view.release()
-        self._map.close()
-
-
-class DirectFile:
-    """A write-only file object that streams through an ``AlignedBuffer`` to ``O_DIRECT`` writes and hashes the
-    bytes as they pass. ``close()`` returns the ``FileDigest`` (size, xxh3-128, optionally sha256) of exactly the
-    bytes written, the same digest ``commit.hash_file`` would compute by reading the file back."""
-
-    def __init__(
-        self, path: str | os.PathLike, buffer: AlignedBuffer, *, sha256: bool = False, direct: bool = True
-    ):
-        self.path = Path(path)
-        self._buf = buffer
-        self._fill = 0
-        self._size = 0
-        self.in_place_bytes = 0  # written straight from the caller's memory (see ``_write_in_place``)
-        self._xxh = xxhash.xxh3_128()
-        self._sha = hashlib.sha256() if sha256 else None
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
-        self.direct = False
-        if direct and _HAS_O_DIRECT:
-            try:
-                self._fd = fsio.open_fd(self.path, flags | os.O_DIRECT)
-                self.direct = True
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-        if not self.direct:
-            self._fd = fsio.open_fd(self.path, flags)
-        self.closed = False
-        self.error: OSError | None = None
-        """The first write error. Later writes are then discarded and ``close`` raises it: torch's zip writer
-        must never see a failed write, because after one it can abort the process when it is destroyed."""
-
-    # -- file-object protocol used by torch.save -------------------------------------------------------------
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        src = memoryview(data).cast("B")
-        n = len(src)
-        if self.error is not None:
-            self._size += n
-            return n
-        try:
-            return self._write(src, n)
-        except OSError as e:  # e.g. ENOSPC: remembered, raised by close()
-            self.error = e
-            self._size += n
-            return n
-
-    def _write(self, src: memoryview, n: int) -> int:
-        self._xxh.update(src)  # both hashes release the GIL on large inputs
-        if self._sha is not None:
-            self._sha.update(src)
-        source = np.frombuffer(src, dtype=np.uint8)
-        pos = self._write_in_place(src, source) if self.direct and n >= IN_PLACE_MIN_BYTES else 0
-        target = self._buf.array
-        while pos < n:
-            take = min(n - pos, self._buf.size - self._fill)
-            np.copyto(target[self._fill : self._fill + take], source[pos : pos + take])
-            self._fill += take
-            pos += take
-            if self._fill == self._buf.size:
-                self._write_out(self._buf.size)
-                self._fill = 0
-        self._size += n
-        return n
-
-    def _write_in_place(self, src: memoryview, source) -> int:
-        """Hand the aligned middle of ``src`` to the disk straight from the caller's memory, without the copy.
-
-        ``O_DIRECT`` needs the memory address, the file position and the length all on block boundaries. The
-        file position after the buffered bytes is known; when ``src`` has the same offset within a page (its
-        memory and its place in the file are "in phase"), the bytes up to the next boundary go into the
-        buffer, the buffer is written, and the whole pages that follow are written from ``src`` itself. The
-        snapshot allocates large buffers page-aligned and torch's zip writer is asked to start every record on
-        a page, so the bulk of ``optimizer.pt`` takes this path. Returns how many bytes of ``src`` are done
-        (0 when not in phase); the rest goes through the buffer as usual."""
-        head = -self._size % ALIGNMENT  # bytes from the file position after the buffer to the next boundary
-        if (source.ctypes.data + head) % ALIGNMENT or len(src) - head < ALIGNMENT:
-            return 0
-        if head:
-            np.copyto(self._buf.array[self._fill : self._fill + head], source[:head])
-            self._fill += head
-        if self._fill:  # the buffer now ends on an aligned file position
-            self._write_out(self._fill)
-            self._fill = 0
-        body = (len(src) - head) // ALIGNMENT * ALIGNMENT
-        self._write_view(src[head : head + body])
-        self.in_place_bytes += body
-        return head + body
-
-    def flush(self) -> None:
-        """Whole buffers are written as they fill; the tail is written (padded and truncated) by ``close``."""
-
-    def tell(self) -> int:
-        return self._size
-
-    # -- internals -----------------------------------------------------------------------------------------------
-    def _write_out(self, length: int) -> None:
-        self._write_view(self._buf.view[:length])
-
-    def _write_view(self, view: memoryview) -> None:
-        length = len(view)
-        done = 0
-        while done < length:
-            try:
-                done += fsio.write_fd(self._fd, view[done : done + IN_PLACE_WRITE_BYTES])
-            except OSError as e:
-                if not (self.direct and e.errno == errno.EINVAL):
-                    raise
-                self._leave_direct_mode()
-
-    def _leave_direct_mode(self) -> None:
-        """The file system accepted O_DIRECT at open but refuses the write: go on through the page cache."""
-        import fcntl
-
-        fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-        self.direct = False
-        logger.debug("%s: O_DIRECT refused by the file system; writing through the page cache", self.path)
-
-    def close(self) -> FileDigest:
-        if self.closed:
-            raise ValueError(f"{self.path} is already closed")
-        if self.error is not None:
-            self.abort()
-            raise self.error
-        try:
-            if self._fill:
-                if self.direct:
-                    # O_DIRECT writes whole aligned blocks: pad the tail, then cut the file to its real length.
-                    padded = -(-self._fill // ALIGNMENT) * ALIGNMENT
-                    self._buf.view[self._fill : padded] = bytes(padded - self._fill)
-                    self._write_out(padded)
-                    fsio.truncate_fd(self._fd, self._size)
-                else:
-                    self._write_out(self._fill)
-                self._fill = 0
-        finally:
-            os.close(self._fd)
-            self.closed = True
-        return FileDigest(
-            size=self._size,
-            xxh3_128=self._xxh.hexdigest(),
-            sha256=self._sha.hexdigest() if self._sha is not None else None,
-        )
-
-    def abort(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-            self.closed = True
 
 
 # ---- safetensors -----------------------------------------------------------------------------------------------

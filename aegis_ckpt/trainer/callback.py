@@ -188,7 +188,12 @@ class AegisCheckpointCallback(TrainerCallback):
         # A save that cannot fit is never started.
         self._gate = SaveGate(run=self._run, stops=self.stops, policy=lambda: self.policy, clock=clock)
         # A full disk inside the Trainer's own save does not end training; a completed one is committed.
-        self._sync = SyncSaves(tail=self._require_tail, run=self._run, metric=self._metric)
+        self._sync = SyncSaves(
+            tail=self._require_tail,
+            run=self._run,
+            metric=self._metric,
+            direct=self.async_options.direct_sync_saves,
+        )
         self._entry = TrainEntry(self._already_finished)  # what train() resumes from; no step past the end
 
     @property

@@ -42,9 +42,10 @@ def commit_trainer_save(
     world_size: int,
     sha256: bool,
     metric: dict | None = None,
+    known: dict | None = None,
 ) -> int:
     """Commit the folder the Trainer just wrote, then the save tail. Returns the committed size in bytes (0: not
-    committed, and the folder is in quarantine)."""
+    committed, and the folder is in quarantine). ``known``: digests computed while writing (``directsave``)."""
     t0 = time.perf_counter()
     try:
         manifest = commit_checkpoint(
@@ -53,6 +54,7 @@ def commit_trainer_save(
             reason=reason,
             meta=manifest_meta(state, world_size, asynchronous=False, metric=metric),
             sha256=sha256,
+            known=known,
             progress=True,  # a synchronous save: the training thread waits for this read-back
         )
     except CommitError as e:

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import DiskFullError
 from ..runstate.saves import SaveTail
 from .commits import commit_trainer_save
+from .directsave import DirectSyncSave
 from .runrecord import TrainerRunRecord
 from .savefaults import SyncSaveGuard
 
@@ -28,14 +29,19 @@ class SyncSaves:
         tail: Callable[[], SaveTail],
         run: TrainerRunRecord,
         metric: Callable[[object], dict | None],
+        direct: bool = True,
     ) -> None:
         self._guard = SyncSaveGuard()
+        self.direct = DirectSyncSave(lambda: self._run.sha256) if direct else None
         self._tail = tail
         self._run = run
         self._metric = metric
 
     def install(self, trainer) -> None:
-        """Guard the Trainer's ``_save_checkpoint`` against a full disk."""
+        """Write the Trainer's saves through the direct writer where it can (``directsave``), and guard them,
+        whoever writes, against a full disk (the guard wraps the direct save)."""
+        if self.direct is not None:
+            self.direct.install(trainer)
         self._guard.install(trainer)
 
     def commit_written(
@@ -63,6 +69,7 @@ class SyncSaves:
             world_size=world_size,
             sha256=self._run.sha256,
             metric=self._metric(state),
+            known=self.direct.take_digests(folder) if self.direct is not None else None,
         )
 
     def save_now(self, trainer, folder: Path, reason: str) -> bool:

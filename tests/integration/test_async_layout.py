@@ -22,17 +22,22 @@ from aegis_ckpt.storage.layout import MANIFEST_NAME
 pytestmark = pytest.mark.slow
 
 
-def _save_step_5(make_trainer, out, clock_factory, async_save: bool, writer: str = "thread"):
+def _save_step_5(
+    make_trainer, out, clock_factory, async_save: bool, writer: str = "thread", direct_sync: bool = False
+):
+    """The checkpoint of step 5. A synchronous one is the Trainer's own ``_save_checkpoint`` unless
+    ``direct_sync`` (then the direct writer writes it: ``trainer.directsave``)."""
     clock = clock_factory()
-    cb = AegisCheckpointCallback(
-        save_interval_sec=4.5, clock=clock, async_options=AsyncOptions(enabled=async_save, writer=writer)
-    )
+    options = AsyncOptions(enabled=async_save, writer=writer, direct_sync_saves=direct_sync)
+    cb = AegisCheckpointCallback(save_interval_sec=4.5, clock=clock, async_options=options)
     trainer = make_trainer(out, callbacks=[ClockTicker(clock, 1.0), cb, StopAtStep(5)], max_steps=20)
     trainer.train()
     folder = out / "checkpoint-5"
     assert read_manifest(folder).meta["async"] is async_save
     if async_save:
         assert cb._async.uses_process is (writer == "process")
+    elif direct_sync:
+        assert cb._sync.direct.saves == 1  # written by the direct writer, not by the Trainer's own save
     return folder
 
 
@@ -53,11 +58,15 @@ def _equal(a, b, where: str) -> None:
         assert a == b, where
 
 
-@pytest.mark.parametrize("writer", ["process", "thread"])
+@pytest.mark.parametrize("writer", ["process", "thread", "direct_sync"])
 def test_async_checkpoint_matches_the_trainers_own(tmp_path, make_trainer, fake_clock, writer):
+    """``direct_sync``: a synchronous save written by the direct writer, against the Trainer's own."""
     new_clock = type(fake_clock)  # a fresh clock per run (the fixture's class, not an import of conftest)
     sync = _save_step_5(make_trainer, tmp_path / "sync", new_clock, async_save=False)
-    asyn = _save_step_5(make_trainer, tmp_path / "async", new_clock, async_save=True, writer=writer)
+    if writer == "direct_sync":
+        asyn = _save_step_5(make_trainer, tmp_path / "direct", new_clock, async_save=False, direct_sync=True)
+    else:
+        asyn = _save_step_5(make_trainer, tmp_path / "async", new_clock, async_save=True, writer=writer)
 
     files = sorted(p.name for p in sync.iterdir() if p.name != MANIFEST_NAME)
     assert files == sorted(p.name for p in asyn.iterdir() if p.name != MANIFEST_NAME)

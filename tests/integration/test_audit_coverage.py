@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 ALLOWED_FIELDS = {
     "event", "time_unix", "time", "pid", "step", "reason", "lost_sec", "lost_steps", "downtime_sec", "path",
-    "verify_sec", "write_sec", "files", "bytes", "tag", "commit_sec", "duration_sec", "sha256", "error",
+    "verify_sec", "write_sec", "files", "bytes", "tag", "commit_sec", "duration_sec", "digest", "xxh3_128", "sha256", "error",
     "moved_to", "old_interval_sec", "new_interval_sec", "signum", "checkpoint_saved", "detail",
 }  # fmt: skip
 
@@ -117,4 +117,5 @@ def test_every_event_kind_is_recorded_and_nothing_else(tmp_path):
     assert "tiny corpus" not in text and "loss scale" not in text  # no data text, no exception messages
     assert "dropped" not in text  # nothing unsuitable was even offered to the log
     commits = [e for e in result.events if e["event"] == "commit"]
-    assert all(len(h) == 64 for c in commits for h in c["sha256"].values())
+    assert all(c["digest"] == "xxh3_128" and c["xxh3_128"] for c in commits)  # the default: the manifest's hash
+    assert all(len(h) == 32 for c in commits for h in c["xxh3_128"].values())

@@ -58,5 +58,9 @@ def test_event_sequence_with_aegis_equals_plain_trainer_plus_our_saves(
     # the Trainer at all: only the final save shows as an event.
     trainer_saves = {12} if async_save else {4, 8, 12}
     assert ours.events == _expected_events(max_steps, steps_per_epoch, grad_accum, trainer_saves)
+    # Every save that shows as an event was written by the direct writer inside the Trainer's _save_checkpoint
+    # (trainer.directsave), and the Trainer still told every callback with on_save, in its usual place.
+    assert cb._sync.direct.saves == len(trainer_saves)
+    assert [s for e, s in ours.events if e == "on_save"] == sorted(trainer_saves)
     assert sorted(e.step for e in CheckpointStore(tmp_path / "aegis").committed())[-3:] == [4, 8, 12]
     assert [e for e in ours.events if e[0] != "on_save"] == plain.events

@@ -229,6 +229,7 @@ def test_trainer_callback_keeps_the_same_run_record(tmp_path):
     starts = [e["reason"] for e in events if e["event"] == "start"]
     assert starts == ["fresh", RESUME_CLEAN]
     commit = next(e for e in events if e["event"] == "commit")
-    assert len(commit["sha256"]["model.safetensors"]) == 64 and commit["bytes"] > 0
+    assert commit["digest"] == "xxh3_128" and commit["bytes"] > 0  # the default: the manifest's own digest
+    assert len(commit["xxh3_128"]["model.safetensors"]) == 32
     assert [e["step"] for e in events if e["event"] == "resume"] == [newest]
     assert cli_main(["verify", str(out)]) == 0

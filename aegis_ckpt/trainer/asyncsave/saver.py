@@ -75,11 +75,14 @@ class SaveJob:
 class AsyncCheckpointWriter:
     """Runs at most one ``SaveJob`` at a time on a background thread that writes and commits in-process."""
 
-    def __init__(self, write: Callable[..., dict | None] | None = None):
+    def __init__(self, write: Callable[..., dict | None] | None = None, *, niceness: int = 0):
         """``write(snapshot, folder, sha256=...)`` writes the main process's files and may return digests of
         files it hashed while writing (relative name -> ``FileDigest``); by default ``write_snapshot_files``
-        with one reused ``AlignedBuffer``."""
+        with one reused ``AlignedBuffer``. ``niceness``: added to each job thread's nice value, which also
+        lowers its I/O priority (``system.priority``; Linux), so the save yields to training."""
         self._write = write if write is not None else self._write_direct
+        self.niceness = niceness
+        self.priority = ""  # what the last job thread got, for the log and the tests
         self._buffer = None  # directwrite.AlignedBuffer, made on the first save and kept
         self._job: SaveJob | None = None
         self._thread: threading.Thread | None = None
@@ -101,12 +104,16 @@ class AsyncCheckpointWriter:
         )
         self._thread.start()
 
-    def _write_direct(self, snapshot: TrainerSnapshot, folder: Path, *, sha256: bool) -> dict:
-        from ...storage.directwrite import AlignedBuffer
+    def _aligned_buffer(self):
+        """The writer's two aligned slots, made on the first save and reused by every write and read-back."""
+        from ...storage.aligned import AlignedBuffer
 
         if self._buffer is None:
             self._buffer = AlignedBuffer()
-        return write_snapshot_files(snapshot, folder, sha256=sha256, buffer=self._buffer)
+        return self._buffer
+
+    def _write_direct(self, snapshot: TrainerSnapshot, folder: Path, *, sha256: bool) -> dict:
+        return write_snapshot_files(snapshot, folder, sha256=sha256, buffer=self._aligned_buffer())
 
     def _persist(self, job: SaveJob) -> Manifest:
         known = None
@@ -117,14 +124,17 @@ class AsyncCheckpointWriter:
         )
 
     def _run(self, job: SaveJob) -> None:
+        from ...system.priority import lower_current_thread
+
         started = time.perf_counter()
+        self.priority = lower_current_thread(self.niceness)  # a fresh thread per job: nothing else is lowered
         try:
             if job.error is not None:  # the training thread's part already failed (e.g. a full disk)
                 raise job.error
             ensure_space(job.staging, job.need_bytes, what=f"the checkpoint of step {job.step}")
             manifest = self._persist(job)
             # Before it can be published (and so before retention may delete an older checkpoint for it).
-            job.read_back_sec = read_back(job.staging)
+            job.read_back_sec = read_back(job.staging, self._aligned_buffer())
             job.manifest = manifest
         except BaseException as e:  # noqa: BLE001 - reported on the training thread when collected
             job.error = e
@@ -154,11 +164,11 @@ class AsyncCheckpointWriter:
 
 
 class ProcessCheckpointWriter(AsyncCheckpointWriter):
-    """Hands each job to a low-priority writer process (``writerproc``); the thread here only waits on a pipe,
-    so it costs training neither CPU nor the GIL."""
+    """Hands each job to a low-priority writer process (``writerproc``); the thread here waits on a pipe and
+    then reads the committed folder back, at the process's niceness too."""
 
     def __init__(self, niceness: int = 19):
-        super().__init__()
+        super().__init__(niceness=niceness)
         self.process = WriterProcess(niceness)
 
     def _persist(self, job: SaveJob) -> Manifest:
@@ -208,7 +218,7 @@ class AsyncSaver:
 
     def __init__(self, options: AsyncOptions):
         self.options = options
-        self.writer: AsyncCheckpointWriter = AsyncCheckpointWriter()
+        self.writer: AsyncCheckpointWriter = AsyncCheckpointWriter(niceness=options.thread_niceness)
         self.buffers = SnapshotBuffers()
         self.off_reason: str | None = None
         self.uses_process = False
@@ -250,14 +260,16 @@ class AsyncSaver:
                 atexit.register(self.close)
             else:
                 self.buffers = SnapshotBuffers()
-                self.writer = AsyncCheckpointWriter()
+                self.writer = AsyncCheckpointWriter(niceness=self.options.thread_niceness)
             self.uses_process = use_process
         if use_process:
             self.writer.process.start()  # imports torch at low priority while training starts
         logger.info(
             "Asynchronous saves: training pauses only to copy the state to CPU memory; %s writes in the "
             "background (%s)",
-            f"a writer process (nice {self.options.writer_niceness})" if use_process else "a thread",
+            f"a writer process (nice {self.options.writer_niceness})"
+            if use_process
+            else f"a thread (nice +{self.options.thread_niceness})",
             why,
         )
 

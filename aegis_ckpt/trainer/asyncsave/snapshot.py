@@ -101,8 +101,11 @@ def _trainer_state_json(trainer) -> str:
     return json.dumps(dataclasses.asdict(state), indent=2, sort_keys=True) + "\n"
 
 
-def take_snapshot(trainer, buffers: SnapshotBuffers) -> TrainerSnapshot:
-    """Copy the state of ``trainer`` at this step boundary (every rank calls this at the same step)."""
+def take_snapshot(trainer, buffers: SnapshotBuffers | None) -> TrainerSnapshot:
+    """Copy the state of ``trainer`` at this step boundary (every rank calls this at the same step).
+
+    With ``buffers=None`` nothing is copied: the snapshot refers to the live tensors and state dicts, for a
+    synchronous save that writes them while training waits (``trainer.directsave``)."""
     import torch
 
     args = trainer.args
@@ -115,19 +118,24 @@ def take_snapshot(trainer, buffers: SnapshotBuffers) -> TrainerSnapshot:
     )
     if not snap.is_main:
         return snap
-    buffers.copied_bytes = 0
+    live = buffers is None
+    if not live:
+        buffers.copied_bytes = 0
     model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
     snap.model = model
-    snap.model_state = _copy_state_dict_preserving_ties(model.state_dict(), buffers, "model")
+    state = model.state_dict()
+    snap.model_state = state if live else _copy_state_dict_preserving_ties(state, buffers, "model")
     if not args.save_only_model:
         if trainer.optimizer is not None:
-            snap.optimizer_state = _copy_optimizer_state(trainer.optimizer.state_dict(), buffers)
+            optim = trainer.optimizer.state_dict()
+            snap.optimizer_state = optim if live else _copy_optimizer_state(optim, buffers)
+        keep = (lambda x: x) if live else copy.deepcopy
         if trainer.lr_scheduler is not None:
-            snap.scheduler_state = copy.deepcopy(trainer.lr_scheduler.state_dict())
+            snap.scheduler_state = keep(trainer.lr_scheduler.state_dict())
         scaler = getattr(trainer.accelerator, "scaler", None)
         if scaler is not None:
-            snap.scaler_state = copy.deepcopy(scaler.state_dict())
-    if any(t.is_cuda for t in model.parameters()):
+            snap.scaler_state = keep(scaler.state_dict())
+    if not live and any(t.is_cuda for t in model.parameters()):
         torch.cuda.synchronize()  # the non_blocking copies into pinned buffers must land before anyone reads them
     snap.trainer_state_json = _trainer_state_json(trainer)
     snap.args = args
@@ -135,5 +143,5 @@ def take_snapshot(trainer, buffers: SnapshotBuffers) -> TrainerSnapshot:
     if processing is None:
         processing = getattr(trainer.data_collator, "tokenizer", None)
     snap.processing_class = processing
-    snap.nbytes = buffers.copied_bytes
+    snap.nbytes = 0 if live else buffers.copied_bytes
     return snap
