@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from ..errors import DiskFullError
@@ -38,6 +39,22 @@ def free_bytes(path: str | os.PathLike) -> int:
     while not where.exists() and where.parent != where:
         where = where.parent
     return shutil.disk_usage(where).free
+
+
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """Bytes of the regular files under ``folder``. Links are not followed (what they point to is not in the
+    folder), and an entry that vanishes or cannot be read counts nothing: a size for a report or a limit, never
+    an error."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                info = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
 
 
 def bytes_needed(checkpoint_bytes: int) -> int:
