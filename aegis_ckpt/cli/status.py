@@ -13,13 +13,13 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..remote.mirror import read_remote_status
-from ..resume import scan_checkpoints
 from ..runstate.completion import read_completion
 from ..runstate.lease import read_run_record, session_is_alive
 from ..runstate.stats import SaveStats
 from ..storage.audit import AUDIT_NAME, read_audit
 from ..storage.commit import verify_checkpoint
 from ..storage.layout import AEGIS_DIR
+from ..storage.scan import scan_checkpoints
 from ..storage.store import PIN_META_KEY, CheckpointStore
 
 
