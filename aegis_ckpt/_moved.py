@@ -77,6 +77,8 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
         "WindowsProcessControl": "aegis_ckpt.system.process",
         "DUPLICATE_SIGNAL_WINDOW_SEC": "aegis_ckpt.unattended.stoprequests",
     },
+    "aegis_ckpt.audit": {"EVENTS": "aegis_ckpt.storage.audit:AUDIT_EVENTS"},
+    "aegis_ckpt.notify": {"EVENTS": "aegis_ckpt.unattended.notify:RUN_END_EVENTS"},
     "aegis_ckpt.manager": {"DEFAULT_SIGNALS": "aegis_ckpt.loop.emergency:LOOP_STOP_SIGNALS"},
     "aegis_ckpt.loopstate": {
         "RNG_NAME": "aegis_ckpt.storage.layout:RNG_STATE_NAME",

@@ -12,7 +12,6 @@ stale lease is taken over without guessing). ``run.json`` records who
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ from ..storage.layout import AEGIS_DIR, RUN_LOCK_NAME, RUN_OWNER_NAME, RUN_RECOR
 from ..system.boot import current_boot_id, process_create_time, same_boot
 from ..system.slurmjob import current_slurm_job
 from .completion import read_completion
+from .records import read_json_record
 from .start import RESUME_POWER_LOSS, RunStart, classify_start, fmt_duration, fmt_local_time
 
 logger = logging.getLogger(__name__)
@@ -63,21 +63,12 @@ def run_record_path(output_dir: str | os.PathLike) -> Path:
 
 def read_run_record(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     """``run.json``, or None when there is none (or it is unreadable: it is advisory, checkpoints are not)."""
-    try:
-        with open(run_record_path(output_dir), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("format") == RUN_RECORD_FORMAT else None
+    record = read_json_record(run_record_path(output_dir))
+    return record if record is not None and record.get("format") == RUN_RECORD_FORMAT else None
 
 
 def _read_owner(output_dir: Path) -> dict[str, Any] | None:
-    try:
-        with open(output_dir / AEGIS_DIR / RUN_OWNER_NAME, encoding="utf-8") as f:
-            owner = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return owner if isinstance(owner, dict) else None
+    return read_json_record(output_dir / AEGIS_DIR / RUN_OWNER_NAME)
 
 
 def _write_owner(output_dir: Path) -> None:
