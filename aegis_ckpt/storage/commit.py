@@ -138,11 +138,7 @@ def _canonical_checksum(body: dict[str, Any]) -> str:
 def read_manifest(folder: str | os.PathLike) -> Manifest:
     """Parse the manifest of ``folder``; raises ``FileNotFoundError``, ``OSError`` or ``ValueError`` (the
     manifest must be a regular file inside the folder, not a link; ``confine``)."""
-    data = confine.read_member_bytes(folder, MANIFEST_NAME, max_bytes=MAX_MANIFEST_BYTES)
-    try:
-        body = json.loads(data.decode("utf-8"))
-    except RecursionError:
-        raise ValueError("manifest nests too deeply to be one of ours") from None
+    body = confine.read_member_json(folder, MANIFEST_NAME, max_bytes=MAX_MANIFEST_BYTES)
     if not isinstance(body, dict):
         raise ValueError("manifest is not a JSON object")
     return Manifest.from_json_dict(body)
