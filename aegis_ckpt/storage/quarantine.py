@@ -36,7 +36,7 @@ not grow without bound: a disk filled by set-aside folders would make every late
 _SIDE_RECORD_SUFFIX = "." + QUARANTINE_RECORD
 
 
-def record_path(moved: Path) -> Path:
+def _record_path(moved: Path) -> Path:
     """Where the quarantine record of ``moved`` goes: inside it when it is a real directory, else beside it (a
     linked ``checkpoint-<step>`` is moved as the link itself, and nothing is ever written into its target)."""
     if moved.is_dir() and not moved.is_symlink():
@@ -68,7 +68,7 @@ def set_aside(folder: Path, reason: str, *, quarantine_dir: Path, audit: AuditLo
     fsio.fsync_dir(quarantine_dir)
     try:
         fsio.atomic_write_json(
-            record_path(target),
+            _record_path(target),
             {"original_path": str(folder), "reason": reason, "moved_unix": time.time()},
         )
     except OSError as e:
@@ -110,7 +110,7 @@ def quarantine_records(quarantine_dir: Path) -> list[dict]:
             continue
         record = {"path": str(p), "reason": "unknown"}
         try:
-            record.update(json.loads(record_path(p).read_text(encoding="utf-8")))
+            record.update(json.loads(_record_path(p).read_text(encoding="utf-8")))
         except (OSError, ValueError):
             pass
         out.append(record)

@@ -62,10 +62,11 @@ def bytes_needed(checkpoint_bytes: int) -> int:
     return int(checkpoint_bytes * (1 + SPACE_MARGIN_FRACTION)) + SPACE_MARGIN_BYTES
 
 
-def format_bytes(n: float) -> str:
+def format_bytes(n: float, *, decimals: int = 1) -> str:
+    """``n`` bytes for a person: ``512 B``, ``10.4 MiB`` (binary units up to GiB; ``decimals`` above bytes)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.{decimals}f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"  # pragma: no cover - the loop returns at GiB
 
