@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -230,6 +231,47 @@ def committed_checkpoint(plain_checkpoint) -> Callable[..., Path]:
         return folder
 
     return make
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parallel runs (pytest-xdist)
+# --------------------------------------------------------------------------------------------------------------
+# Test folders whose tests share machine-wide resources and run on one worker: one Slurm cluster (its daemons and
+# the reference runs the cluster tests compare with), one Wine prefix and one fake python.exe.
+_ONE_WORKER_FOLDERS = ("tests/cluster/", "tests/windows/")
+_SHARED_FIXTURE = re.compile(r"""@pytest\.fixture\([^)]*scope=["'](module|session|package)["']""")
+
+
+def _worker_scope(nodeid: str, rootpath: Path) -> str:
+    """Which tests must run on the same worker: a whole folder of machine-wide resources, a whole file when it
+    defines a module- or session-scoped fixture (built once instead of once per worker), otherwise the test
+    alone. Decided from the node id only: the scheduler runs in the controller, which collects nothing."""
+    path = nodeid.split("::", 1)[0]
+    for folder in _ONE_WORKER_FOLDERS:
+        if path.startswith(folder):
+            return folder
+    try:
+        source = (rootpath / path).read_text(encoding="utf-8")
+    except OSError:
+        return nodeid
+    return path if _SHARED_FIXTURE.search(source) else nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's own ``--dist loadgroup`` reads groups from node ids it rewrites in the workers, which pytest 9.2
+    no longer honours (pytest-xdist issue 1386): the groups are decided here instead, from the node ids."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    scopes: dict[str, str] = {}
+
+    class SharedResourceScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid not in scopes:
+                scopes[nodeid] = _worker_scope(nodeid, config.rootpath)
+            return scopes[nodeid]
+
+    return SharedResourceScheduling(config, log)
 
 
 # --------------------------------------------------------------------------------------------------------------
