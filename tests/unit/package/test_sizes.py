@@ -12,6 +12,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import aegis_ckpt
 
 PACKAGE_DIR = Path(aegis_ckpt.__file__).resolve().parent
@@ -71,30 +73,32 @@ def test_no_module_or_function_is_oversized():
     assert not found, "\n" + "\n".join(found)
 
 
-def test_the_checker_sees_every_module_and_counts_right(tmp_path):
-    """A 60-line function passes, 61 lines fail, a docstring does not count, a real reason excuses, a placeholder
-    reason does not, a 401-line module fails."""
-    modules = list(PACKAGE_DIR.rglob("*.py"))
-    assert len(modules) > 60
-    body = "\n".join(f"    x{i} = {i}" for i in range(59))
-    short = tmp_path / "short.py"
-    short.write_text(f"def f():\n{body}\n")
-    assert oversized(short, tmp_path) == []
-    longer = tmp_path / "longer.py"
-    longer.write_text(f"def f():\n{body}\n    x = 0\n")
-    assert len(oversized(longer, tmp_path)) == 1
-    excused = tmp_path / "excused.py"
-    excused.write_text(
-        f'def f():\n    """Do it.\n\n    Long because: one protocol read in order.\n    """\n{body}\n    x = 0\n'
-    )
-    assert oversized(excused, tmp_path) == []
-    documented = tmp_path / "documented.py"
-    args_doc = "\n".join(f"        x{i}: the {i}th value." for i in range(20))
-    documented.write_text(f'def f():\n    """Do it.\n\n    Args:\n{args_doc}\n    """\n{body}\n')
-    assert oversized(documented, tmp_path) == []
-    placeholder = tmp_path / "placeholder.py"
-    placeholder.write_text(f'def f():\n    """Do it.\n\n    Long because: yes\n    """\n{body}\n    x = 0\n')
-    assert len(oversized(placeholder, tmp_path)) == 1
-    big = tmp_path / "big.py"
-    big.write_text("x = 0\n" * (MAX_MODULE_LINES + 1))
-    assert len(oversized(big, tmp_path)) == 1
+BODY_60 = "\n".join(f"    x{i} = {i}" for i in range(59))
+"""With its ``def`` line, a function of exactly 60 lines."""
+ARGS_DOC = "\n".join(f"        x{i}: the {i}th value." for i in range(20))
+
+
+def _function(docstring: str = "", extra_lines: int = 0) -> str:
+    doc = f'    """Do it.\n\n    {docstring}\n    """\n' if docstring else ""
+    return f"def f():\n{doc}{BODY_60}\n" + "    x = 0\n" * extra_lines
+
+
+@pytest.mark.parametrize(
+    ("source", "findings"),
+    [
+        pytest.param(_function(), 0, id="60 lines pass"),
+        pytest.param(_function(extra_lines=1), 1, id="61 lines fail"),
+        pytest.param(_function("Long because: one protocol read in order.", 1), 0, id="a reason excuses"),
+        pytest.param(_function("Long because: yes", 1), 1, id="a placeholder reason does not"),
+        pytest.param(_function(f"Args:\n{ARGS_DOC}"), 0, id="a docstring does not count"),
+        pytest.param("x = 0\n" * (MAX_MODULE_LINES + 1), 1, id="401-line module fails"),
+    ],
+)
+def test_the_checker_counts_right(tmp_path, source, findings):
+    path = tmp_path / "module.py"
+    path.write_text(source)
+    assert len(oversized(path, tmp_path)) == findings
+
+
+def test_the_checker_sees_every_module():
+    assert len(list(PACKAGE_DIR.rglob("*.py"))) > 60
