@@ -35,6 +35,8 @@ AGREE_EVERY_SEC = 0.2
 """Aimed time between two agreement steps: the extra delay of a save or a stop decision under torchrun."""
 MAX_STRIDE = 100
 """At most this many step ends between two agreement steps, whatever the step time."""
+NO_UPLOAD_LIMIT = 2**62
+"""What a rank that uploads nothing offers to ``StepFlags.uploads_from``: it never holds the agreed step back."""
 
 
 def _dist():
@@ -83,6 +85,16 @@ def agree_any(flag: bool) -> bool:
 def agree_min(value: int) -> int:
     """The smallest ``value`` over all ranks, on every rank (one blocking all-reduce on the default group; for
     rare decisions such as the step every node can resume from)."""
+    return _reduce_int(value, "MIN")
+
+
+def agree_sum(value: int) -> int:
+    """The sum of ``value`` over all ranks, on every rank (one blocking all-reduce on the default group; for
+    rare questions such as how many processes upload a share of each checkpoint)."""
+    return _reduce_int(value, "SUM")
+
+
+def _reduce_int(value: int, op: str) -> int:
     dist = _dist()
     if dist is None or dist.get_world_size() == 1:
         return int(value)
@@ -92,8 +104,19 @@ def agree_min(value: int) -> int:
     if dist.get_backend() == "nccl":
         device = torch.device("cuda", torch.cuda.current_device())
     tensor = torch.tensor([int(value)], dtype=torch.int64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
     return int(tensor.item())
+
+
+def share_from_main(value):
+    """``value`` as rank 0 has it, on every rank (one blocking broadcast of a picklable object on the default
+    group; for rare decisions that only rank 0 can take, such as which checkpoint every rank resumes from)."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 @dataclass(frozen=True)
@@ -109,9 +132,18 @@ class StepFlags:
     sync_only: int = 0
     """1 when this rank cannot take an asynchronous snapshot (e.g. not enough free RAM): all ranks save
     synchronously then, since a save is collective."""
+    uploads_from: int = 0
+    """Node-local remote copies: minus the newest step whose files this rank has uploaded (ranks that upload no
+    share offer ``-NO_UPLOAD_LIMIT``). The MAX over ranks is minus the newest step that every uploading rank has
+    reached: a MIN carried by the same MAX all-reduce (``uploaded_by_all``)."""
 
     def as_list(self) -> list[int]:
-        return [self.save_due, self.signal, self.writer_busy, self.sync_only]
+        return [self.save_due, self.signal, self.writer_busy, self.sync_only, self.uploads_from]
+
+    @property
+    def uploaded_by_all(self) -> int:
+        """The newest step every uploading rank has uploaded its files of (0: none, or no agreement yet)."""
+        return max(0, -self.uploads_from)
 
     @classmethod
     def from_list(cls, values: list[int]) -> StepFlags:

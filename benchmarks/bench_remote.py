@@ -1,14 +1,16 @@
 """Remote copies: upload throughput of aegis-ckpt's uploader against a plain ``s3fs.put`` of the same folder, and
 what an upload running in the background costs the training steps.
 
-    .venv/bin/python benchmarks/bench_remote.py                  # ~200 MB checkpoint, 3 rounds
-    .venv/bin/python benchmarks/bench_remote.py --mb 64 --rounds 2
+    .venv/bin/python benchmarks/bench_remote.py                  # ~200 MB checkpoint, 5 rounds, 3 repeats
+    .venv/bin/python benchmarks/bench_remote.py --mb 64 --rounds 2 --repeats 1
 
 The S3 server is moto's, started in a separate process on 127.0.0.1 (so it shares no GIL with the client being
-measured). Throughput: the same committed folder (one large weights file, an optimizer file, small JSON files)
-uploaded alternately by ``upload_checkpoint`` (parallel files, multipart, size check, manifest last) and by
-``fs.put(folder, recursive=True)``; the ratio is taken per round, side by side. Step cost: a CPU MLP training
-loop timed with no upload, then with ``RemoteMirror`` uploading the folder in the background.
+measured, but it shares the machine's cores: its CPU per GB is measured too). Throughput: the same committed
+folder (one large weights file, an optimizer file, small JSON files) uploaded alternately by the background
+mirror (``RemoteMirror.submit`` then ``close``: its worker thread, parallel files, multipart, size check,
+manifest last) and by ``fs.put(folder, recursive=True)``; the ratio is taken per round, side by side. Step cost:
+a CPU MLP training loop timed with no upload, then while ``RemoteMirror`` uploads the folder in the background,
+then with no upload again, several times; medians.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from aegis_ckpt.options import RemoteOptions  # noqa: E402
 from aegis_ckpt.remote.location import RemoteLocation  # noqa: E402
 from aegis_ckpt.remote.mirror import RemoteMirror  # noqa: E402
-from aegis_ckpt.remote.upload import upload_checkpoint  # noqa: E402
 from aegis_ckpt.storage.commit import commit_checkpoint  # noqa: E402
 
 
@@ -71,33 +74,52 @@ def make_checkpoint(folder: Path, total_mb: int) -> Path:
     return folder
 
 
-def throughput(location: RemoteLocation, folder: Path, rounds: int) -> dict:
+def _server_cpu(server: psutil.Process) -> float:
+    t = server.cpu_times()
+    return t.user + t.system
+
+
+def throughput(
+    location: RemoteLocation, folder: Path, work: Path, rounds: int, server: psutil.Process
+) -> dict:
+    """The mirror (submit, then flush: its worker thread, parallel files, size check, manifest last) against
+    ``fs.put(folder, recursive=True)``, alternating which goes first; CPU of the client and of the S3 server."""
     fs, size = location.fs, sum(p.stat().st_size for p in folder.iterdir())
-    ours, plain, cpu = [], [], {"ours": [], "plain": []}
+    rates: dict[str, list[float]] = {"ours": [], "plain": []}
+    cpu: dict[str, list[float]] = {"ours": [], "plain": []}
+    server_cpu: dict[str, list[float]] = {"ours": [], "plain": []}
+    # One mirror for all rounds, as a run has: its remote is opened once and its worker thread started once.
+    mirror = RemoteMirror(RemoteOptions(url=f"{location.url}/mirror"), work / "out")
     for r in range(rounds):
         for which in ("ours", "plain") if r % 2 == 0 else ("plain", "ours"):
-            target = location.path(f"round-{r}-{which}")
-            t0, c0 = time.perf_counter(), time.process_time()
+            target = location.path("mirror" if which == "ours" else "put")
+            t0, c0, s0 = time.perf_counter(), time.process_time(), _server_cpu(server)
             if which == "ours":
-                upload_checkpoint(RemoteLocation(f"{location.url}/round-{r}-{which}"), folder)
+                mirror.submit(folder)
+                assert mirror.flush(600), "the mirror did not finish its upload"
             else:
-                fs.put(str(folder), target, recursive=True)
+                fs.put(str(folder), f"{target}/{folder.name}", recursive=True)
             dt = time.perf_counter() - t0
             cpu[which].append((time.process_time() - c0) / (size / 1e9))
-            (ours if which == "ours" else plain).append(size / dt / 1e6)
+            server_cpu[which].append((_server_cpu(server) - s0) / (size / 1e9))
+            rates[which].append(size / dt / 1e6)
             fs.rm(target, recursive=True)
-    ratios = [o / p for o, p in zip(ours, plain, strict=True)]
+    mirror.close(60)
+    ratios = [o / p for o, p in zip(rates["ours"], rates["plain"], strict=True)]
     return {
         "size_mb": size / 1e6,
-        "ours_mb_per_sec": ours,
-        "plain_put_mb_per_sec": plain,
+        "ours_mb_per_sec": rates["ours"],
+        "plain_put_mb_per_sec": rates["plain"],
         "client_cpu_sec_per_gb": {k: statistics.median(v) for k, v in cpu.items()},
+        "server_cpu_sec_per_gb": {k: statistics.median(v) for k, v in server_cpu.items()},
         "ratio_median": statistics.median(ratios),
         "ratios": ratios,
     }
 
 
-def step_cost(location: RemoteLocation, folder: Path, output_dir: Path, steps: int) -> dict:
+def step_cost(location: RemoteLocation, folder: Path, output_dir: Path, steps: int, repeats: int) -> dict:
+    """Step time of a CPU training loop with no upload and with the mirror uploading ``folder`` in the
+    background, in the same process, ``repeats`` times (no upload before and after each upload)."""
     import torch
 
     torch.set_num_threads(1)
@@ -117,33 +139,58 @@ def step_cost(location: RemoteLocation, folder: Path, output_dir: Path, steps: i
         return times
 
     run(20)  # warm up
-    idle = run(steps)
-    mirror = RemoteMirror(
-        RemoteOptions(url=f"{location.url}/bg"), output_dir, location=RemoteLocation(f"{location.url}/bg")
-    )
-    mirror.submit(folder)
-    t0 = time.perf_counter()
-    during, upload_sec = [], None
-    while mirror.pending:
-        during += run(5)
-    upload_sec = time.perf_counter() - t0
-    mirror.close(60)
-    after = run(steps)
-    baseline = statistics.median(idle + after)
+    reps = []
+    for rep in range(repeats):
+        before = run(steps // 2)
+        url = f"{location.url}/bg-{rep}"
+        mirror = RemoteMirror(RemoteOptions(url=url), output_dir / f"bg-{rep}", location=RemoteLocation(url))
+        mirror.submit(folder)
+        t0, during = time.perf_counter(), []
+        while mirror.pending:
+            during += run(5)
+        upload_sec = time.perf_counter() - t0
+        mirror.close(60)
+        after = run(steps // 2)
+        idle = statistics.median(before + after)
+        busy = statistics.median(during)
+        reps.append(
+            {
+                "step_ms_idle": 1000 * idle,
+                "step_ms_during_upload": 1000 * busy,
+                "steps_during_upload": len(during),
+                "upload_sec": upload_sec,
+                "step_cost_pct": 100 * (busy / idle - 1),
+            }
+        )
     return {
-        "step_ms_idle": 1000 * baseline,
-        "step_ms_during_upload": 1000 * statistics.median(during) if during else None,
-        "steps_during_upload": len(during),
-        "upload_sec": upload_sec,
-        "step_cost_pct": 100 * (statistics.median(during) / baseline - 1) if during else None,
+        "repeats": reps,
+        **{k: statistics.median(r[k] for r in reps) for k in reps[0]},
     }
+
+
+def format_table(results: dict) -> str:
+    """The two tables of docs/benchmarks.md's remote section, from one run's results."""
+    t, s = results["throughput"], results["step_cost"]
+    rounds = ", ".join(f"{100 * r:.0f} %" for r in t["ratios"])
+    cpu, srv = t["client_cpu_sec_per_gb"], t["server_cpu_sec_per_gb"]
+    costs = ", ".join(f"{r['step_cost_pct']:+.0f} %" for r in s["repeats"])
+    return f"""| checkpoint | mirror upload | plain `s3fs` `fs.put` | ratio, median of {len(t["ratios"])} rounds (each) | CPU per GB, client / S3 server (mirror; put) |
+| --- | --- | --- | --- | --- |
+| {t["size_mb"]:.0f} MB | {statistics.median(t["ours_mb_per_sec"]):.1f} MB/s | {statistics.median(t["plain_put_mb_per_sec"]):.1f} MB/s | {100 * t["ratio_median"]:.0f} % ({rounds}) | {cpu["ours"]:.1f} s / {srv["ours"]:.1f} s; {cpu["plain"]:.1f} s / {srv["plain"]:.1f} s |
+
+| step, no upload | step, upload in the background | cost, median of {len(s["repeats"])} (each) | upload time |
+| --- | --- | --- | --- |
+| {s["step_ms_idle"]:.1f} ms | {s["step_ms_during_upload"]:.1f} ms ({s["steps_during_upload"]:.0f} steps) | {s["step_cost_pct"]:+.0f} % ({costs}) | {s["upload_sec"]:.1f} s |"""  # fmt: skip
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mb", type=int, default=200, help="checkpoint size in MB")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=200, help="training steps timed without an upload")
+    p.add_argument("--rounds", type=int, default=5, help="alternating throughput rounds")
+    p.add_argument(
+        "--steps", type=int, default=200, help="training steps timed without an upload, per repeat"
+    )
+    p.add_argument("--repeats", type=int, default=3, help="uploads in the background, each timed on its own")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
     proc, endpoint = start_server()
@@ -159,30 +206,13 @@ def main() -> int:
             bucket = f"bench-{uuid.uuid4().hex[:8]}"
             location = RemoteLocation(f"s3://{bucket}/run")
             location.fs.mkdir(bucket)
-            results = {"throughput": throughput(location, folder, a.rounds)}
-            results["step_cost"] = step_cost(location, folder, Path(tmp) / "out", a.steps)
+            server = psutil.Process(proc.pid)
+            results = {"throughput": throughput(location, folder, Path(tmp), a.rounds, server)}
+            results["step_cost"] = step_cost(location, folder, Path(tmp) / "out", a.steps, a.repeats)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    t, s = results["throughput"], results["step_cost"]
-    rounds = ", ".join(f"{100 * r:.0f} %" for r in t["ratios"])
-    cpu = t["client_cpu_sec_per_gb"]
-    print(
-        f"| checkpoint | aegis-ckpt upload | plain s3fs put | ratio, median of {a.rounds} (each) | client CPU/GB |"
-    )
-    print("| --- | --- | --- | --- | --- |")
-    print(
-        f"| {t['size_mb']:.0f} MB | {statistics.median(t['ours_mb_per_sec']):.1f} MB/s | "
-        f"{statistics.median(t['plain_put_mb_per_sec']):.1f} MB/s | {100 * t['ratio_median']:.0f} % ({rounds}) | "
-        f"{cpu['ours']:.1f} s (put: {cpu['plain']:.1f} s) |"
-    )
-    print()
-    print("| step, no upload | step, upload in background | cost | upload time |")
-    print("| --- | --- | --- | --- |")
-    print(
-        f"| {s['step_ms_idle']:.2f} ms | {s['step_ms_during_upload']:.2f} ms ({s['steps_during_upload']} steps) | "
-        f"{s['step_cost_pct']:+.1f} % | {s['upload_sec']:.1f} s |"
-    )
+    print(format_table(results))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0

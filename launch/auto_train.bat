@@ -6,14 +6,19 @@ rem   launch\auto_train.bat [CONFIG] [RETRIES] [LOG_DIR]
 rem
 rem   CONFIG    YAML config to train             env AEGIS_CONFIG        default configs\tiny.yaml
 rem   RETRIES   restarts in a row w/o progress   env AEGIS_RETRIES       default 5
-rem   LOG_DIR   folder for the log files         env AEGIS_LOG_DIR       default logs
+rem   LOG_DIR   folder for the log files         env AEGIS_LOG_DIR       default OUTPUT_DIR\logs (the run's)
 rem             first restart delay (s)          env AEGIS_BACKOFF       default 30 (doubles, at most 600)
 rem             no heartbeat for (s) = hung      env AEGIS_HANG_TIMEOUT  default 1800
 rem   Arguments are relative to the current folder; variables and defaults to the project folder.
 rem
+rem The project folder is the one above this file's folder (launch\ of a checkout, or the folder
+rem "aegis-ckpt launcher --write DIR" wrote to).
+rem
 rem Thin on purpose: it finds Python (venv\ or .venv\ of the project, else python on PATH), writes everything to
 rem LOG_DIR\auto_training_YYYYMMDD_HHMMSS.log and turns exit codes into log lines. Checks, restarts, signal
-rem handling and sounds are Python (aegis-ckpt preflight / run / notify), shared with auto_train.sh.
+rem handling and sounds are Python (aegis-ckpt preflight / run / notify), shared with auto_train.sh. Without
+rem LOG_DIR the log goes next to the checkpoints, in the logs\ folder of the config's training.output_dir (Python
+rem reads it: aegis-ckpt launcher --log-dir CONFIG), or to logs\ of the project when the config cannot be read.
 rem
 rem Exit codes: 0 finished or already finished, 2 bad input or preflight refused, 130/149 stopped on request
 rem (run it again to continue), 1 (or another code) the supervisor gave up.
@@ -44,7 +49,6 @@ if not defined CONFIG call :read_env AEGIS_CONFIG CONFIG
 if not defined CONFIG set "CONFIG=configs\tiny.yaml"
 set "LOGDIR=%LOG_ARG%"
 if not defined LOGDIR call :read_env AEGIS_LOG_DIR LOGDIR
-if not defined LOGDIR set "LOGDIR=logs"
 call :env_number AEGIS_BACKOFF BACKOFF 30
 if errorlevel 1 goto :bad_number
 call :env_number AEGIS_HANG_TIMEOUT HANG 1800
@@ -78,6 +82,13 @@ if not defined TS for /f "skip=1 tokens=1 delims=." %%I in ('wmic os get localda
 if defined RAW set "TS=%RAW:~0,8%_%RAW:~8,6%"
 if not defined TS for /f "delims=" %%P in ('powershell -NoProfile -Command "Get-Date -Format yyyyMMdd_HHmmss" 2^>nul') do set "TS=%%P"
 if not defined TS set "TS=unknown-time_%RANDOM%"
+rem The default log folder: logs\ of the run's output dir. Python reads it from the config and writes it to a
+rem file that "set /p" reads back as it is (no for /f: its command line would need "call", which expands a "%"
+rem in the config path a second time). Else, or when it cannot be created: logs\ of the project.
+set "LOG_NOTE="
+if not defined LOGDIR if defined HAVE_PY call :default_logdir
+if not defined LOGDIR set "LOG_NOTE=the run's output dir could not be read from the config or is not writable: logging to logs\ of the project"
+if not defined LOGDIR set "LOGDIR=logs"
 if not exist "%LOGDIR%\" mkdir "%LOGDIR%"
 if not exist "%LOGDIR%\" goto :no_logdir
 set "LOG=%LOGDIR%\auto_training_%TS%.log"
@@ -89,6 +100,7 @@ set "MSG_LINE=config: %CONFIG%, retries: %RETRIES%, backoff: %BACKOFF% s, hang t
 call :say
 set "MSG_LINE=log: %LOG%"
 call :say
+if defined LOG_NOTE call :say "%LOG_NOTE%"
 set "MSG_LINE=Training output goes to the log file; follow it with: powershell Get-Content -Wait "%LOG%""
 call :echo_msg
 if defined VENV call :say "activated %VENV%\"
@@ -122,7 +134,7 @@ call :say "FINISHED: training finished (exit 0)"
 exit /b 0
 
 :already_finished
-call :say "already finished: nothing to do (delete the run's .aegis\completed.json to train again)"
+call :say "already finished: nothing to do (raise training.max_steps in the config to train further)"
 exit /b 0
 
 :preflight_refused
@@ -165,6 +177,19 @@ exit /b 2
 set "MSG_LINE=ERROR: RETRIES (argument 2 or AEGIS_RETRIES), AEGIS_BACKOFF and AEGIS_HANG_TIMEOUT must be whole numbers of digits only"
 call :echo_msg
 exit /b 2
+
+rem ---- LOGDIR = logs\ of the config's output dir, if Python can read it and the folder can be created ----------
+:default_logdir
+set "LOGDIR_FILE=%TEMP%\aegis-ckpt-logdir-%RANDOM%%RANDOM%.txt"
+"%PY%" -m aegis_ckpt launcher --log-dir "%CONFIG%" >"%LOGDIR_FILE%" 2>nul
+if errorlevel 1 goto :default_logdir_done
+set /p LOGDIR=<"%LOGDIR_FILE%"
+if not defined LOGDIR goto :default_logdir_done
+if not exist "%LOGDIR%\" mkdir "%LOGDIR%" >nul 2>&1
+if not exist "%LOGDIR%\" set "LOGDIR="
+:default_logdir_done
+del "%LOGDIR_FILE%" >nul 2>&1
+exit /b 0
 
 rem ---- copy environment variable %1 into variable %2 without expanding it on a command line --------------------
 rem (a quote in the value could otherwise end the quoted string, and "& ..." after it would run)

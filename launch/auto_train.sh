@@ -6,14 +6,19 @@
 #
 #   CONFIG    YAML config to train            env AEGIS_CONFIG       default configs/tiny.yaml
 #   RETRIES   restarts in a row w/o progress  env AEGIS_RETRIES      default 5
-#   LOG_DIR   folder for the log files        env AEGIS_LOG_DIR      default logs
+#   LOG_DIR   folder for the log files        env AEGIS_LOG_DIR      default OUTPUT_DIR/logs (the run's)
 #             first restart delay (s)         env AEGIS_BACKOFF      default 30 (doubles, at most 600)
 #             no heartbeat for (s) = hung     env AEGIS_HANG_TIMEOUT default 1800
 #   Arguments are relative to the current folder; variables and defaults to the project folder.
 #
+# The project folder is the one above this script's folder (launch/ of a checkout, or the folder
+# `aegis-ckpt launcher --write DIR` wrote to).
+#
 # Thin on purpose: it finds Python (venv/ or .venv/ of the project, else python3 on PATH), writes everything to
 # LOG_DIR/auto_training_YYYYMMDD_HHMMSS.log and turns exit codes into log lines; the checks, restarts, signal
-# handling and sounds are Python (aegis-ckpt preflight / run / notify), shared with auto_train.bat.
+# handling and sounds are Python (aegis-ckpt preflight / run / notify), shared with auto_train.bat. Without
+# LOG_DIR the log goes next to the checkpoints, in the logs/ folder of the config's training.output_dir (Python
+# reads it: aegis-ckpt launcher --log-dir CONFIG), or to logs/ of the project when the config cannot be read.
 #
 # Exit codes: 0 finished or already finished, 2 bad input or preflight refused, 129/130/143 stopped on request
 # (run it again to continue), 1 (or another code) the supervisor gave up.
@@ -31,7 +36,7 @@ log_arg="${3:-}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root" || exit 2
 config="${config_arg:-${AEGIS_CONFIG:-configs/tiny.yaml}}"
-log_dir="${log_arg:-${AEGIS_LOG_DIR:-logs}}"
+log_dir="${log_arg:-${AEGIS_LOG_DIR:-}}"
 backoff="${AEGIS_BACKOFF:-30}"
 hang_timeout="${AEGIS_HANG_TIMEOUT:-1800}"
 
@@ -45,6 +50,32 @@ for number in "$retries" "$backoff" "$hang_timeout"; do
   esac
 done
 
+# Python first: the default log folder is the run's output dir, which only Python can read from the config.
+activated=""
+if [ -f venv/bin/activate ]; then
+  # shellcheck disable=SC1091
+  . venv/bin/activate
+  activated="venv/"
+elif [ -f .venv/bin/activate ]; then
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+  activated=".venv/"
+fi
+py=""
+if command -v python3 >/dev/null 2>&1; then
+  py=python3
+elif command -v python >/dev/null 2>&1; then
+  py=python
+fi
+
+log_note=""
+if [ -z "$log_dir" ]; then
+  [ -n "$py" ] && log_dir="$("$py" -m aegis_ckpt launcher --log-dir "$config" 2>/dev/null)"
+  if [ -z "$log_dir" ] || ! mkdir -p "$log_dir" 2>/dev/null; then
+    log_note="the run's output dir could not be read from $config or is not writable: logging to logs/ of the project"
+    log_dir=logs
+  fi
+fi
 if ! mkdir -p "$log_dir"; then
   echo "ERROR: cannot create the log folder $log_dir" >&2
   exit 2
@@ -66,21 +97,9 @@ say() { printf '%s [auto_train] %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$*"; }
 say "project: $root"
 say "config: $config, retries: $retries, backoff: ${backoff} s, hang timeout: ${hang_timeout} s"
 say "log: $log"
-
-if [ -f venv/bin/activate ]; then
-  # shellcheck disable=SC1091
-  . venv/bin/activate
-  say "activated venv/"
-elif [ -f .venv/bin/activate ]; then
-  # shellcheck disable=SC1091
-  . .venv/bin/activate
-  say "activated .venv/"
-fi
-if command -v python3 >/dev/null 2>&1; then
-  py=python3
-elif command -v python >/dev/null 2>&1; then
-  py=python
-else
+[ -n "$log_note" ] && say "$log_note"
+[ -n "$activated" ] && say "activated $activated"
+if [ -z "$py" ]; then
   say "ERROR: no venv/ or .venv/ in $root and no python3 on PATH: create one with"
   say "ERROR:   python3 -m venv .venv && .venv/bin/pip install -e ."
   exit 2
@@ -95,7 +114,7 @@ say "preflight"
 "$py" -m aegis_ckpt preflight "$config"
 rc=$?
 if [ "$rc" -eq 3 ]; then
-  say "already finished: nothing to do (delete the run's .aegis/completed.json to train again)"
+  say "already finished: nothing to do (raise training.max_steps in the config to train further)"
   exit 0
 fi
 if [ "$rc" -ne 0 ]; then

@@ -13,6 +13,7 @@ from ..errors import AegisError, ConfigError, PreflightError, RunLockedError
 from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE, exit_code_for_signal
 from ..system.redact import RedactingFormatter, redact
 from ..system.signals import exit_at_once_on_interrupt
+from .launchers import add_launcher_command
 from .maintenance import add_maintenance_commands
 from .output import print_json
 from .remote import add_remote_commands
@@ -44,7 +45,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
             f"aegis-ckpt: this run already finished at step {result.step}; nothing to do.\n"
             f"  output: {result.output_dir}\n"
             f"  final model: {result.final_model or '(none)'}\n"
-            f"  (delete {result.output_dir}/.aegis/completed.json to train again)"
+            f"  (to train further, raise max_steps: --set training.max_steps=N with N > {result.step})"
         )
         return EXIT_OK
     from ..storage.store import CheckpointStore
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_unattended_commands(sub)
     add_maintenance_commands(sub)
     add_remote_commands(sub)
+    add_launcher_command(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """``aegis-ckpt pull URL DIR`` and ``aegis-ckpt push DIR URL``: the remote copies by hand.
 
 ``pull`` brings the newest remote checkpoint whose files verify into ``DIR`` (staged, verified, committed), the
-same path ``find_resume_checkpoint(..., remote_url=...)`` takes on a fresh machine. ``push`` uploads the newest
+same path ``find_resume_checkpoint(..., remote_url=...)`` takes on a fresh machine, and with it the remote
+``final_model/`` when the run finished at that step. ``push`` uploads the newest
 (or every) committed local checkpoint that the remote lacks, manifest last, after checking it against its own
 manifest. Credentials come from the backend's environment variables or profiles, never from the command line.
 """
@@ -21,7 +22,8 @@ from ..remote.download import download_checkpoint, pull_newest
 from ..remote.location import RemoteError, RemoteLocation, describe_error
 from ..remote.upload import upload_checkpoint
 from ..runstate.lease import ensure_not_locked
-from ..storage.commit import verify_checkpoint
+from ..storage.commit import is_committed, read_manifest, verify_checkpoint
+from ..storage.layout import FINAL_MODEL_DIR, parse_checkpoint_step
 from ..storage.store import CheckpointStore
 
 
@@ -57,6 +59,9 @@ def cmd_pull(ns: argparse.Namespace) -> int:
             return EXIT_FAILURE
     store.mark_managed()
     print(folder)
+    final = out / FINAL_MODEL_DIR
+    if is_committed(final) and read_manifest(final).step == parse_checkpoint_step(folder.name):
+        print(final)  # the run finished at this step: its final model came with it (remote.finalmodel)
     return EXIT_OK
 
 

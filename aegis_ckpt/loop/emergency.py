@@ -124,6 +124,14 @@ def save_after_exception(engine: LoopCheckpointer, error: BaseException) -> bool
         logger.error("%s: no model registered, nothing to save", name)
     elif not ok:
         logger.error("%s at step %d: not saving, because %s", name, engine.global_step, why)
+    elif engine.ranks.active:
+        logger.error(
+            "%s at step %d on rank %d of a multi-process run: no emergency checkpoint (the other ranks cannot "
+            "join a save); the last committed checkpoint stays the resume point",
+            name,
+            engine.global_step,
+            engine.ranks.rank,
+        )
     else:
         try:
             path = engine.save_or_raise(tag=None, reason=f"exception:{name}", pinned=False)

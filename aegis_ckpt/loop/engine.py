@@ -1,15 +1,15 @@
 """``LoopCheckpointer``: the one implementation behind the three custom-loop managers (``manager``).
 
 It holds the registered objects and the loop's counters, decides at safe points (``policy``, ``safepoints``),
-writes a save into a staging folder under ``.aegis/staging/`` (``loopstate``), commits it there (``commit``),
-renames it to ``checkpoint-<step>`` in one step and ends it in the save tail shared with the Trainer path
-(``runstate.saves``: log line, run record, retention); it resumes through the same scan as the Trainer path
-(``resume``), and records everything through ``RunRecorder`` (lease, audit log, statistics).
+saves through ``savepath`` (staging folder, commit, rename, the save tail shared with the Trainer path), resumes
+through ``resumepath`` (the same scan as the Trainer path), and records everything through ``RunRecorder``
+(lease, audit log, statistics).
 
-Why stage instead of writing ``checkpoint-<step>`` in place: a folder appears under its final name only after its
-manifest is durable, so a crash at any instant leaves either no new folder (the staging leftover is removed at
-the next start) or a complete committed one. Nothing half-written ever carries a ``checkpoint-*`` name, and a
-second save of the same step never rewrites a committed folder in place.
+Under torch.distributed (initialized by the program: torchrun, accelerate launch) every rank builds its own
+manager at the same point; ``ranks`` makes every decision the same on all of them (a signal on one rank stops
+all, the interval is due when it is due on any rank's clock) and lets rank 0 alone change shared files (the
+lease, the manifest and commit, retention, quarantine). Saves, ``save_checkpoint()``, ``resume()`` and
+``finish()`` are then collective: every rank calls them at the same point of the loop.
 
 Safe points. Time-based saving must never capture weights in the middle of an update, so a save happens only
 where the loop says the state is consistent: ``step()``, called after each optimizer step once the counters match
@@ -29,21 +29,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import CommitError, ConfigError
+from ..distributed import PeerLostError, StepFlags
+from ..errors import CommitError, ConfigError, RunLockedError
 from ..exitcodes import exit_code_for_signal
 from ..options import CheckpointOptions, RemoteOptions
 from ..policy import SavePolicy, make_policy
 from ..remote.mirror import RemoteMirror
-from ..resume import newer_remote_copy, scan_checkpoints
 from ..runstate.completion import mark_completed
 from ..runstate.recorder import RunRecorder
 from ..runstate.saves import SaveTail
 from ..runstate.start import FINISHED, RunStart
-from ..storage.commit import commit_checkpoint, is_committed
 from ..storage.layout import check_output_dir
-from ..storage.store import PIN_META_KEY, CheckpointStore
+from ..storage.store import CheckpointStore
 from ..system.platform import signal_name
-from .loopstate import load_training_state, save_training_state
+from . import resumepath, savepath
+from .ranks import LoopRanks
 from .safepoints import StallWatch, UnsafeRegions
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,11 @@ class LoopCheckpointer:
         self.keep_tagged = keep_tagged
         self.policy = policy if policy is not None else make_policy(options)
         self.clock = clock
+        self.ranks = LoopRanks(clock)
         self.store = CheckpointStore(self.output_dir)
-        self.recorder = RunRecorder(self.output_dir, options, policy=self.policy, clock=clock)
+        self.recorder = RunRecorder(
+            self.output_dir, options, policy=self.policy, clock=clock, enabled=self.ranks.is_main
+        )
         self.tail = SaveTail(self.store, options, recorder=lambda: self.recorder)
         self.model = self.tokenizer = self.optimizer = self.scheduler = None
         self.extra: dict[str, Any] = {}
@@ -78,7 +81,9 @@ class LoopCheckpointer:
         self.auto_tag: str | None = None
         self.watcher = None
         self.resumed_from: Path | None = None
+        self.resumed_step: int | None = None
         self.last_checkpoint: Path | None = None
+        self.superseded_checked = False
         self.closed = False
         self.regions = UnsafeRegions()
         self.stall_watch = StallWatch(
@@ -86,23 +91,35 @@ class LoopCheckpointer:
             interval_sec=lambda: self.policy.interval_sec,
             armed=lambda: self.auto_tag is not None and not self.closed,
         )
-        self._superseded_checked = False
-        self._resumed_step: int | None = None
-        # Refuse a second live process before anything on disk changes (RunLockedError), then clean up after a
-        # crash of the previous one.
-        self.run_start: RunStart | None = self.recorder.begin(
-            step=0, has_checkpoints=bool(self.store.checkpoints())
-        )
-        self.store.mark_managed()
-        self.store.recover_staging()
-        self.store.empty_trash()
         self.mirror: RemoteMirror | None = None
-        if self.remote.enabled:
-            self.mirror = RemoteMirror(self.remote, self.output_dir, local_max_keep=options.max_keep)
-            self.tail.mirror = self.mirror  # every commit is handed to it by the save tail
-            self.mirror.catch_up()  # an upload the previous process could not finish
+        self.run_start: RunStart | None = self._open_output_dir()
         self._atexit_hook = self._close_at_exit
         atexit.register(self._atexit_hook)
+
+    def _open_output_dir(self) -> RunStart | None:
+        """Refuse a second live process before anything on disk changes (``RunLockedError``, on every rank),
+        clean up after a crash of the previous one (rank 0), and share how that one ended with every rank."""
+        refused: RunLockedError | None = None
+        start = None
+        try:
+            start = self.recorder.begin(step=0, has_checkpoints=bool(self.store.checkpoints()))
+        except RunLockedError as e:
+            refused = e
+        if self.ranks.any(refused is not None):
+            raise refused or RunLockedError(
+                f"{self.output_dir} is in use by another training run (see rank 0)"
+            )
+        if self.ranks.is_main:
+            self.store.mark_managed()
+            self.store.recover_staging()
+            self.store.empty_trash()
+            if self.remote.enabled:
+                self.mirror = RemoteMirror(self.remote, self.output_dir, local_max_keep=self.options.max_keep)
+                self.tail.mirror = self.mirror  # every commit is handed to it by the save tail
+                self.mirror.catch_up()  # an upload the previous process could not finish
+        start = self.ranks.share(start)
+        self.ranks.setup()
+        return start
 
     # ---- registration ----------------------------------------------------------------------------------------
     def register(self, model, tokenizer=None, optimizer=None, scheduler=None, **extra) -> None:
@@ -164,21 +181,33 @@ class LoopCheckpointer:
 
     # ---- safe points -------------------------------------------------------------------------------------------
     def safe_point(self) -> bool:
+        """Agree with the other ranks (if any) on a stop signal and on a due save, then act on it."""
         now = self.clock()
         self.stall_watch.safe_point(now)
         self.recorder.heartbeat(self.global_step)
-        signum = self.watcher.triggered if self.watcher is not None else None
-        if signum is not None:
-            self.stop_on_signal(signum)
-        if self.auto_tag is not None and self.policy.is_due(now):
+        local = StepFlags(
+            save_due=int(self.auto_tag is not None and self.policy.is_due(now)),
+            signal=(self.watcher.triggered or 0) if self.watcher is not None else 0,
+        )
+        try:
+            agreed = self.ranks.agree(local, step=self.global_step)
+        except PeerLostError as e:
+            self.exit_after_peer_loss(e, local.signal)
+        if agreed.signal:
+            self.stop_on_signal(agreed.signal)
+        if agreed.save_due and self.auto_tag is not None:
             return (
                 self.save(tag=self.auto_tag, reason="interval", pinned=False, raise_errors=False) is not None
             )
         return False
 
     def stop_on_signal(self, signum: int) -> None:
-        """Commit a checkpoint of the current (consistent) state, release the lease, exit with 128 + signum."""
+        """Commit a checkpoint of the current (consistent) state, release the lease, exit with 128 + signum
+        (on every rank: a signal on one rank stops all of them at the same step)."""
         code = exit_code_for_signal(signum)
+        if self.watcher is not None and self.watcher.triggered is None:
+            # Another rank got the signal: this rank saves with it and exits the same way.
+            self.watcher.notify(signum, f"{signal_name(signum)} (on another rank)", quiet=True)
         logger.warning(
             "%s received: saving step %d, then exiting with code %d",
             signal_name(signum),
@@ -189,7 +218,18 @@ class LoopCheckpointer:
         if self.model is not None:
             self.save(tag=None, reason=f"signal:{signal_name(signum)}", pinned=False, raise_errors=False)
         self.close("signal", detail=signal_name(signum))
+        if self.ranks.active:
+            # No rank exits before rank 0 released the lease: a launcher stops the others once one exits.
+            self.ranks.barrier()
         raise SystemExit(code)
+
+    def exit_after_peer_loss(self, error: Exception, local_signal: int) -> None:
+        """A peer rank is gone (killed, crashed): no collective save is possible, so exit; the last committed
+        checkpoint stays the resume point."""
+        code = exit_code_for_signal(local_signal) if local_signal else 1
+        logger.error("%s. No collective save is possible; exiting with code %d.", error, code)
+        self.close("exception", detail="a peer rank is gone")
+        raise SystemExit(code) from error
 
     def arm(self, model=None, tokenizer=None, tag: str = "auto") -> None:
         """Start time-based saving (``start_auto_save``); see ``RollingCheckpointManager.start_auto_save``."""
@@ -252,111 +292,13 @@ class LoopCheckpointer:
         if self.regions.inside():
             raise RuntimeError("cannot save inside this thread's own `with unsafe():` block")
         with self.regions.lock:
-            return self._save_locked(tag, reason, pinned, raise_errors)
-
-    def _save_locked(self, tag: str | None, reason: str, pinned: bool, raise_errors: bool) -> Path | None:
-        step = self.global_step
-        existing = self.store.path_for_step(step)
-        if is_committed(existing) and (not pinned or self.store.is_pinned(existing)):
-            logger.debug("step %d is already committed in %s; nothing new to save", step, existing)
-            self.policy.start(self.clock())
-            self.last_checkpoint = existing
-            return existing
-        self._set_aside_superseded(step)
-        started = self.clock()
-        staged = None
-        try:
-            staged = self.store.fresh_staging(step)
-            save_training_state(
-                staged,
-                model=self.model,
-                tokenizer=self.tokenizer,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                extra=self.extra,
-                loop_state={"step": step, "user": self.user_state, "tag": tag, "reason": reason},
-            )
-            written = self.clock()
-            meta = {
-                "tag": tag,
-                PIN_META_KEY: pinned,
-                "writer": "aegis-ckpt loop",
-                "epoch": self.user_state.get("epoch"),
-            }
-            manifest = commit_checkpoint(
-                staged, step=step, reason=reason, meta=meta, sha256=self.recorder.sha256
-            )
-            committed = self.clock()
-            final = self.store.publish(staged, step)
-        except Exception as e:
-            self.tail.failed(step=step, reason=reason, error=e, leftover=staged, log=not raise_errors)
-            self.policy.start(self.clock())
-            if raise_errors:
-                raise CommitError(f"checkpoint of step {step} was not committed: {e}") from e
-            return None
-        finished = self.clock()
-        self.tail.committed(
-            final,
-            manifest,
-            reason=reason,
-            write_sec=written - started,
-            commit_sec=committed - written,
-            duration_sec=finished - started,
-            tag=tag,
-            pinned=pinned,
-        )
-        self.policy.record_save(started=started, finished=finished, size_bytes=manifest.total_bytes)
-        self.last_checkpoint = final
-        return final
-
-    def _set_aside_superseded(self, step: int) -> None:
-        """Checkpoints beyond the current step belong to another timeline (resume() not called, or resumed from an
-        older one): retention would count them as newest and delete the new saves, so move them aside."""
-        later = [e for e in self.store.checkpoints() if e.step > step]
-        if not later:
-            return
-        if not self._superseded_checked and self.resumed_from is None:
-            logger.warning(
-                "Saving step %d while %s holds checkpoints up to step %d: did you forget resume()? They are moved "
-                "to .aegis/quarantine/ (not deleted).",
-                step,
-                self.output_dir,
-                later[-1].step,
-            )
-        self._superseded_checked = True
-        self.tail.set_aside_later(step, f"superseded: the loop saved step {step}, before this checkpoint")
+            return savepath.save_locked(self, tag, reason, pinned, raise_errors)
 
     # ---- resume ------------------------------------------------------------------------------------------------
     def resume(self, *, restore_rng: bool = True) -> dict[str, Any] | None:
         """Restore the newest intact checkpoint into the registered objects; returns the loop state or None."""
         self._require_model()
-        report = scan_checkpoints(
-            self.output_dir, verify=self.options.verify, allow_unverified=self.options.allow_unverified
-        )
-        chosen_name = report.chosen
-        if self.remote.enabled:
-            chosen_name = newer_remote_copy(self.output_dir, chosen_name, self.remote)
-        if chosen_name is None:
-            logger.info("No intact checkpoint in %s: starting from scratch", self.output_dir)
-            return None
-        chosen = Path(chosen_name)
-        state = load_training_state(
-            chosen,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            extra=self.extra,
-            restore_rng=restore_rng,
-        )
-        self.global_step = int(state["step"])
-        self.user_state = dict(state.get("user") or {})
-        self.resumed_from = self.last_checkpoint = chosen
-        self._resumed_step = self.global_step
-        self.recorder.resumed(step=self.global_step, checkpoint=chosen, verify_sec=report.seconds)
-        logger.info(
-            "Resumed from %s (step %d, %s verification)", chosen, self.global_step, self.options.verify
-        )
-        return self.loop_state()
+        return resumepath.resume(self, restore_rng=restore_rng)
 
     # ---- end ---------------------------------------------------------------------------------------------------
     @property
@@ -365,13 +307,14 @@ class LoopCheckpointer:
 
     def finish(self) -> Path:
         """Commit the final state, write the completion marker, release the lease."""
-        if self.is_finished and self.resumed_from is not None and self.global_step == self._resumed_step:
+        if self.is_finished and self.resumed_from is not None and self.global_step == self.resumed_step:
             # Started again after it had finished, and nothing was trained since: nothing to record either.
             logger.info("Nothing to do: the run had already finished at step %d", self.global_step)
             self.close("finished")
             return self.resumed_from
         path = self.save_or_raise(tag="final", reason="final", pinned=False)
-        mark_completed(self.output_dir, step=self.global_step, checkpoint=os.fspath(path))
+        if self.ranks.is_main:
+            mark_completed(self.output_dir, step=self.global_step, checkpoint=os.fspath(path))
         self.recorder.finished(step=self.global_step, checkpoint=path)
         logger.info("Training complete at step %d: %s", self.global_step, path)
         self.close("finished")
@@ -393,6 +336,7 @@ class LoopCheckpointer:
         if self.mirror is not None:
             self.mirror.close(self.remote.flush_timeout_sec)  # bounded wait for the last upload
         self.recorder.end(kind, step=self.global_step, detail=detail)
+        self.ranks.close()
         atexit.unregister(self._atexit_hook)
 
     def _close_at_exit(self) -> None:

@@ -9,18 +9,17 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 from ..options import CheckpointOptions
 from ..policy import SavePolicy
-from ..runstate.start import RunStart
 from .emergency import LOOP_STOP_SIGNALS, EmergencyCheckpointManager
+from .facade import DEFAULT_INTERVAL_SEC, DEFAULT_MAX_KEEP, LoopFacade
 from .rolling import RollingCheckpointManager
 
 logger = logging.getLogger(__name__)
 
 
-class EnhancedAutoCheckpointManager:
+class EnhancedAutoCheckpointManager(LoopFacade):
     """Rolling and emergency checkpoints together, with resume on start and power-loss detection: the
     walk-away API for a custom loop.
 
@@ -55,8 +54,8 @@ class EnhancedAutoCheckpointManager:
     def __init__(
         self,
         base_dir: str | os.PathLike,
-        max_keep: int = 5,
-        save_interval_sec: float = 180.0,
+        max_keep: int = DEFAULT_MAX_KEEP,
+        save_interval_sec: float = DEFAULT_INTERVAL_SEC,
         *,
         keep_tagged: bool = True,
         adaptive: bool = False,
@@ -102,25 +101,9 @@ class EnhancedAutoCheckpointManager:
         return state
 
     @property
-    def run_start(self) -> RunStart | None:
-        return self._engine.run_start
-
-    @property
     def is_finished(self) -> bool:
         """True when this run had already finished before this process started."""
         return self._engine.is_finished
-
-    def step(self, global_step: int | None = None, **values: Any) -> bool:
-        return self.rolling.step(global_step, **values)
-
-    def update(self, **values: Any) -> None:
-        self.rolling.update(**values)
-
-    def unsafe(self):
-        return self.rolling.unsafe()
-
-    def save_checkpoint(self, tag: str = "manual", *, keep: bool | None = None) -> Path:
-        return self.rolling.save_checkpoint(tag, keep=keep)
 
     def finish(self) -> Path:
         self.emergency.uninstall()
@@ -129,14 +112,6 @@ class EnhancedAutoCheckpointManager:
     def close(self) -> None:
         self.emergency.uninstall()
         self.rolling.close()
-
-    @property
-    def global_step(self) -> int:
-        return self.rolling.global_step
-
-    @property
-    def last_checkpoint(self) -> Path | None:
-        return self.rolling.last_checkpoint
 
     def __enter__(self) -> EnhancedAutoCheckpointManager:
         self._block = ExitStack()

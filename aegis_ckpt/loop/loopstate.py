@@ -7,7 +7,9 @@ Files inside ``checkpoint-<step>`` (names shared with the Trainer where the cont
     tokenizer.json, tokenizer_config.json  the tokenizer, so the folder is a usable model folder
     optimizer.pt, scheduler.pt             ``state_dict()`` of each
     extra_state.pt                         ``state_dict()`` of every object registered by name (GradScaler, ...)
-    rng_state.pth                          python, numpy, torch CPU and (when present) CUDA generators
+    rng_state.pth                          python, numpy, torch CPU and (when present) CUDA generators; under
+                                           torch.distributed one per rank, ``rng_state_<rank>.pth``, each
+                                           written by its own rank (``save_rank_state``)
     aegis_loop_state.json                  step, epoch and the loop's own JSON values
 
 Everything is loaded with ``torch.load(weights_only=True)``: a checkpoint cannot run code when it is read.
@@ -30,8 +32,8 @@ from ..storage.layout import (
     MODEL_INDEX,
     MODEL_WEIGHTS,
     OPTIMIZER_NAME,
-    RNG_STATE_NAME,
     SCHEDULER_NAME,
+    rng_file_name,
 )
 
 EXTRA_STATE_NAME = "extra_state.pt"
@@ -67,7 +69,36 @@ def save_training_state(
     extra: dict[str, Any] | None = None,
     loop_state: dict[str, Any],
 ) -> None:
-    """Write everything into ``folder`` (which the caller then commits)."""
+    """Write everything into ``folder`` (which the caller then commits): one process's whole checkpoint."""
+    save_shared_state(
+        folder,
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        extra=extra,
+        loop_state=loop_state,
+    )
+    save_rank_state(folder, rank=0, world_size=1)
+
+
+def save_rank_state(folder: str | os.PathLike, *, rank: int, world_size: int) -> None:
+    """Write this rank's own files: its generators (``rng_state.pth``, or ``rng_state_<rank>.pth`` among
+    several ranks: each rank draws its own dropout and data noise, so each restores its own stream)."""
+    torch.save(capture_plain_rng_state(), Path(folder) / rng_file_name(world_size, rank))
+
+
+def save_shared_state(
+    folder: str | os.PathLike,
+    *,
+    model,
+    tokenizer=None,
+    optimizer=None,
+    scheduler=None,
+    extra: dict[str, Any] | None = None,
+    loop_state: dict[str, Any],
+) -> None:
+    """Write what all ranks share (replicated weights, optimizer, loop state): rank 0 writes it."""
     folder = Path(folder)
     inner = _unwrap(model)
     if hasattr(inner, "save_pretrained"):
@@ -84,7 +115,6 @@ def save_training_state(
         torch.save(scheduler.state_dict(), folder / SCHEDULER_NAME)
     if extra:
         torch.save({name: obj.state_dict() for name, obj in extra.items()}, folder / EXTRA_STATE_NAME)
-    torch.save(capture_plain_rng_state(), folder / RNG_STATE_NAME)
     body = {"format": LOOP_STATE_FORMAT, "version": 1, **loop_state}
     fsio.write_bytes(
         folder / LOOP_STATE_NAME, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8")
@@ -157,8 +187,11 @@ def load_training_state(
     scheduler=None,
     extra: dict[str, Any] | None = None,
     restore_rng: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
-    """Load a checkpoint into the live objects; returns the loop state (``step``, ``epoch``, ``user``)."""
+    """Load a checkpoint into the live objects; returns the loop state (``step``, ``epoch``, ``user``). Every
+    rank loads the shared files and its own ``rng_state_<rank>.pth``."""
     folder = Path(folder)
     loop_state = read_loop_state(folder)
     expected = [(optimizer, OPTIMIZER_NAME), (scheduler, SCHEDULER_NAME)]
@@ -182,6 +215,12 @@ def load_training_state(
             )
         for name, obj in extra.items():
             obj.load_state_dict(saved[name])
-    if restore_rng and (folder / RNG_STATE_NAME).is_file():
-        restore_plain_rng_state(_torch_load(folder / RNG_STATE_NAME))
+    if restore_rng:
+        rng_file = folder / rng_file_name(world_size, rank)
+        if rng_file.is_file():
+            restore_plain_rng_state(_torch_load(rng_file))
+        elif world_size > 1:
+            raise RestoreError(
+                f"{folder} has no {rng_file.name}: rank {rank} cannot continue its own streams"
+            )
     return loop_state

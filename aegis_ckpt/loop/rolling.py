@@ -9,13 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..options import CheckpointOptions, RemoteOptions
+from ..options import CheckpointOptions
 from ..policy import SavePolicy
-from ..runstate.start import RunStart
-from .engine import LoopCheckpointer
+from .facade import DEFAULT_INTERVAL_SEC, DEFAULT_MAX_KEEP, LoopFacade, build_engine
 
 
-class RollingCheckpointManager:
+class RollingCheckpointManager(LoopFacade):
     """Time-based rolling checkpoints for a custom PyTorch loop.
 
     Args:
@@ -61,8 +60,8 @@ class RollingCheckpointManager:
     def __init__(
         self,
         base_dir: str | os.PathLike,
-        max_keep: int = 5,
-        save_interval_sec: float = 180.0,
+        max_keep: int = DEFAULT_MAX_KEEP,
+        save_interval_sec: float = DEFAULT_INTERVAL_SEC,
         *,
         keep_tagged: bool = True,
         adaptive: bool = False,
@@ -73,15 +72,18 @@ class RollingCheckpointManager:
         remote_max_keep: int | None = None,
         remote_options: dict | None = None,
     ):
-        remote = RemoteOptions(url=remote_url, max_keep=remote_max_keep, options=remote_options or {})
-        if options is None:
-            options = CheckpointOptions(
-                max_keep=max_keep, save_interval_sec=save_interval_sec, adaptive=adaptive
-            )
-        elif (max_keep, save_interval_sec, adaptive) != (5, 180.0, False):
-            raise TypeError("pass either options= or max_keep/save_interval_sec/adaptive, not both")
-        self._engine = LoopCheckpointer(
-            base_dir, options, keep_tagged=keep_tagged, policy=policy, clock=clock, remote=remote
+        self._engine = build_engine(
+            base_dir,
+            max_keep=max_keep,
+            save_interval_sec=save_interval_sec,
+            keep_tagged=keep_tagged,
+            adaptive=adaptive,
+            options=options,
+            policy=policy,
+            clock=clock,
+            remote_url=remote_url,
+            remote_max_keep=remote_max_keep,
+            remote_options=remote_options,
         )
 
     # ---- registration ----------------------------------------------------------------------------------------
@@ -109,27 +111,6 @@ class RollingCheckpointManager:
 
     def stop_auto_save(self) -> None:
         self._engine.disarm()
-
-    def step(self, global_step: int | None = None, **values: Any) -> bool:
-        """Call after each optimizer step: a safe point. ``global_step`` defaults to the previous one + 1;
-        ``values`` (JSON: epoch, data position, ...) are saved with the checkpoints and returned by ``resume()``.
-        Saves when one is due, and after a stop signal saves and exits. Returns True when it committed one."""
-        return self._engine.step(global_step, **values)
-
-    def update(self, **values: Any) -> None:
-        """Set loop values saved with the checkpoints, without a safe point."""
-        self._engine.update(**values)
-
-    def unsafe(self):
-        """Context manager around code that changes the state (``optimizer.step()``, counters): no save sees it
-        half done, a save from another thread waits for it, and its end is a safe point."""
-        return self._engine.unsafe()
-
-    def save_checkpoint(self, tag: str = "manual", *, keep: bool | None = None) -> Path:
-        """Save and commit now (call it where the state is consistent, e.g. after an epoch). A tagged save is kept
-        outside the rolling window unless ``keep=False`` (or ``keep_tagged=False``). Returns the folder; raises
-        ``CommitError`` if it could not be committed."""
-        return self._engine.save_now(tag, keep=keep)
 
     # ---- resuming ----------------------------------------------------------------------------------------------
     def load_latest(self, *, restore_rng: bool = True) -> dict[str, Any] | None:
@@ -164,22 +145,9 @@ class RollingCheckpointManager:
         return self._engine.output_dir
 
     @property
-    def global_step(self) -> int:
-        return self._engine.global_step
-
-    @property
     def state(self) -> dict[str, Any]:
         return self._engine.loop_state()
 
     @property
-    def last_checkpoint(self) -> Path | None:
-        return self._engine.last_checkpoint
-
-    @property
     def interval_sec(self) -> float:
         return self._engine.policy.interval_sec
-
-    @property
-    def run_start(self) -> RunStart | None:
-        """How the previous process on this directory ended (fresh, clean stop, crash, power loss, finished)."""
-        return self._engine.run_start

@@ -1,5 +1,5 @@
 """What the remote holds: its ``checkpoint-<step>/`` folders, which of them are committed (manifest present),
-and remote retention.
+the files of one remote folder with their sizes, and remote retention. Every listing of the remote is here.
 
 Retention keeps the newest ``keep`` committed copies and always the newest one (and whatever the caller
 protects, e.g. the copy it just uploaded). A copy is deleted manifest first, so a deletion cut short leaves a
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..storage.commit import Manifest
 from ..storage.layout import MANIFEST_NAME, parse_checkpoint_step
-from .location import RemoteLocation, describe_error
+from .location import RemoteLocation, describe_error, with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,28 @@ def list_remote(location: RemoteLocation) -> list[RemoteEntry]:
         RemoteEntry(step, path, f"{path}/{MANIFEST_NAME}" in manifests)
         for step, path in sorted(folders.items())
     ]
+
+
+def remote_files(
+    location: RemoteLocation,
+    remote_dir: str,
+    *,
+    attempts: int = 5,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> dict[str, int | None]:
+    """``{relative name: size}`` of every file under ``remote_dir`` as the remote lists it now (no cached
+    listing; an absent folder: none). Used to check what an upload left there before its manifest goes up."""
+    location.refresh()
+    try:
+        found = with_retries(
+            lambda: location.fs.find(remote_dir, detail=True),
+            attempts=attempts,
+            on_retry=on_retry,
+            what=f"list {remote_dir}",
+        )
+    except FileNotFoundError:
+        return {}
+    return {path[len(remote_dir) + 1 :]: info.get("size") for path, info in found.items()}
 
 
 def read_remote_manifest(location: RemoteLocation, entry: RemoteEntry) -> tuple[Manifest, bytes]:

@@ -16,11 +16,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
-from ..storage import commit
-from ..storage.commit import atomic_write_bytes, verify_checkpoint
-from ..storage.layout import MANIFEST_NAME
+from ..storage import commit, fsio
+from ..storage.commit import atomic_write_bytes, read_manifest, verify_checkpoint
+from ..storage.layout import FINAL_MODEL_DIR, MANIFEST_NAME
 from ..storage.store import CheckpointStore
 from .catalog import RemoteEntry, list_remote, read_remote_manifest
+from .finalmodel import final_model_path, read_final_marker
 from .location import RemoteError, RemoteLocation, describe_error, with_retries
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,10 @@ def download_checkpoint(
     *,
     workers: int = 4,
     attempts: int = 5,
+    final_model: bool = False,
 ) -> Path:
-    """Download, verify and publish one remote copy; returns the local ``checkpoint-<step>`` folder.
+    """Download, verify and publish one remote copy; returns the local ``checkpoint-<step>`` folder
+    (``final_model``: the remote final model, published as ``final_model/``).
 
     Raises:
         RemoteError: the copy is refused (no or damaged manifest, unsafe names, a file that does not verify) or
@@ -66,14 +69,19 @@ def download_checkpoint(
     except Exception as e:
         raise RemoteError(f"remote {entry.path}: unusable manifest ({describe_error(e)})") from e
     store.aegis_dir.mkdir(parents=True, exist_ok=True)
-    staging = store.fresh_staging(entry.step)
+    if final_model:
+        staging = store.final_model_staging()
+        fsio.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    else:
+        staging = store.fresh_staging(entry.step)
     try:
         _fetch_files(location, entry, staging, names, workers=workers, attempts=attempts)
         atomic_write_bytes(staging / MANIFEST_NAME, raw)  # last, as in a local commit
         result = verify_checkpoint(staging, full=True)
         if not result.ok:
             raise RemoteError(f"remote {entry.path} does not verify: {result.summary()}")
-        folder = store.publish(staging, entry.step)
+        folder = store.publish_final_model(staging) if final_model else store.publish(staging, entry.step)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(e, RemoteError) or not isinstance(e, Exception):
@@ -137,11 +145,38 @@ def pull_newest(
             reason = "no manifest (its upload did not finish)"
         else:
             try:
-                return download_checkpoint(
-                    location, entry, store, workers=workers, attempts=attempts
-                ), skipped
+                folder = download_checkpoint(location, entry, store, workers=workers, attempts=attempts)
             except RemoteError as e:
                 reason = str(e)
+            else:
+                pull_final_model(location, store, step=entry.step, workers=workers, attempts=attempts)
+                return folder, skipped
         logger.warning("Skipping remote checkpoint-%d: %s", entry.step, reason)
         skipped.append((entry.step, reason))
     return None, skipped
+
+
+def pull_final_model(
+    location: RemoteLocation, store: CheckpointStore, *, step: int, workers: int = 4, attempts: int = 5
+) -> Path | None:
+    """Fetch the remote final model when the run finished at ``step`` (its completion marker says so) and the
+    local one is not that one already; verified and published like a checkpoint. Best effort: a failure is
+    logged and the checkpoint stays what was asked for. Returns the local ``final_model/`` or None."""
+    try:
+        marker = read_final_marker(location)
+        if marker is None or marker["step"] != step:
+            return None
+        local = store.output_dir / FINAL_MODEL_DIR
+        if (local / MANIFEST_NAME).is_file():
+            try:
+                if read_manifest(local).step == step and verify_checkpoint(local, full=False).ok:
+                    return local
+            except (OSError, ValueError):
+                pass
+        entry = RemoteEntry(step, final_model_path(location), True)
+        return download_checkpoint(
+            location, entry, store, workers=workers, attempts=attempts, final_model=True
+        )
+    except Exception as e:  # noqa: BLE001 - the checkpoint was the request; the final model comes on top
+        logger.warning("Could not fetch the final model from %s: %s", location.url, describe_error(e))
+        return None

@@ -28,7 +28,7 @@ from ..storage.layout import AEGIS_DIR, parse_checkpoint_step
 from ..storage.store import CheckpointStore
 from .catalog import list_remote, prune_remote
 from .location import RemoteLocation, describe_error
-from .upload import upload_checkpoint
+from .upload import UploadResult, upload_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +128,13 @@ class RemoteMirror:
         with self._cond:
             self._wake = True
             self._cond.notify_all()
-            while self._thread is not None and (self._pending or self._current or self._catch_up):
+            self._flush_requested()
+            while self._thread is not None and self._busy():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
                 self._cond.wait(timeout=left)
-            done = not (self._pending or self._current or self._catch_up)
+            done = not self._busy()
         if not done:
             logger.warning(
                 "Remote %s: %d upload(s) still pending after %.0f s; the local checkpoints stay the resume point "
@@ -153,6 +154,19 @@ class RemoteMirror:
         self._write_status()
         return done
 
+    def _busy(self) -> bool:
+        return bool(self._pending or self._current or self._catch_up or self._extra_due())
+
+    # Hooks for mirrors that have more to do than upload checkpoints (``nodemirror``); called holding _cond.
+    def _extra_due(self) -> bool:
+        return False
+
+    def _flush_requested(self) -> None:
+        """A flush begins: work held back after a failure should be tried again now."""
+
+    def _do_extra(self) -> None:
+        """Called by the worker (not holding _cond) when ``_extra_due`` said so."""
+
     def _start_locked(self) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="aegis-remote-mirror", daemon=True)
@@ -163,11 +177,19 @@ class RemoteMirror:
         delay = RETRY_FIRST_SEC
         while True:
             with self._cond:
-                while not self._closed and self._pending is None and not self._catch_up:
+                while (
+                    not self._closed
+                    and self._pending is None
+                    and not self._catch_up
+                    and not self._extra_due()
+                ):
                     self._cond.wait()
                 if self._closed:  # close() already waited (bounded); what is left goes up with the next run
                     return
+                extra = self._extra_due()
                 catch_up, self._catch_up = self._catch_up, False
+            if extra:
+                self._do_extra()
             if catch_up and not self._queue_missing_newest():
                 continue
             with self._cond:
@@ -223,21 +245,30 @@ class RemoteMirror:
                 self._pending = newest.path
         return True
 
+    def _send(self, folder: Path) -> UploadResult:
+        """Upload one committed folder (``nodemirror`` sends a node's share of it instead)."""
+        return upload_checkpoint(
+            self.location,
+            folder,
+            workers=self.options.upload_workers,
+            attempts=self.options.attempts,
+            on_retry=lambda error: self._trouble(folder, error, retrying=True),
+        )
+
     def _upload(self, folder: Path) -> bool:
         try:
-            result = upload_checkpoint(
-                self.location,
-                folder,
-                workers=self.options.upload_workers,
-                attempts=self.options.attempts,
-                on_retry=lambda error: self._trouble(folder, error, retrying=True),
-            )
+            result = self._send(folder)
         except FileNotFoundError:
             logger.info("Not uploading %s: it was removed locally before its upload finished", folder.name)
             return True
         except Exception as e:  # noqa: BLE001 - an upload failure must never reach the training loop
             self._trouble(folder, e, retrying=False)
             return False
+        self._uploaded(folder, result)
+        return True
+
+    def _uploaded(self, folder: Path, result: UploadResult) -> None:
+        """A checkpoint is on the remote with its manifest: say so, record it, apply remote retention."""
         if self._failing:
             logger.warning("Remote %s answers again: %s uploaded", self.location.url, folder.name)
         else:
@@ -249,20 +280,23 @@ class RemoteMirror:
                 result.seconds,
             )
         self._failing = False
+        self._record_remote(result.step)
+
+    def _record_remote(self, step: int) -> None:
+        """``step`` is committed on the remote: record it and apply remote retention."""
         with self._status_lock:
             newest = self._status.get("newest_remote_step")
             self._status.update(
-                newest_remote_step=max(result.step, newest) if isinstance(newest, int) else result.step,
+                newest_remote_step=max(step, newest) if isinstance(newest, int) else step,
                 last_upload_unix=time.time(),
                 uploads=int(self._status.get("uploads") or 0) + 1,
             )
         try:
-            prune_remote(self.location, self.keep, protect={result.step})
+            prune_remote(self.location, self.keep, protect={step})
         except Exception as e:  # noqa: BLE001 - retention is retried after the next upload
             logger.warning(
                 "Remote retention of %s failed (%s); will retry later", self.location.url, describe_error(e)
             )
-        return True
 
     def _trouble(self, folder: Path, error: BaseException, *, retrying: bool) -> None:
         """An upload attempt failed: record it; say so once per outage (one WARNING line), not per retry."""

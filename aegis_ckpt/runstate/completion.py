@@ -35,3 +35,12 @@ def mark_completed(output_dir: str | os.PathLike, *, step: int, checkpoint: str 
 def read_completion(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The completion record, or None when the run has not finished (or the record is unreadable)."""
     return read_json_record(completion_path(output_dir))
+
+
+def withdraw_completion(output_dir: str | os.PathLike) -> None:
+    """Remove the record durably when a finished run is continued to a higher step: until that run ends, the
+    directory holds an unfinished run again (status, preflight and the next start must say so), and the end of
+    the continuation writes a new record."""
+    path = completion_path(output_dir)
+    fsio.unlink(path, missing_ok=True)
+    fsio.fsync_dir(path.parent)

@@ -94,10 +94,13 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, *, durable: bool = True, mode: int | None = None
+) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the complete new one, also after a
     power cut: temp file, flush, rename, flush of the folder. ``durable=False`` skips both flushes (the rename is
-    still atomic for readers of a running system; a power cut may lose the file)."""
+    still atomic for readers of a running system; a power cut may lose the file). ``mode`` (e.g. ``0o755`` for a
+    script) is set before the rename, so the file never appears without it."""
     path = Path(path)
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
     with open(tmp, "wb") as f:
@@ -105,6 +108,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = 
         f.flush()
         if durable:
             fsync_fd(f.fileno())
+    if mode is not None:
+        os.chmod(tmp, mode)
     replace(tmp, path)
     if durable:
         fsync_dir(path.parent)

@@ -6,6 +6,7 @@ An output directory::
     checkpoint-<step>/            a checkpoint in the Trainer's layout; counts only with a valid manifest
         aegis_manifest.json       sizes and checksums of every file, written last (storage.commit)
     final_model/                  the exported model of a finished ``aegis-ckpt train`` run
+    logs/                         the launchers' log files (auto_train.sh/.bat), unless given another folder
     .aegis/
         store.json                marks the directory as managed by aegis-ckpt
         staging/step-<n>/         checkpoints being written; published into place by one rename
@@ -32,6 +33,7 @@ from . import fsio
 CHECKPOINT_PREFIX = "checkpoint"
 MANIFEST_NAME = "aegis_manifest.json"
 FINAL_MODEL_DIR = "final_model"
+LAUNCHER_LOGS_DIR = "logs"
 AEGIS_DIR = ".aegis"
 STORE_MARKER = "store.json"
 STAGING_DIR = "staging"

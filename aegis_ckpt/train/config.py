@@ -346,3 +346,18 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{path}: the config must be a YAML mapping")
         raw = apply_overrides(raw, overrides)
     return parse_config(raw, source=str(path), base_dir=path.resolve().parent)
+
+
+def read_output_dir(path: str | os.PathLike) -> Path:
+    """``training.output_dir`` of a config file by the same rules (``${VAR}``, relative to the file), without
+    validating the rest, which imports transformers: the launchers ask for it on every start, right before the
+    preflight validates the whole config. ``ConfigError`` when it cannot be read."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        value = expand_env(raw["training"]["output_dir"], "training.output_dir")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise ConfigError(f"cannot read training.output_dir from {path}: {type(e).__name__}") from None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"training.output_dir of {path} is not a path")
+    return Path(_resolve(path.resolve().parent, value))

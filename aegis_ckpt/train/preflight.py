@@ -297,6 +297,28 @@ def check_gpu(cfg: TrainConfig) -> CheckResult:
     return CheckResult("gpu", OK, listing)
 
 
+def check_completion(cfg: TrainConfig, done: dict[str, Any]) -> tuple[bool, CheckResult]:
+    """(already finished?, the report line) for a run with a completion record: finished unless the config's
+    last step is above the finished one (``training.max_steps`` or ``num_train_epochs`` raised), in which case
+    ``aegis-ckpt train`` continues it (``runstate.continuation``)."""
+    from ..runstate.continuation import weigh_completion
+
+    run = weigh_completion(
+        done,
+        max_steps=cfg.training.get("max_steps", -1),
+        num_train_epochs=cfg.training.get("num_train_epochs", 3.0),  # TrainingArguments' default
+    )
+    step = done.get("step")
+    if run.finished:
+        when = done.get("finished_at", "time unknown")
+        text = f"already finished at step {step} ({when}); raise training.max_steps to train further"
+    elif run.continues:
+        text = f"finished at step {step} before; the last step is now {run.target}: training continues"
+    else:
+        text = f"finished at step {step} before with another num_train_epochs: training decides what is left"
+    return run.finished, CheckResult("completion", OK, text)
+
+
 def run_preflight(cfg: TrainConfig) -> PreflightReport:
     """Run every check and report them all (one refusal does not hide another)."""
     from ..runstate.completion import read_completion
@@ -304,16 +326,11 @@ def run_preflight(cfg: TrainConfig) -> PreflightReport:
     report = PreflightReport()
     done = read_completion(cfg.output_dir)
     if done is not None:
-        report.already_finished = done
-        report.checks.append(
-            CheckResult(
-                "completion",
-                OK,
-                f"already finished at step {done.get('step')} ({done.get('finished_at', 'time unknown')}); "
-                f"delete {cfg.output_dir / '.aegis' / 'completed.json'} to train again",
-            )
-        )
-        return report
+        finished, line = check_completion(cfg, done)
+        report.checks.append(line)
+        if finished:
+            report.already_finished = done
+            return report
     try:
         check_output_dir(cfg.output_dir)
         report.checks.append(CheckResult("output dir", OK, f"{cfg.output_dir} is writable"))

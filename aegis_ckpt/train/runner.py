@@ -19,8 +19,10 @@ from .. import distributed
 from ..cluster.nodes import find_common_resume_checkpoint, node_local_checkpoints, write_node_model_copy
 from ..errors import ConfigError
 from ..options import CheckpointOptions
+from ..remote.finalmodel import mirror_final_model
 from ..resume import find_resume_checkpoint
 from ..runstate.completion import mark_completed, read_completion
+from ..runstate.continuation import weigh_completion
 from ..runstate.lease import holding_run_lock
 from ..runstate.saves import SaveTail
 from ..storage import fsio
@@ -127,19 +129,24 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
 
 def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> TrainResult:
-    done = read_completion(output_dir)
-    if done is not None:
-        final = output_dir / FINAL_MODEL_DIR
-        return TrainResult(
-            "already_finished", int(done.get("step", 0)), output_dir, final if final.is_dir() else None
-        )
-
     from transformers import HfArgumentParser, TrainingArguments, set_seed
 
     try:  # the training section is parsed the way transformers parses its own argument files
         (args,) = HfArgumentParser(TrainingArguments).parse_dict(cfg.training)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: {e}") from e
+    done = read_completion(output_dir)
+    # A raised max_steps (or num_train_epochs) continues a finished run; the Trainer's entry says so in the log.
+    if (
+        done is not None
+        and weigh_completion(done, max_steps=args.max_steps, num_train_epochs=args.num_train_epochs).finished
+    ):
+        final = output_dir / FINAL_MODEL_DIR
+        if _is_main_launcher_rank():  # an upload of the final model that the finished run could not complete
+            mirror_final_model(cfg.remote, final, only_if_missing=True)
+        return TrainResult(
+            "already_finished", int(done.get("step", 0)), output_dir, final if final.is_dir() else None
+        )
     set_seed(args.seed)
     texts = read_texts(cfg.data)
     tokenizer = build_tokenizer(cfg.tokenizer, cfg.model, texts, output_dir)
@@ -172,6 +179,8 @@ def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> Tr
     if trainer.args.should_save:  # only once final_model/ is durable
         newest = store.committed()
         mark_completed(output_dir, step=step, checkpoint=str(newest[-1].path) if newest else None)
+    if trainer.args.process_index == 0:  # the remote copy of the final model, its completion marker last
+        mirror_final_model(cfg.remote, final)
     return TrainResult("finished", step, output_dir, final, resume, time.perf_counter() - started)
 
 

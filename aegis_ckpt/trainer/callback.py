@@ -7,8 +7,7 @@ afterwards (``store``). It commits every save the Trainer makes, whatever ``save
 takes over ``save_total_limit`` because the Trainer's own rotation deletes by mtime before anything could be
 committed. After a stop signal the save is the emergency checkpoint, and the process then exits with
 ``128 + signum``; after an exception (``emergency``) a best-effort checkpoint is saved before it propagates.
-The class routes Trainer events to its parts: the save cycle (``stepsaves``), the remote mirror (``remotecopy``),
-the run record, the emergency stop.
+The class routes events to its parts: save cycle (``stepsaves``), uploads (``remoteranks``), emergency stop.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from .asyncsave.saver import AsyncSaver
 from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
 from .metric import EvaluationTracker
-from .remotecopy import TrainerMirror
+from .remoteranks import RankUploads
 from .runrecord import TrainerRunRecord
 from .settings import build_options, follow_trainer_logging, resolve_options, take_over_rotation
 from .stepsaves import StepSaves
@@ -166,7 +165,7 @@ class AegisCheckpointCallback(TrainerCallback):
         self.remote = build_options(
             RemoteOptions, remote, url=remote_url, max_keep=remote_max_keep, options=remote_options
         )
-        self._remote = TrainerMirror(self.remote)
+        self._uploads = RankUploads(self.remote, lambda: self.options.max_keep)  # who uploads what
         self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
         self.clock = clock
         self.write_completion_marker = write_completion_marker
@@ -182,21 +181,21 @@ class AegisCheckpointCallback(TrainerCallback):
         self._evaluations = EvaluationTracker()  # the metric of a checkpoint (keep_best_k)
         # A full disk inside the Trainer's own save does not end training; a completed one is committed.
         self._sync = SyncSaves(tail=self._require_tail, run=self._run, metric=self._metric)
-        self._steps = (
-            StepSaves(  # the save cycle: decide at each step end, start the save, commit or publish it
-                policy=lambda: self.policy,
-                options=lambda: self.options,
-                async_options=self.async_options,
-                clock=clock,
-                stops=self.stops,
-                run=self._run,
-                store=lambda: self.store,
-                require_store=self._require_store,
-                tail=self._require_tail,
-                trainer=lambda: self._trainer,
-                metric=self._metric,
-                sync=self._sync,
-            )
+        # The save cycle: decide at each step end, start the save, commit or publish it.
+        self._steps = StepSaves(
+            policy=lambda: self.policy,
+            options=lambda: self.options,
+            async_options=self.async_options,
+            clock=clock,
+            stops=self.stops,
+            run=self._run,
+            store=lambda: self.store,
+            require_store=self._require_store,
+            tail=self._require_tail,
+            trainer=lambda: self._trainer,
+            metric=self._metric,
+            sync=self._sync,
+            uploads=self._uploads,
         )
         self._entry = TrainEntry(self._already_finished)  # what train() resumes from; no step past the end
 
@@ -222,8 +221,8 @@ class AegisCheckpointCallback(TrainerCallback):
 
     @property
     def mirror(self) -> RemoteMirror | None:
-        """The remote mirror while training runs, on the process that mirrors (``remote_url``)."""
-        return self._remote.mirror
+        """This process's remote mirror while training runs (None where it uploads nothing: ``remoteranks``)."""
+        return self._uploads.mirror
 
     @property
     def _async(self) -> AsyncSaver:
@@ -255,7 +254,7 @@ class AegisCheckpointCallback(TrainerCallback):
         check_resume_world_size(
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
-        self._remote.open(args, local_max_keep=self.options.max_keep)
+        self._uploads.open(args, collective=True)
         self.store, self._common, self._tail = open_output_dir(
             args, state, self.options, self._run, best=self._best_checkpoint, mirror=self.mirror
         )
@@ -263,7 +262,8 @@ class AegisCheckpointCallback(TrainerCallback):
         self._run.begin(args, state, self.options, has_checkpoints=bool(self.store.checkpoints()))
         if args.should_save:
             tidy_output_dir(self.store, self._tail, state.global_step, self.options)
-            self._remote.catch_up()
+            if self.mirror is not None:
+                self.mirror.catch_up()  # an upload the previous process could not finish
         self._steps.agreement.setup()
         distributed.barrier()
         self._steps.last_saved_step = None
@@ -333,7 +333,7 @@ class AegisCheckpointCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self._steps.collect(wait=True)
         self._async.close()
-        self._remote.close(self.remote.flush_timeout_sec)
+        self._uploads.finish(self.remote.flush_timeout_sec, collective=True)
         self._heartbeat.beat(state.global_step, "train_end", force=True)
         late_signal = self._steps.end()
         watcher_signal = self.stops.disarm()
@@ -368,7 +368,11 @@ class AegisCheckpointCallback(TrainerCallback):
         args = trainer.args
         if self.write_completion_marker and args.should_save and is_committed(checkpoint):
             mark_completed(args.output_dir, step=step, checkpoint=checkpoint)
-        self._remote.finish_rerun(args, local_max_keep=self.options.max_keep)
+        if self._uploads.open(args, collective=False) is not None:
+            # No step runs, so no train begin either: an upload the previous process could not finish is
+            # completed here, within the same bound as at the end of training.
+            self.mirror.catch_up()
+            self._uploads.finish(self.remote.flush_timeout_sec, collective=False)
 
     def record(self, event: str, *, step: int, signum: int = 0, error=None, saved: bool = False) -> None:
         self._run.record(event, step=step, signum=signum, error=error, saved=saved)
@@ -381,7 +385,7 @@ class AegisCheckpointCallback(TrainerCallback):
             self._steps.agreement.close()
         self._async.close()
         # The process is about to exit (a signal, a lost peer): give the last upload the grace period at most.
-        self._remote.close(self.emergency.grace_period_sec)
+        self._uploads.finish(self.emergency.grace_period_sec, collective=agreement)
 
     # ---- helpers -------------------------------------------------------------------------------------------
     def _require_tail(self) -> SaveTail:

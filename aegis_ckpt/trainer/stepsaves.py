@@ -1,7 +1,7 @@
 """The callback's save cycle: at each optimizer step end, whether this step saves (agreed by every rank) and how.
 
 Each rank states its flags (the interval is due, a stop signal came, its background writer is busy, the state
-would not fit in RAM), the ranks agree on them (``distributed.StepAgreement``) and ``stepdecision`` turns the
+would not fit in RAM, how far its node's remote uploads got), the ranks agree on them (``distributed.StepAgreement``) and ``stepdecision`` turns the
 agreed flags into one action: the emergency save, the final save, a due rolling save, or the Trainer's own save.
 A synchronous save is asked of the Trainer (``control.should_save``) and committed in the callback's ``on_save``;
 a due save that can be two-phase starts here on the background writer and is published at a later step end, once
@@ -26,6 +26,7 @@ from ..storage.store import CheckpointStore
 from .asyncsave.saver import AsyncSaver
 from .commits import manifest_meta, publish_background_save
 from .emergency import EmergencyStop
+from .remoteranks import RankUploads
 from .runrecord import TrainerRunRecord
 from .savegate import SaveGate
 from .stepdecision import DUE, FINAL, SIGNAL, TRAINER, decide_step
@@ -56,6 +57,7 @@ class StepSaves:
         trainer: Callable[[], object],
         metric: Callable[[object], dict | None],
         sync: SyncSaves,
+        uploads: RankUploads,
     ) -> None:
         self._policy = policy
         self._options = options
@@ -68,6 +70,7 @@ class StepSaves:
         self._trainer = trainer
         self._metric = metric
         self._sync = sync
+        self._uploads = uploads
         self.agreement = StepAgreement(
             clock=clock
         )  # one clock for the save interval and the agreement stride
@@ -94,12 +97,17 @@ class StepSaves:
             self._trainer(), args, now=now, urgent=bool(save_due or signal or final)
         )
         local = StepFlags(
-            save_due=save_due, signal=signal, writer_busy=int(self.saver.busy), sync_only=int(not fits)
+            save_due=save_due,
+            signal=signal,
+            writer_busy=int(self.saver.busy),
+            sync_only=int(not fits),
+            uploads_from=self._uploads.contribution(),
         )
         try:
             agreed = self.agreement.exchange(local, step=state.global_step, sync=final)
         except PeerLostError as e:
             self._stops.exit_after_peer_loss(e, local.signal)
+        self._uploads.agreed(agreed, contributed_at=self.agreement.result_step)
         decision = decide_step(
             agreed,
             final=final,

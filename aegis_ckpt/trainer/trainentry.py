@@ -14,21 +14,22 @@ So the callback wraps ``train`` of the one Trainer instance it serves (the insta
 checkpoint, damaged and half-written newer folders set aside. A checkpoint whose step already reaches
 ``max_steps`` is not trained from: its weights and state are loaded into the Trainer (code after ``train()`` sees
 the finished model, as after an uninterrupted run), the completion record is written if a stop came before it,
-and ``train`` returns without a step. Raising ``max_steps`` (``TrainingArguments(max_steps=...)``) continues a
-finished run from its final checkpoint.
+and ``train`` returns without a step. Raising ``max_steps`` (``TrainingArguments(max_steps=...)``) or
+``num_train_epochs`` continues a finished run from its final checkpoint: one log line says so ("continuing finished
+run from step N to M") and the completion record is withdrawn until the new end (``runstate.continuation``).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 
+from ..runstate.continuation import last_step, read_trainer_state
 from ..storage.layout import TRAINER_STATE_NAME
+from .continuefinished import continue_finished_run
 
 logger = logging.getLogger(__name__)
 
@@ -37,22 +38,17 @@ def checkpoint_step_and_target(checkpoint: str | os.PathLike, args) -> tuple[int
     """(the checkpoint's global step, the run's last step) from its ``trainer_state.json``; ``max_steps`` from
     the arguments when set (> 0), else the one the checkpoint was trained towards (an epoch-based run whose
     ``num_train_epochs`` is unchanged). None when the state cannot be read or the target is unknown."""
+    state = read_trainer_state(checkpoint)
     try:
-        with open(Path(checkpoint) / TRAINER_STATE_NAME, encoding="utf-8") as f:
-            state = json.load(f)
-        step = int(state["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        step = int(state["global_step"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
         return None
-    if getattr(args, "max_steps", -1) and args.max_steps > 0:
-        return step, int(args.max_steps)
-    saved_target = state.get("max_steps")
-    if (
-        isinstance(saved_target, int)
-        and saved_target > 0
-        and state.get("num_train_epochs") == args.num_train_epochs
-    ):
-        return step, saved_target
-    return None
+    target = last_step(
+        state,
+        max_steps=getattr(args, "max_steps", -1),
+        num_train_epochs=getattr(args, "num_train_epochs", None),
+    )
+    return None if target is None else (step, target)
 
 
 class TrainEntry:
@@ -80,6 +76,7 @@ class TrainEntry:
                 finished = entry.finished_output(trainer, resume)
                 if finished is not None:
                     return finished
+                continue_finished_run(trainer, resume, checkpoint_step_and_target(resume, trainer.args))
             if "resume_from_checkpoint" in parameters:
                 bound.arguments["resume_from_checkpoint"] = resume
             return inner(*bound.args, **bound.kwargs)

@@ -1,5 +1,5 @@
 """Finished means finished: a rerun through the callback trains no step and changes no checkpoint, raising
-``max_steps`` continues, and ``resume_from_checkpoint=True`` means the newest intact checkpoint.
+``max_steps`` (or ``num_train_epochs``) continues to the weights of a straight run, and ``resume_from_checkpoint=True`` means the newest intact checkpoint.
 
 The tiny run has 10 optimizer steps per epoch, so ``max_steps=6`` ends mid-epoch: exactly the case in which the
 plain Trainer, resumed from its final checkpoint, runs one step past the end.
@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tinylib import weight_mismatches, weights
+from transformers import TrainerCallback
 
 from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
 from aegis_ckpt.runstate.completion import completion_path, read_completion
@@ -71,18 +72,72 @@ def test_rerun_of_a_finished_run_trains_no_step(tmp_path, make_trainer, caplog, 
     assert all(torch.equal(model[k], saved[k]) for k in saved)  # the script sees the finished model
 
 
-def test_raising_max_steps_continues_a_finished_run(tmp_path, make_trainer, reference_weights):
-    _finished_run(tmp_path, make_trainer)
-    more = make_trainer(
+class _RecordAtFirstStep(TrainerCallback):
+    """What the completion record says while the continuation trains (read at its first step)."""
+
+    def __init__(self, out: Path):
+        self.out, self.seen = out, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.seen:
+            self.seen.append(read_completion(self.out))
+
+
+@pytest.mark.parametrize("more", [dict(max_steps=9), dict(max_steps=-1, num_train_epochs=2)])
+def test_raising_the_last_step_continues_a_finished_run(
+    tmp_path, make_trainer, reference_weights, caplog, more
+):
+    """``max_steps`` 6 -> 9 (mid-epoch), or an epoch-based run 1 -> 2 epochs (10 -> 20 steps): the continuation
+    says so once, withdraws the completion record while it trains, and ends with the weights of a straight run."""
+    if "num_train_epochs" in more:
+        trainer = make_trainer(
+            tmp_path,
+            callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)],
+            max_steps=-1,
+            num_train_epochs=1,
+            **CONSTANT,
+        )
+        trainer.train()
+        finished, target = 10, 20
+    else:
+        _finished_run(tmp_path, make_trainer)
+        finished, target = 6, 9
+    assert read_completion(tmp_path)["step"] == finished
+    more_trainer = make_trainer(
         tmp_path,
         callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)],
-        max_steps=9,
+        **more,
         **CONSTANT,
     )
-    more.train(resume_from_checkpoint=True)
-    assert more.state.global_step == 9 and is_committed(tmp_path / "checkpoint-9")
-    assert read_completion(tmp_path)["step"] == 9
-    assert weight_mismatches(weights(more.model), reference_weights(max_steps=9, **CONSTANT)) == []
+    during = _RecordAtFirstStep(tmp_path)
+    more_trainer.add_callback(during)
+    with caplog.at_level(logging.INFO, logger="aegis_ckpt"):
+        more_trainer.train(resume_from_checkpoint=True)
+    lines = [r.getMessage() for r in caplog.records if "Continuing finished run" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"Continuing finished run from step {finished} to {target}"
+    )
+    assert during.seen == [None]  # withdrawn: a stop now resumes instead of reporting "already finished"
+    assert more_trainer.state.global_step == target and is_committed(tmp_path / f"checkpoint-{target}")
+    assert read_completion(tmp_path)["step"] == target
+    assert weight_mismatches(weights(more_trainer.model), reference_weights(**more, **CONSTANT)) == []
+
+
+def test_equal_or_lower_max_steps_trains_no_step(tmp_path, make_trainer, caplog):
+    _finished_run(tmp_path, make_trainer)
+    before = _snapshot(tmp_path)
+    for max_steps in (6, 4):
+        rerun = make_trainer(
+            tmp_path,
+            callbacks=[AegisCheckpointCallback(save_interval_sec=3600, max_keep=2)],
+            max_steps=max_steps,
+            **CONSTANT,
+        )
+        with caplog.at_level(logging.INFO, logger="aegis_ckpt"):
+            output = rerun.train(resume_from_checkpoint=True)
+        assert output.global_step == 6 and output.metrics.get("already_finished") is True
+    assert _snapshot(tmp_path) == before and read_completion(tmp_path)["step"] == 6
+    assert not any("Continuing finished run" in r.getMessage() for r in caplog.records)
 
 
 def test_resume_true_takes_the_newest_intact_checkpoint(tmp_path, make_trainer, reference_weights):

@@ -36,6 +36,7 @@ case "${3:-}" in
     fi
     exit "${FAKEPY_RC_RUN:-0}" ;;
   notify) echo "fake notify $4"; exit 0 ;;
+  launcher) [ "${4:-}" = --log-dir ] && [ -n "${FAKEPY_LOG_DIR:-}" ] && { echo "$FAKEPY_LOG_DIR"; exit 0; }; exit 2 ;;
 esac
 exit 99
 """
@@ -94,7 +95,8 @@ class ShProject:
         lines = self.calls_file.read_text().splitlines() if self.calls_file.exists() else []
         return [c for c in lines if sub is None or c.startswith(f"argv=-m aegis_ckpt {sub} ")]
 
-    def logs(self, folder: str = "logs") -> list[Path]:
+    def logs(self, folder: str | Path = "logs") -> list[Path]:
+        """The log files in ``folder``: relative to the project folder, or absolute."""
         return sorted((self.root / folder).glob("auto_training_*.log"))
 
 
@@ -130,6 +132,33 @@ def test_success_path_log_file_and_calls(sh_project):
         in supervise
     )
     assert sh_project.calls("preflight")[0].startswith("argv=-m aegis_ckpt preflight configs/tiny.yaml |")
+
+
+def test_logs_go_to_the_runs_output_dir_unless_given(sh_project, tmp_path):
+    """Without LOG_DIR the launcher asks Python for the run's log folder (``launcher --log-dir CONFIG``) and
+    creates it; an explicit LOG_DIR (argument or variable) wins; an unreadable config falls back to logs/."""
+    sh_project.make_fake_venv()
+    run_logs = tmp_path / "out dir" / "logs"
+    code, out = sh_project.run(FAKEPY_LOG_DIR=str(run_logs))
+    assert code == 0, out
+    (log,) = sh_project.logs(run_logs)
+    assert f"[auto_train] log: {log}" in log.read_text()
+    assert not (sh_project.root / "logs").exists()
+    assert sh_project.calls("launcher")[0].startswith(
+        "argv=-m aegis_ckpt launcher --log-dir configs/tiny.yaml |"
+    )
+
+    code, _ = sh_project.run("configs/tiny.yaml", "5", "given logs", FAKEPY_LOG_DIR=str(run_logs))
+    assert code == 0 and len(sh_project.logs("given logs")) == 1 and sh_project.calls("launcher") == []
+    code, _ = sh_project.run(FAKEPY_LOG_DIR=str(run_logs), AEGIS_LOG_DIR="env logs")
+    assert code == 0 and len(sh_project.logs("env logs")) == 1 and len(sh_project.logs(run_logs)) == 1
+
+    code, _ = sh_project.run()  # the fake answers nothing: as for a config that cannot be read
+    assert code == 0
+    (fallback,) = sh_project.logs()
+    assert "could not be read from configs/tiny.yaml or is not writable: logging to logs/ of the project" in (
+        fallback.read_text()
+    )
 
 
 def test_venv_folder_and_relative_arguments_from_another_folder(sh_project, tmp_path):
@@ -253,7 +282,7 @@ def _real_project(tmp_path: Path) -> tuple[ShProject, Path, Path]:
 
 
 @pytest.mark.slow
-def test_power_cut_then_continue_then_already_finished(tmp_path):
+def test_power_cut_then_continue_then_already_finished_then_more_steps(tmp_path):
     project, config, out = _real_project(tmp_path)
     env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
@@ -274,7 +303,7 @@ def test_power_cut_then_continue_then_already_finished(tmp_path):
 
     # 2. Machine back: the same start continues from the newest intact checkpoint and finishes, with the sound.
     code, _ = project.run("configs/small.yaml", **env)
-    text = project.logs()[-1].read_text()
+    text = project.logs(out / "logs")[-1].read_text()  # the log lies next to the checkpoints
     assert code == 0, text[-4000:]
     assert "[preflight] OK       disk" in text and "[preflight] passed" in text
     assert re.search(r"Continuing from .*checkpoint-\d+", text), text[-4000:]
@@ -286,8 +315,20 @@ def test_power_cut_then_continue_then_already_finished(tmp_path):
 
     # 3. The next boot: nothing but a log line.
     code, _ = project.run("configs/small.yaml", **env)
-    text = project.logs()[-1].read_text()
+    text = project.logs(out / "logs")[-1].read_text()
     assert code == 0
     assert "[auto_train] already finished: nothing to do" in text
     assert "training:" not in text and "FINISHED" not in text
-    assert len(project.logs()) == 3
+    assert len(project.logs(out / "logs")) == 3 and not (project.root / "logs").exists()
+    time.sleep(1.1)
+
+    # 4. max_steps raised in the config: the same start continues the finished run to the new end.
+    config = project.root / "configs" / "small.yaml"
+    config.write_text(config.read_text().replace('"max_steps": 600', '"max_steps": 640'))
+    code, _ = project.run("configs/small.yaml", **env)
+    text = project.logs(out / "logs")[-1].read_text()
+    assert code == 0, text[-4000:]
+    assert "the last step is now 640: training continues" in text
+    assert text.count("Continuing finished run from step 600 to 640") == 1
+    assert "[auto_train] FINISHED: training finished (exit 0)" in text
+    assert json.loads((out / ".aegis" / "completed.json").read_text())["step"] == 640

@@ -7,6 +7,7 @@
  * acts by the aegis_ckpt subcommand it was given (python -m aegis_ckpt SUBCOMMAND ...):
  *     preflight, run, notify   print a line, exit with %FAKEPY_RC_PREFLIGHT% / %FAKEPY_RC_RUN% / %FAKEPY_RC_NOTIFY%
  *     -c CODE                  print %FAKEPY_STDOUT_C% (the timestamp the real one would print), exit 0
+ *     launcher --log-dir CONFIG print %FAKEPY_LOG_DIR% and exit 0 when set (the run's log folder), else exit 2
  *     --version                print a version, exit 0
  */
 #include <windows.h>
@@ -53,6 +54,10 @@ int wmain(int argc, wchar_t **argv) {
         fprintf(stderr, "fake training output on stderr\n");
         fflush(NULL);
         return env_int(L"FAKEPY_RC_RUN", 0);
+    }
+    if (wcscmp(sub, L"launcher") == 0) {  /* launcher --log-dir CONFIG: the run's log folder, if a test gives one */
+        if (GetEnvironmentVariableW(L"FAKEPY_LOG_DIR", out, 256)) { wprintf(L"%ls\n", out); return 0; }
+        return 2;
     }
     if (wcscmp(sub, L"notify") == 0) {
         printf("fake notify\n");

@@ -25,8 +25,9 @@ TS_LOG = re.compile(r"^auto_training_(\d{8})_(\d{6})\.log$")
 
 
 def test_committed_bat_has_crlf_line_endings():
-    data = (REPO / "launch" / "auto_train.bat").read_bytes()
-    assert data.count(b"\n") > 50 and data.count(b"\n") == data.count(b"\r\n")
+    for bat in (REPO / "launch" / "auto_train.bat", REPO / "aegis_ckpt" / "unattended" / "auto_train.bat"):
+        data = bat.read_bytes()
+        assert data.count(b"\n") > 50 and data.count(b"\n") == data.count(b"\r\n"), bat
     assert "*.bat text eol=crlf" in (REPO / ".gitattributes").read_text().splitlines()
 
 
@@ -124,6 +125,32 @@ def test_config_retries_and_log_dir_from_arguments_and_environment(project, tmp_
     assert run.code == 0
     assert "--max-restarts 7 " in run.calls_of("run")[0]
     assert len(list(logs.glob("auto_training_*.log"))) == 1
+
+
+def test_logs_go_to_the_runs_output_dir_unless_given(project, tmp_path):
+    """Without LOG_DIR the .bat asks Python for the run's log folder (``launcher --log-dir CONFIG``, read back
+    through a file) and creates it; an explicit LOG_DIR wins; no answer falls back to logs\\ of the project."""
+    project.make_venv()
+    run_logs = tmp_path / "out dir" / "logs"
+    run = project.run(FAKEPY_STDOUT_C="20250102_030405", FAKEPY_LOG_DIR=to_windows(run_logs))
+    assert run.code == 0, run.console
+    assert [p.name for p in run_logs.glob("*.log")] == ["auto_training_20250102_030405.log"]
+    assert run.logs == [] and not (project.root / "logs").exists()
+    text = (run_logs / "auto_training_20250102_030405.log").read_text(errors="replace")
+    assert f"[auto_train] log: {to_windows(run_logs)}\\auto_training_20250102_030405.log" in text
+    assert "FINISHED: training finished" in text and "fake training output" in text
+    (query,) = run.calls_of("launcher")
+    assert ' -m aegis_ckpt launcher --log-dir "configs\\tiny.yaml"' in query
+
+    run = project.run(FAKEPY_LOG_DIR=to_windows(run_logs), AEGIS_LOG_DIR="my logs")
+    assert run.code == 0 and run.calls_of("launcher") == []
+    assert len(list((project.root / "my logs").glob("*.log"))) == 1 and len(list(run_logs.glob("*.log"))) == 1
+
+    run = project.run()  # no answer, as for a config that cannot be read
+    assert run.code == 0, run.console
+    assert "could not be read from the config or is not writable: logging to logs\\ of the project" in (
+        run.log_text
+    )
 
 
 def test_failure_path_bounded_retries_error_line_and_exit_code(project):

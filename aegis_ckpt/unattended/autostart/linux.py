@@ -99,7 +99,9 @@ class SystemdMethod(AutostartMethod):
             enabled_by_us = True
         plan.record.update(unit=unit, linger_enabled_by_us=enabled_by_us)
         plan.notes.append(f"starts at boot; start it now with: systemctl --user start {unit}")
-        plan.notes.append(f"follow it with: journalctl --user -u {unit} -f (and the log files under logs/)")
+        plan.notes.append(
+            f"follow it with: journalctl --user -u {unit} -f (and the log files in logs/ of the run's output dir)"
+        )
 
     def plan_uninstall(self, plan: Plan, host: Host, ops: SystemOps) -> None:
         plan.commands.append(

@@ -1,0 +1,33 @@
+"""``read_output_dir``: the launchers' quick read of ``training.output_dir`` gives what the full config load gives
+(relative to the file, ``${VAR}`` and ``${VAR:-default}``, ``~``), and a one-line ``ConfigError`` otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from aegis_ckpt.errors import ConfigError
+from aegis_ckpt.train.config import load_config, read_output_dir
+
+
+@pytest.mark.parametrize(
+    "value", ["../runs/x", "runs/a b", "${AEGIS_TEST_OUT}/y", "${AEGIS_TEST_UNSET:-rel}", "~/r"]
+)
+def test_same_answer_as_the_full_config(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("AEGIS_TEST_OUT", str(tmp_path / "env out"))
+    monkeypatch.delenv("AEGIS_TEST_UNSET", raising=False)
+    config = tmp_path / "configs" / "c.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        f'model: {{arch: gpt2}}\ndata: {{train_file: a.txt}}\ntraining: {{output_dir: "{value}"}}\n'
+    )
+    assert read_output_dir(config) == load_config(config).output_dir
+
+
+@pytest.mark.parametrize("text", ["training: {}\n", "- a list\n", "training: {output_dir: [1]}\n", "a: [\n"])
+def test_unreadable_is_a_config_error(tmp_path, text):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError):
+        read_output_dir(config)
+    with pytest.raises(ConfigError, match="not found|FileNotFoundError"):
+        read_output_dir(tmp_path / "missing.yaml")
