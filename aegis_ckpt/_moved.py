@@ -73,7 +73,12 @@ MOVED_NAMES: dict[str, dict[str, str]] = {
         ("CTRL_BREAK_EVENT", "CTRL_CLOSE_EVENT", "CTRL_C_EVENT", "CTRL_LOGOFF_EVENT", "CTRL_SHUTDOWN_EVENT"),
         "aegis_ckpt.system.console",
     ),
-    "aegis_ckpt.supervise": {"WindowsProcessControl": "aegis_ckpt.system.process"},
+    "aegis_ckpt.supervise": {
+        "WindowsProcessControl": "aegis_ckpt.system.process",
+        "DUPLICATE_SIGNAL_WINDOW_SEC": "aegis_ckpt.unattended.stoprequests",
+    },
+    "aegis_ckpt.audit": {"EVENTS": "aegis_ckpt.storage.audit:AUDIT_EVENTS"},
+    "aegis_ckpt.notify": {"EVENTS": "aegis_ckpt.unattended.notify:RUN_END_EVENTS"},
     "aegis_ckpt.manager": {"DEFAULT_SIGNALS": "aegis_ckpt.loop.emergency:LOOP_STOP_SIGNALS"},
     "aegis_ckpt.loopstate": {
         "RNG_NAME": "aegis_ckpt.storage.layout:RNG_STATE_NAME",

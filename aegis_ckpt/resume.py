@@ -25,56 +25,26 @@ damaged or partial remote copies are skipped with the reason.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
-import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock
 
-from .errors import AegisError, CommitError, ConfigError
+from .errors import AegisError
 from .logsetup import follow_transformers_verbosity
-from .options import VERIFY_MODES, RemoteOptions
+from .options import RemoteOptions
 from .remote.download import pull_newest
 from .remote.location import RemoteLocation, describe_error
 from .runstate.lease import holding_run_lock
-from .storage.commit import commit_checkpoint, is_committed, read_manifest, verify_checkpoint
-from .storage.confine import check_folder
-from .storage.layout import (
-    AEGIS_DIR,
-    JIT_INCOMPLETE_MARKER,
-    SCAN_LOCK_NAME,
-    TRAINER_STATE_NAME,
-    WEIGHT_INDEXES,
-    checkpoint_dir_name,
-    parse_checkpoint_step,
-)
-from .storage.plaincheck import check_plain_checkpoint, check_trainer_state, read_index_shards
+from .storage.commit import is_committed, read_manifest
+from .storage.layout import AEGIS_DIR, SCAN_LOCK_NAME, checkpoint_dir_name, parse_checkpoint_step
+from .storage.scan import CandidateReport, ScanReport, scan_checkpoints  # noqa: F401 - public names here too
 from .storage.store import CheckpointStore
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class CandidateReport:
-    """What the scan decided about one ``checkpoint-<step>`` folder."""
-
-    step: int
-    path: str
-    status: str  # "chosen", "older" (not examined), "quarantined", "ignored"
-    detail: str = ""
-
-
-@dataclass
-class ScanReport:
-    output_dir: str
-    chosen: str | None = None
-    candidates: list[CandidateReport] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def _distributed_rank_and_size() -> tuple[int, int]:
@@ -82,155 +52,6 @@ def _distributed_rank_and_size() -> tuple[int, int]:
     if dist_mod is not None and dist_mod.is_available() and dist_mod.is_initialized():
         return dist_mod.get_rank(), dist_mod.get_world_size()
     return 0, 1
-
-
-def _trainer_state_fields() -> frozenset[str] | None:
-    """The fields ``TrainerState`` accepts (``TrainerState(**json)`` refuses others), if transformers is here."""
-    try:
-        from transformers import TrainerState
-    except ImportError:
-        return None
-    return frozenset(f.name for f in dataclasses.fields(TrainerState))
-
-
-def _load_problem(folder: Path, step: int, files) -> str | None:
-    """Why the Trainer could not load a verified folder, as far as a cheap look tells; None when it can. The
-    weight index is read too: the Trainer joins its shard names onto the folder, so each must be a file the
-    manifest lists (and therefore confined and verified)."""
-    for index_name in WEIGHT_INDEXES:
-        if index_name in files:
-            try:
-                shards = read_index_shards(folder, index_name)
-            except (OSError, ValueError) as e:
-                return f"{index_name} unreadable: {e}"
-            unlisted = sorted(s for s in shards if s not in files)
-            if unlisted:
-                return f"{index_name} names shard(s) the manifest does not list: {', '.join(unlisted[:3])}"
-    if TRAINER_STATE_NAME not in files:
-        return None  # a custom-loop checkpoint, or a layout without it: nothing the Trainer reads
-    return check_trainer_state(folder, step, known_fields=_trainer_state_fields())
-
-
-def scan_checkpoints(
-    output_dir: str | os.PathLike,
-    *,
-    verify: str = "full",
-    allow_unverified: bool = False,
-    adopt_plain: bool = False,
-    quarantine: bool = True,
-    exclude: Collection[str | os.PathLike] = (),
-) -> ScanReport:
-    """Examine checkpoint folders newest first and pick the resume point (see module docstring). Folders in
-    ``exclude`` (ones that failed to load in this process) are passed over and left where they are."""
-    if verify not in VERIFY_MODES:
-        raise ConfigError(f"verify must be one of {VERIFY_MODES} (got {verify!r}).")
-    started = time.perf_counter()
-    store = CheckpointStore(output_dir)
-    report = ScanReport(output_dir=str(output_dir))
-    if quarantine:
-        store.recover_staging()
-    managed = store.is_managed()
-    full = verify == "full"
-    excluded = {os.path.abspath(p) for p in exclude}
-
-    def set_aside(entry, reason: str) -> None:
-        if quarantine:
-            moved = store.quarantine(entry.path, reason)
-            report.candidates.append(
-                CandidateReport(entry.step, str(entry.path), "quarantined", f"{reason} -> {moved}")
-            )
-        else:
-            report.candidates.append(CandidateReport(entry.step, str(entry.path), "rejected", reason))
-
-    if adopt_plain and quarantine and not managed:
-        _adopt_plain_checkpoints(store, set_aside)
-    for entry in reversed(store.checkpoints()):
-        if report.chosen is not None:
-            report.candidates.append(CandidateReport(entry.step, str(entry.path), "older"))
-            continue
-        if os.path.abspath(entry.path) in excluded:
-            report.candidates.append(CandidateReport(entry.step, str(entry.path), "excluded"))
-            continue
-        unsafe = check_folder(entry.path)
-        if unsafe:
-            set_aside(entry, "unsafe: " + unsafe)
-            continue
-        if entry.is_committed:
-            result = verify_checkpoint(entry.path, full=full)
-            if result.ok and result.manifest is not None and result.manifest.step != entry.step:
-                result.ok = False
-                result.problems.append(
-                    f"manifest is for step {result.manifest.step}, folder name says {entry.step}"
-                )
-            if result.ok and result.manifest is not None:
-                problem = _load_problem(entry.path, entry.step, result.manifest.files)
-                if problem:
-                    result.ok = False
-                    result.problems.append(f"cannot be loaded: {problem}")
-            if result.ok:
-                report.chosen = str(entry.path)
-                report.candidates.append(
-                    CandidateReport(entry.step, str(entry.path), "chosen", f"{verify} verify ok")
-                )
-            else:
-                set_aside(entry, "damaged: " + result.summary())
-            continue
-        if (entry.path / JIT_INCOMPLETE_MARKER).exists():
-            set_aside(entry, "incomplete: the Trainer's JIT checkpoint marker is present")
-            continue
-        if allow_unverified:
-            problems = check_plain_checkpoint(entry.path, entry.step)
-            if problems:
-                set_aside(entry, "unverified checkpoint failed structural checks: " + "; ".join(problems))
-            else:
-                logger.warning(
-                    "Resuming from %s, which has no aegis manifest: it passed structural checks only "
-                    "(allow_unverified=True).",
-                    entry.path,
-                )
-                report.chosen = str(entry.path)
-                report.candidates.append(
-                    CandidateReport(entry.step, str(entry.path), "chosen", "structural checks ok")
-                )
-            continue
-        if managed:
-            set_aside(entry, "uncommitted: no manifest (the save was interrupted before it committed)")
-        else:
-            logger.warning(
-                "Ignoring %s: it has no aegis manifest (saved by a plain Trainer?). To take such checkpoints over "
-                "after structural checks, pass adopt_plain=True (YAML: resume.adopt_plain: true; CLI: aegis-ckpt "
-                "train CONFIG --adopt-plain); otherwise training starts from scratch and sets them aside.",
-                entry.path,
-            )
-            report.candidates.append(CandidateReport(entry.step, str(entry.path), "ignored", "no manifest"))
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _adopt_plain_checkpoints(store: CheckpointStore, set_aside) -> None:
-    """Take over the plain Trainer's checkpoints of an unmanaged directory: each folder without a manifest that
-    passes the structural checks gets one (its files as they are now, flushed first), the others are set aside."""
-    adopted = []
-    for entry in store.checkpoints():
-        if entry.is_committed or (entry.path / JIT_INCOMPLETE_MARKER).exists():
-            continue
-        problems = check_plain_checkpoint(entry.path, entry.step)
-        if problems:
-            set_aside(entry, "plain checkpoint failed structural checks: " + "; ".join(problems))
-            continue
-        try:
-            commit_checkpoint(entry.path, step=entry.step, reason="adopted", meta={"adopted": True})
-        except CommitError as e:
-            set_aside(entry, f"could not adopt: {e}")
-            continue
-        adopted.append(entry.path.name)
-    if adopted:
-        logger.info(
-            "Adopted %d plain Trainer checkpoint(s) after structural checks (%s): manifests written, they count "
-            "as committed from now on",
-            len(adopted),
-            ", ".join(adopted),
-        )
 
 
 def find_resume_checkpoint(

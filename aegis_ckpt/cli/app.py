@@ -7,12 +7,12 @@ import logging
 import os
 import signal
 import sys
-import threading
 
 from .. import __version__
 from ..errors import AegisError, ConfigError, PreflightError, RunLockedError
 from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE, exit_code_for_signal
 from ..system.redact import RedactingFormatter, redact
+from ..system.signals import exit_at_once_on_interrupt
 from .launchers import add_launcher_command
 from .maintenance import add_maintenance_commands
 from .output import print_json
@@ -177,11 +177,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_at_once_on_interrupt(signum, frame) -> None:
-    """Ctrl+C while the interpreter winds down after ``main`` returned: leave with 130 right away."""
-    os._exit(EXIT_SIGNAL_BASE + int(signum))
-
-
 def main(argv: list[str] | None = None) -> int:
     """The ``aegis-ckpt`` entry point: one line on stderr for every error, never a traceback (``-v`` shows it).
     Ctrl+C at any moment exits 130 with one line: during training the emergency checkpoint path handles it;
@@ -200,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         print("aegis-ckpt: interrupted (SIGINT): exiting with code 130", file=sys.stderr)
         return EXIT_SIGNAL_BASE + int(signal.SIGINT)
     finally:
-        if argv is None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, _exit_at_once_on_interrupt)
+        if (
+            argv is None
+        ):  # Ctrl+C while the interpreter winds down after main returned: leave with 130 at once
+            exit_at_once_on_interrupt(EXIT_SIGNAL_BASE + int(signal.SIGINT))
 
 
 def _run(argv: list[str] | None) -> int:

@@ -13,13 +13,14 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..remote.mirror import read_remote_status
-from ..resume import scan_checkpoints
 from ..runstate.completion import read_completion
 from ..runstate.lease import read_run_record, session_is_alive
 from ..runstate.stats import SaveStats
 from ..storage.audit import AUDIT_NAME, read_audit
 from ..storage.commit import verify_checkpoint
 from ..storage.layout import AEGIS_DIR
+from ..storage.scan import scan_checkpoints
+from ..storage.space import format_bytes
 from ..storage.store import PIN_META_KEY, CheckpointStore
 
 
@@ -142,12 +143,7 @@ def _age(sec: float | None) -> str:
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
+    return "?" if n is None else format_bytes(n)
 
 
 def _when(t: float | None) -> str:

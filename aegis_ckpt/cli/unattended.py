@@ -152,12 +152,25 @@ def cmd_uninstall_autostart(ns: argparse.Namespace) -> int:
 
 
 def add_unattended_commands(sub) -> None:
+    """The subcommands for running without anyone watching, one parser each."""
+    _add_preflight(sub)
+    _add_run(sub)
+    _add_notify(sub)
+    _add_install_autostart(sub)
+    _add_uninstall_autostart(sub)
+
+
+def _add_preflight(sub) -> None:
+    """``preflight``: the checks before an unattended start."""
     p = sub.add_parser("preflight", help="check disk space, GPU and output dir before an unattended start")
     p.add_argument("config", help="path to the YAML config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--json", action="store_true", help="machine-readable output (same exit codes)")
     p.set_defaults(func=cmd_preflight)
 
+
+def _add_run(sub) -> None:
+    """``run``: the supervisor's options (restarts, backoff, hang detection, injection)."""
     p = sub.add_parser(
         "run",
         help="supervise a training command: restart on failure, forward signals, kill hangs",
@@ -212,6 +225,9 @@ def add_unattended_commands(sub) -> None:
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command to supervise")
     p.set_defaults(func=cmd_run, timestamps=True)
 
+
+def _add_notify(sub) -> None:
+    """``notify``: the end-of-run sound and webhook the launchers call."""
     p = sub.add_parser("notify", help="play the end sound and call the webhook (used by the launchers)")
     p.add_argument("event", choices=("finished", "failed"))
     p.add_argument(
@@ -222,6 +238,9 @@ def add_unattended_commands(sub) -> None:
     p.add_argument("--no-sound", action="store_true", help="webhook only")
     p.set_defaults(func=cmd_notify, timestamps=True)
 
+
+def _add_install_autostart(sub) -> None:
+    """``install-autostart``: start the launcher at logon or boot."""
     p = sub.add_parser("install-autostart", help="start the launcher for CONFIG at logon/boot")
     p.add_argument("config", help="path to the YAML config the launcher trains")
     p.add_argument(
@@ -238,6 +257,9 @@ def add_unattended_commands(sub) -> None:
     )
     p.set_defaults(func=cmd_install_autostart)
 
+
+def _add_uninstall_autostart(sub) -> None:
+    """``uninstall-autostart``: remove what ``install-autostart`` created."""
     p = sub.add_parser("uninstall-autostart", help="remove exactly what install-autostart created")
     p.add_argument("config", nargs="?", help="the config given to install-autostart")
     p.add_argument("--name", help="the autostart name (printed by install-autostart)")

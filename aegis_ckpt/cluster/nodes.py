@@ -25,10 +25,10 @@ from pathlib import Path
 from filelock import FileLock
 
 from .. import distributed
-from ..resume import scan_checkpoints
 from ..runstate.lease import ensure_not_locked
 from ..storage.commit import verify_checkpoint
 from ..storage.layout import AEGIS_DIR, MODEL_WEIGHTS, SCAN_LOCK_NAME, checkpoint_dir_name
+from ..storage.scan import scan_checkpoints
 from ..storage.store import CheckpointStore
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,6 @@ reads it and does not train again."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from ..storage import fsio
 from ..storage.layout import AEGIS_DIR, COMPLETED_NAME
+from .records import read_json_record
 
 
 def completion_path(output_dir: str | os.PathLike) -> Path:
@@ -34,12 +34,7 @@ def mark_completed(output_dir: str | os.PathLike, *, step: int, checkpoint: str 
 
 def read_completion(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The completion record, or None when the run has not finished (or the record is unreadable)."""
-    try:
-        with open(completion_path(output_dir), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return read_json_record(completion_path(output_dir))
 
 
 def withdraw_completion(output_dir: str | os.PathLike) -> None:

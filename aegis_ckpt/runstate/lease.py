@@ -12,7 +12,6 @@ stale lease is taken over without guessing). ``run.json`` records who
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -30,6 +29,7 @@ from ..storage.layout import AEGIS_DIR, RUN_LOCK_NAME, RUN_OWNER_NAME, RUN_RECOR
 from ..system.boot import current_boot_id, process_create_time, same_boot
 from ..system.slurmjob import current_slurm_job
 from .completion import read_completion
+from .records import read_json_record
 from .start import RESUME_POWER_LOSS, RunStart, classify_start, fmt_duration, fmt_local_time
 
 logger = logging.getLogger(__name__)
@@ -63,21 +63,12 @@ def run_record_path(output_dir: str | os.PathLike) -> Path:
 
 def read_run_record(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     """``run.json``, or None when there is none (or it is unreadable: it is advisory, checkpoints are not)."""
-    try:
-        with open(run_record_path(output_dir), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and record.get("format") == RUN_RECORD_FORMAT else None
+    record = read_json_record(run_record_path(output_dir))
+    return record if record is not None and record.get("format") == RUN_RECORD_FORMAT else None
 
 
 def _read_owner(output_dir: Path) -> dict[str, Any] | None:
-    try:
-        with open(output_dir / AEGIS_DIR / RUN_OWNER_NAME, encoding="utf-8") as f:
-            owner = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return owner if isinstance(owner, dict) else None
+    return read_json_record(output_dir / AEGIS_DIR / RUN_OWNER_NAME)
 
 
 def _write_owner(output_dir: Path) -> None:
@@ -127,10 +118,20 @@ def _locked_message(output_dir: Path, session: dict[str, Any] | None, now_unix: 
     )
 
 
-def _lock(output_dir: Path) -> FileLock:
-    # One lock object per path in this process (is_singleton): a second session in the same interpreter (a new
-    # Trainer in a notebook) re-enters instead of locking itself out; other processes are refused.
-    return FileLock(str(output_dir / AEGIS_DIR / RUN_LOCK_NAME), is_singleton=True, thread_local=False)
+def _take_lock(output_dir: Path, now_unix: float | None = None) -> FileLock:
+    """The run lease's lock of ``output_dir``, acquired; ``RunLockedError`` naming the holder when another
+    process keeps it past ``LOCK_WAIT_SEC`` (``now_unix``: the time the message measures from, default: then).
+
+    One lock object per path in this process (is_singleton): a second session in the same interpreter (a new
+    Trainer in a notebook) re-enters instead of locking itself out; other processes are refused."""
+    lock = FileLock(str(output_dir / AEGIS_DIR / RUN_LOCK_NAME), is_singleton=True, thread_local=False)
+    try:
+        lock.acquire(timeout=LOCK_WAIT_SEC)
+    except Timeout:
+        raise RunLockedError(
+            _holder_message(output_dir, time.time() if now_unix is None else now_unix)
+        ) from None
+    return lock
 
 
 def ensure_not_locked(output_dir: str | os.PathLike) -> None:
@@ -139,12 +140,7 @@ def ensure_not_locked(output_dir: str | os.PathLike) -> None:
     output_dir = Path(output_dir)
     if not (output_dir / AEGIS_DIR / RUN_LOCK_NAME).exists():
         return
-    lock = _lock(output_dir)
-    try:
-        lock.acquire(timeout=LOCK_WAIT_SEC)
-    except Timeout:
-        raise RunLockedError(_holder_message(output_dir, time.time())) from None
-    lock.release()
+    _take_lock(output_dir).release()
 
 
 @contextlib.contextmanager
@@ -156,11 +152,7 @@ def holding_run_lock(output_dir: str | os.PathLike) -> Iterator[None]:
     """
     output_dir = Path(output_dir)
     (output_dir / AEGIS_DIR).mkdir(parents=True, exist_ok=True)
-    lock = _lock(output_dir)
-    try:
-        lock.acquire(timeout=LOCK_WAIT_SEC)
-    except Timeout:
-        raise RunLockedError(_holder_message(output_dir, time.time())) from None
+    lock = _take_lock(output_dir)
     try:
         if lock.lock_counter == 1:
             _write_owner(output_dir)
@@ -201,12 +193,8 @@ class RunLease:
     def acquire(self, *, step: int = 0, has_checkpoints: bool = False) -> RunStart:
         """Take the lease (refusing a live holder), classify how the previous session ended, record ours."""
         fsio.makedirs_durable(self.output_dir / AEGIS_DIR)
-        lock = _lock(self.output_dir)
         now = time.time()
-        try:
-            lock.acquire(timeout=LOCK_WAIT_SEC)
-        except Timeout:
-            raise RunLockedError(_holder_message(self.output_dir, now)) from None
+        lock = _take_lock(self.output_dir, now)
         try:
             if lock.lock_counter == 1:
                 _write_owner(self.output_dir)

@@ -78,9 +78,10 @@ def classify_start(
 ) -> RunStart:
     """Decide how the previous session ended (pure: every input is passed in).
 
-    One decision table, kept in one function (about 70 lines) so that the order of precedence (finished, no
-    record, clean exit, same process, other boot, crash) reads top to bottom; the arithmetic of what was lost is in
-    ``_losses`` and ``_lost_text``."""
+    Long because: it is one decision table whose order of precedence (finished, no record, clean exit, same
+    process, other boot, crash) must read top to bottom; the arithmetic of what was lost is in ``_losses`` and
+    ``_lost_text``, and each branch only builds its ``RunStart``.
+    """
     if completion is not None:
         return RunStart(
             FINISHED,

@@ -30,7 +30,7 @@ from .layout import AUDIT_NAME
 logger = logging.getLogger(__name__)
 
 
-EVENTS = (
+AUDIT_EVENTS = (
     "start",  # a process took the run lease; how the previous one ended
     "power_loss",  # the previous process died with the machine (boot id changed)
     "crash_detected",  # the previous process died without a clean exit record, same boot
@@ -46,6 +46,7 @@ EVENTS = (
     "finish",  # training completed (completion marker written)
     "exit",  # the process released the run lease
 )
+"""What the audit log records: every event that changed or judged the output dir, one JSON line each."""
 
 MAX_STRING_CHARS = 300
 """Longer strings are cut: the log describes events, it does not carry content."""
@@ -90,8 +91,8 @@ class AuditLog:
         return cls(Path(aegis_dir) / AUDIT_NAME)
 
     def append(self, event: str, *, step: int | None = None, reason: str = "", **fields: Any) -> None:
-        if event not in EVENTS:
-            raise ValueError(f"unknown audit event {event!r} (known: {', '.join(EVENTS)})")
+        if event not in AUDIT_EVENTS:
+            raise ValueError(f"unknown audit event {event!r} (known: {', '.join(AUDIT_EVENTS)})")
         now = time.time()
         record: dict[str, Any] = {
             "event": event,

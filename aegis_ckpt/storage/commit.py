@@ -12,19 +12,16 @@ A crash before step 3 completes leaves a folder without a manifest: uncommitted,
 after it leaves a complete, durable checkpoint. ``verify_checkpoint`` is the read side of the same contract.
 
 Every flush, rename and deletion goes through ``storage.fsio`` (the seam where tests inject faults and where the
-power-loss tests switch single calls off); its helpers are importable from here as well.
+power-loss tests switch single calls off); its helpers are importable from here as well, and so are the file
+checksums of ``storage.hashing``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import queue
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +33,13 @@ from ..errors import CommitError
 from ..progress import byte_progress
 from . import confine, fsio
 from .fsio import atomic_write_bytes, atomic_write_json, fsync_dir, fsync_file  # noqa: F401 - re-exported
+from .hashing import (
+    READ_AHEAD_MIN_BYTES,
+    READ_CHUNK_BYTES,
+    FileDigest,
+    hash_file,
+    hash_file_read_ahead,
+)
 from .layout import MANIFEST_NAME
 from .manifestcheck import MAX_MANIFEST_BYTES, check_manifest_fields
 
@@ -45,103 +49,7 @@ MANIFEST_FORMAT = "aegis-ckpt-manifest"
 MANIFEST_VERSION = 1
 HASH_NAME = "xxh3_128"
 _TMP_PREFIX = fsio.TMP_PREFIX
-_READ_CHUNK_BYTES = 16 * 1024 * 1024
-READ_AHEAD_MIN_BYTES = 32 * 1024 * 1024  # verification reads larger files with a reader thread
 _FSYNC_THREADS = 4
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Hashing
-# --------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FileDigest:
-    size: int
-    xxh3_128: str
-    sha256: str | None = None
-
-
-def hash_file(
-    path: str | os.PathLike,
-    *,
-    sha256: bool = False,
-    buffer: bytearray | None = None,
-    on_read: Callable[[int], object] | None = None,
-    opener=None,
-) -> FileDigest:
-    """Read a file once and return its size and checksums (``on_read(n)`` after each chunk: a progress bar;
-    ``opener`` as for ``open()``: verification passes ``confine.open_no_follow``)."""
-    buf = buffer if buffer is not None else bytearray(_READ_CHUNK_BYTES)
-    view = memoryview(buf)
-    xh = xxhash.xxh3_128()
-    sh = hashlib.sha256() if sha256 else None
-    size = 0
-    with open(path, "rb", buffering=0, opener=opener) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            chunk = view[:n]
-            xh.update(chunk)
-            if sh is not None:
-                sh.update(chunk)
-            size += n
-            if on_read is not None:
-                on_read(n)
-    return FileDigest(size=size, xxh3_128=xh.hexdigest(), sha256=sh.hexdigest() if sh else None)
-
-
-def hash_file_read_ahead(
-    path: str | os.PathLike,
-    *,
-    chunk_bytes: int = 8 * 1024 * 1024,
-    depth: int = 3,
-    on_read: Callable[[int], object] | None = None,
-    opener=None,
-) -> FileDigest:
-    """``hash_file`` for large files when nothing else needs the CPU (verification before a resume): a reader
-    thread fills the next chunks while this thread hashes the last one. Both release the GIL, so reading
-    (a copy out of the page cache, or the wait for the disk) and hashing overlap instead of adding up. The file
-    is still read front to back by one reader, which keeps the access sequential on a spinning disk."""
-    free: queue.SimpleQueue = queue.SimpleQueue()
-    full: queue.SimpleQueue = queue.SimpleQueue()
-    for _ in range(depth):
-        free.put(bytearray(chunk_bytes))
-    stop = threading.Event()
-
-    def read() -> None:
-        try:
-            with open(path, "rb", buffering=0, opener=opener) as f:
-                while not stop.is_set():
-                    buf = free.get()
-                    n = f.readinto(buf)
-                    full.put((buf, n))
-                    if not n:
-                        return
-        except BaseException as e:  # noqa: BLE001 - handed to the hashing thread, which raises it
-            full.put((e, 0))
-
-    reader = threading.Thread(target=read, name="aegis-verify-read", daemon=True)
-    reader.start()
-    xh = xxhash.xxh3_128()
-    size = 0
-    try:
-        while True:
-            buf, n = full.get()
-            if isinstance(buf, BaseException):
-                raise buf
-            if not n:
-                break
-            with memoryview(buf) as view:
-                xh.update(view[:n])
-            size += n
-            free.put(buf)
-            if on_read is not None:
-                on_read(n)
-    finally:
-        stop.set()
-        free.put(bytearray(0))  # wakes a reader that waits for a buffer; it then sees ``stop``
-        reader.join()
-    return FileDigest(size=size, xxh3_128=xh.hexdigest(), sha256=None)
 
 
 def _is_internal_name(name: str) -> bool:
@@ -230,11 +138,7 @@ def _canonical_checksum(body: dict[str, Any]) -> str:
 def read_manifest(folder: str | os.PathLike) -> Manifest:
     """Parse the manifest of ``folder``; raises ``FileNotFoundError``, ``OSError`` or ``ValueError`` (the
     manifest must be a regular file inside the folder, not a link; ``confine``)."""
-    data = confine.read_member_bytes(folder, MANIFEST_NAME, max_bytes=MAX_MANIFEST_BYTES)
-    try:
-        body = json.loads(data.decode("utf-8"))
-    except RecursionError:
-        raise ValueError("manifest nests too deeply to be one of ours") from None
+    body = confine.read_member_json(folder, MANIFEST_NAME, max_bytes=MAX_MANIFEST_BYTES)
     if not isinstance(body, dict):
         raise ValueError("manifest is not a JSON object")
     return Manifest.from_json_dict(body)
@@ -283,49 +187,8 @@ def commit_checkpoint(
         names = list_checkpoint_files(folder)
         if not names:
             raise CommitError(f"cannot commit {folder}: the folder holds no files")
-        # Digests from the writer are taken as they are unless a sha256 is asked for and they lack it.
-        trusted = {n: d for n, d in (known or {}).items() if d.sha256 is not None or not sha256}
-        # The read buffer only has to hold what gets read back: with ``known`` digests for the large files
-        # that is a few small files, and a 16 MiB buffer would be most of an asynchronous save's fixed memory.
-        read_back = [n for n in names if n not in trusted]
-        largest = max((os.stat(folder / n).st_size for n in read_back), default=1)
-        buffer = bytearray(max(64 * 1024, min(_READ_CHUNK_BYTES, largest)))
-        files: dict[str, FileDigest] = {}
-        # Flushing waits on the disk and hashing on the CPU (it reads the pages back from the cache): run the
-        # fsyncs on threads (they release the GIL) while this thread hashes, so a commit costs about the longer of
-        # the two instead of their sum. Every fsync has returned before the manifest is written.
-        total = sum(os.stat(folder / n).st_size for n in read_back) if progress else 0
-        with (
-            byte_progress(total, f"Committing {folder.name}") as on_read,
-            ThreadPoolExecutor(max_workers=_FSYNC_THREADS, thread_name_prefix="aegis-fsync") as pool,
-        ):
-            flushes = [pool.submit(fsio.fsync_file, folder / name) for name in names]
-            try:
-                for name in names:
-                    digest = trusted.get(name)
-                    if digest is not None:
-                        on_disk = os.stat(folder / name).st_size
-                        if on_disk != digest.size:
-                            raise CommitError(
-                                f"cannot commit {folder}: {name} has {on_disk} bytes on disk, "
-                                f"{digest.size} were written"
-                            )
-                        files[name] = digest if sha256 else FileDigest(digest.size, digest.xxh3_128)
-                    else:
-                        files[name] = hash_file(folder / name, sha256=sha256, buffer=buffer, on_read=on_read)
-            except BaseException:
-                for flush in flushes:
-                    flush.cancel()
-                raise
-            for flush in flushes:
-                flush.result()
-        # Every folder that holds a file, and those between it and ``folder``, deepest first and ``folder`` last
-        # (once each): the entries of the files reach the disk before the manifest's entry can.
-        folders = {folder}
-        for name in names:
-            folders.update(p for p in (folder / name).parents if p != folder and folder in p.parents)
-        for d in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-            fsio.fsync_dir(d)
+        files = _flush_and_digest(folder, names, known=known or {}, sha256=sha256, progress=progress)
+        _fsync_folders(folder, names)
         manifest = Manifest(
             step=step, files=files, committed_unix=time.time(), reason=reason, meta=dict(meta or {})
         )
@@ -336,6 +199,66 @@ def commit_checkpoint(
     except OSError as e:
         raise CommitError(f"cannot commit {folder}: {e}") from e
     return manifest
+
+
+def _flush_and_digest(
+    folder: Path, names: list[str], *, known: dict[str, FileDigest], sha256: bool, progress: bool
+) -> dict[str, FileDigest]:
+    """Step 1 of the protocol: fsync every file of ``folder`` and take its digest (read back, or the writer's
+    ``known`` one after a size check). Every fsync has returned when this returns.
+
+    Flushing waits on the disk and hashing on the CPU (it reads the pages back from the cache): the fsyncs run
+    on threads (they release the GIL) while this thread hashes, so a commit costs about the longer of the two
+    instead of their sum."""
+    # Digests from the writer are taken as they are unless a sha256 is asked for and they lack it.
+    trusted = {n: d for n, d in known.items() if d.sha256 is not None or not sha256}
+    # The read buffer only has to hold what gets read back: with ``known`` digests for the large files that is
+    # a few small files, and a 16 MiB buffer would be most of an asynchronous save's fixed memory.
+    read_back = [n for n in names if n not in trusted]
+    largest = max((os.stat(folder / n).st_size for n in read_back), default=1)
+    buffer = bytearray(max(64 * 1024, min(READ_CHUNK_BYTES, largest)))
+    files: dict[str, FileDigest] = {}
+    total = sum(os.stat(folder / n).st_size for n in read_back) if progress else 0
+    with (
+        byte_progress(total, f"Committing {folder.name}") as on_read,
+        ThreadPoolExecutor(max_workers=_FSYNC_THREADS, thread_name_prefix="aegis-fsync") as pool,
+    ):
+        flushes = [pool.submit(fsio.fsync_file, folder / name) for name in names]
+        try:
+            for name in names:
+                digest = trusted.get(name)
+                if digest is not None:
+                    files[name] = _checked_known_digest(folder, name, digest, sha256=sha256)
+                else:
+                    files[name] = hash_file(folder / name, sha256=sha256, buffer=buffer, on_read=on_read)
+        except BaseException:
+            for flush in flushes:
+                flush.cancel()
+            raise
+        for flush in flushes:
+            flush.result()
+    return files
+
+
+def _checked_known_digest(folder: Path, name: str, digest: FileDigest, *, sha256: bool) -> FileDigest:
+    """The writer's digest of ``name``, once the file on disk has the size it says (the bytes are not read
+    back); without its sha256 unless one is asked for."""
+    on_disk = os.stat(folder / name).st_size
+    if on_disk != digest.size:
+        raise CommitError(
+            f"cannot commit {folder}: {name} has {on_disk} bytes on disk, {digest.size} were written"
+        )
+    return digest if sha256 else FileDigest(digest.size, digest.xxh3_128)
+
+
+def _fsync_folders(folder: Path, names: list[str]) -> None:
+    """Step 2: fsync every folder that holds a file, and those between it and ``folder``, deepest first and
+    ``folder`` last (once each): the entries of the files reach the disk before the manifest's entry can."""
+    folders = {folder}
+    for name in names:
+        folders.update(p for p in (folder / name).parents if p != folder and folder in p.parents)
+    for d in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsio.fsync_dir(d)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -375,7 +298,7 @@ def verify_checkpoint(folder: str | os.PathLike, *, full: bool = True) -> Verify
     problems = list(confine.foreign_entries(folder))
     if problems:
         return VerifyResult(folder, False, problems, manifest, mode)
-    buffer = bytearray(_READ_CHUNK_BYTES) if full else None
+    buffer = bytearray(READ_CHUNK_BYTES) if full else None
     with byte_progress(manifest.total_bytes if full else 0, f"Verifying {folder.name}") as on_read:
         for name, digest in sorted(manifest.files.items()):
             problem = _verify_member(folder, name, digest, full=full, buffer=buffer, on_read=on_read)

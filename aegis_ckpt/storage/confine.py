@@ -22,6 +22,7 @@ trusted to that extent (it is the tool's own working directory), what a folder *
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import stat
@@ -136,6 +137,17 @@ def read_member_bytes(folder: str | os.PathLike, name: str, *, max_bytes: int) -
     if len(data) > max_bytes:
         raise ConfinementError(f"{name} grew beyond the {max_bytes} bytes allowed while being read")
     return data
+
+
+def read_member_json(folder: str | os.PathLike, name: str, *, max_bytes: int) -> object:
+    """The JSON document in the member file ``name`` of ``folder``, read as ``read_member_bytes`` reads it. A
+    document nested too deeply for the parser is a ``ValueError`` like any other malformed one (not the
+    ``RecursionError`` the parser raises), so every reader of a hostile folder handles it the same way."""
+    data = read_member_bytes(folder, name, max_bytes=max_bytes)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError(f"{name} nests too deeply to be read") from None
 
 
 def check_folder(folder: str | os.PathLike) -> str | None:

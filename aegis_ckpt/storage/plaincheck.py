@@ -80,11 +80,7 @@ def read_index_shards(folder: Path, index_name: str) -> set[str]:
             leave the folder (``confine.ConfinementError`` is a ``ValueError``).
         OSError: it cannot be read.
     """
-    data = confine.read_member_bytes(folder, index_name, max_bytes=MAX_JSON_BYTES)
-    try:
-        body = json.loads(data.decode("utf-8"))
-    except RecursionError:
-        raise ValueError("nests too deeply") from None
+    body = confine.read_member_json(folder, index_name, max_bytes=MAX_JSON_BYTES)
     weight_map = body.get("weight_map") if isinstance(body, dict) else None
     if not isinstance(weight_map, dict):
         raise ValueError("weight_map is not a mapping")
@@ -153,12 +149,10 @@ def check_trainer_state(
     JSON object, ``global_step`` not ``step``, a field of the wrong type, or (when ``known_fields`` is given:
     the fields of the installed ``TrainerState``) a field the Trainer would refuse as an unexpected argument."""
     try:
-        state = json.loads(
-            confine.read_member_bytes(folder, TRAINER_STATE_NAME, max_bytes=MAX_JSON_BYTES).decode("utf-8")
-        )
+        state = confine.read_member_json(folder, TRAINER_STATE_NAME, max_bytes=MAX_JSON_BYTES)
     except FileNotFoundError:
         return f"missing {TRAINER_STATE_NAME}"
-    except (OSError, ValueError, RecursionError) as e:
+    except (OSError, ValueError) as e:
         return f"{TRAINER_STATE_NAME} unreadable: {type(e).__name__}: {e}"
     if not isinstance(state, dict):
         return f"{TRAINER_STATE_NAME} is not a JSON object"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from ..errors import DiskFullError
@@ -40,15 +41,32 @@ def free_bytes(path: str | os.PathLike) -> int:
     return shutil.disk_usage(where).free
 
 
+def folder_bytes(folder: str | os.PathLike) -> int:
+    """Bytes of the regular files under ``folder``. Links are not followed (what they point to is not in the
+    folder), and an entry that vanishes or cannot be read counts nothing: a size for a report or a limit, never
+    an error."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                info = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
+
+
 def bytes_needed(checkpoint_bytes: int) -> int:
     """What a save of a ``checkpoint_bytes`` checkpoint needs free before it starts."""
     return int(checkpoint_bytes * (1 + SPACE_MARGIN_FRACTION)) + SPACE_MARGIN_BYTES
 
 
-def format_bytes(n: float) -> str:
+def format_bytes(n: float, *, decimals: int = 1) -> str:
+    """``n`` bytes for a person: ``512 B``, ``10.4 MiB`` (binary units up to GiB; ``decimals`` above bytes)."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.{decimals}f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"  # pragma: no cover - the loop returns at GiB
 

@@ -1,4 +1,5 @@
-"""The checkpoint store: listing, retention and quarantine inside one output directory.
+"""The checkpoint store: listing, staging and publishing, retention and quarantine inside one output directory
+(the quarantine's own rules, records and bounds are in ``quarantine``).
 
 Layout::
 
@@ -22,7 +23,6 @@ and does not count toward ``max_keep``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -39,7 +39,7 @@ from .layout import (
     CHECKPOINT_PREFIX,
     FINAL_MODEL_DIR,
     QUARANTINE_DIR,
-    QUARANTINE_RECORD,
+    QUARANTINE_RECORD,  # noqa: F401 - an old public name of this module
     STAGING_DIR,
     STAGING_FINAL_DIR,
     STAGING_PREFIX,
@@ -48,15 +48,13 @@ from .layout import (
     checkpoint_dir_name,
     parse_checkpoint_step,
 )
+from .quarantine import keep_newest, quarantine_records, set_aside
+from .space import folder_bytes
 
 logger = logging.getLogger(__name__)
 
 PIN_META_KEY = "pinned"
 METRIC_META_KEY = "metric"  # {"name", "value", "greater_is_better"}: the evaluation at this step (best-k)
-
-QUARANTINE_KEEP = 3
-"""Folders kept in quarantine; older ones are deleted. Quarantine is for a look at what went wrong, and must
-not grow without bound: a disk filled by set-aside folders would make every later save fail."""
 
 
 @dataclass(frozen=True)
@@ -67,32 +65,6 @@ class CheckpointEntry:
     @property
     def is_committed(self) -> bool:
         return is_committed(self.path)
-
-
-def _dir_size_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(root) / name).stat().st_size
-            except OSError:
-                pass
-    return total
-
-
-_SIDE_RECORD_SUFFIX = "." + QUARANTINE_RECORD
-
-
-def _record_path(moved: Path) -> Path:
-    """Where the quarantine record of ``moved`` goes: inside it when it is a real directory, else beside it (a
-    linked ``checkpoint-<step>`` is moved as the link itself, and nothing is ever written into its target)."""
-    if moved.is_dir() and not moved.is_symlink():
-        return moved / QUARANTINE_RECORD
-    return moved.with_name(moved.name + _SIDE_RECORD_SUFFIX)
-
-
-def _utc_stamp() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
 
 
 class CheckpointStore:
@@ -144,72 +116,18 @@ class CheckpointStore:
 
     # ---- quarantine ----------------------------------------------------------------------------------------
     def quarantine(self, folder: str | os.PathLike, reason: str) -> Path | None:
-        """Move ``folder`` aside (never delete it) and record why. Returns the new path, or None if the folder
-        vanished meanwhile or could not be moved (logged)."""
-        folder = Path(folder)
-        if not os.path.lexists(folder):
-            return None
-        fsio.makedirs_durable(self.quarantine_dir)
-        target = self.quarantine_dir / f"{_utc_stamp()}-{folder.name}"
-        n = 1
-        while os.path.lexists(target):
-            n += 1
-            target = self.quarantine_dir / f"{_utc_stamp()}-{folder.name}.{n}"
-        try:
-            fsio.replace(folder, target)
-        except OSError as e:
-            logger.error(
-                "Could not move %s to quarantine (%s); reason it was set aside: %s", folder, e, reason
-            )
-            return None
-        fsio.fsync_dir(folder.parent)
-        fsio.fsync_dir(self.quarantine_dir)
-        try:
-            fsio.atomic_write_json(
-                _record_path(target),
-                {"original_path": str(folder), "reason": reason, "moved_unix": time.time()},
-            )
-        except OSError as e:
-            logger.warning("Could not write the quarantine record in %s: %s", target, e)
-        logger.warning("Set aside %s -> %s: %s", folder.name, target, reason)
-        self.audit.append(
-            "quarantine",
-            step=parse_checkpoint_step(folder.name),
-            reason=reason,
-            path=folder.name,
-            moved_to=target.name,
-        )
-        self._bound_quarantine(keep=target)
+        """Move ``folder`` aside (never delete it) and record why; then keep only the newest
+        ``QUARANTINE_KEEP`` quarantined folders. Returns the new path, or None if the folder vanished meanwhile
+        or could not be moved (logged)."""
+        target = set_aside(Path(folder), reason, quarantine_dir=self.quarantine_dir, audit=self.audit)
+        if target is not None:
+            keep_newest(self.quarantine_dir, newest=target, discard=self._discard, audit=self.audit)
+            self.empty_trash()
         return target
-
-    def _bound_quarantine(self, *, keep: Path) -> None:
-        """Delete the oldest quarantined folders beyond ``QUARANTINE_KEEP`` (never ``keep``, the newest)."""
-        entries = sorted(p for p in self.quarantine_dir.iterdir() if p.is_dir() and p != keep)
-        for old in entries[: max(0, len(entries) - (QUARANTINE_KEEP - 1))]:
-            if self._discard(old):
-                logger.info("Deleted %s from quarantine (it keeps the newest %d)", old.name, QUARANTINE_KEEP)
-                self.audit.append(
-                    "prune",
-                    reason=f"quarantine keeps the newest {QUARANTINE_KEEP}",
-                    path=f"{QUARANTINE_DIR}/{old.name}",
-                )
-        self.empty_trash()
 
     def quarantined(self) -> list[dict]:
         """Records of quarantined folders, oldest first."""
-        if not self.quarantine_dir.is_dir():
-            return []
-        out = []
-        for p in sorted(self.quarantine_dir.iterdir()):
-            if p.name.endswith(_SIDE_RECORD_SUFFIX):
-                continue
-            record = {"path": str(p), "reason": "unknown"}
-            try:
-                record.update(json.loads(_record_path(p).read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                pass
-            out.append(record)
-        return out
+        return quarantine_records(self.quarantine_dir)
 
     # ---- retention -----------------------------------------------------------------------------------------
     def select_prunable(
@@ -308,7 +226,7 @@ class CheckpointStore:
                 logger.warning("Could not delete %s yet; will retry later", p)
 
     def size_bytes(self, folder: Path) -> int:
-        return _dir_size_bytes(folder)
+        return folder_bytes(folder)
 
     # ---- staging (writers that save outside the Trainer) ---------------------------------------------------
     def staging_path(self, step: int) -> Path:

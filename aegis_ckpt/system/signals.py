@@ -244,7 +244,7 @@ def exit_on_next_interrupt(code: int) -> None:
     except (OSError, ValueError):
         return
     # Once the interpreter winds down (atexit callbacks, thread joins), raising is no longer a clean way out.
-    atexit.register(_exit_at_once_on_interrupt, code)
+    atexit.register(exit_at_once_on_interrupt, code)
 
 
 class _ExitOnInterrupt:
@@ -263,7 +263,10 @@ class _ExitOnInterrupt:
         raise SystemExit(self.code)
 
 
-def _exit_at_once_on_interrupt(code: int) -> None:
+def exit_at_once_on_interrupt(code: int) -> None:
+    """From now on, Ctrl+C leaves the process at once with ``code``: for the moments the interpreter winds down
+    (atexit callbacks, thread joins), when raising is no longer a clean way out. Main thread only."""
+
     def leave(signum, frame) -> None:
         _exit_now(code)
 

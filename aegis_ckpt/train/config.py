@@ -20,10 +20,8 @@ String values may use ``${VAR}`` and ``${VAR:-default}`` to read environment var
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,27 +38,7 @@ from ..options import (
     RemoteOptions,
     options_from_mapping,
 )
-
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _expand_env(value: Any, where: str) -> Any:
-    if isinstance(value, str):
-
-        def repl(m: re.Match) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            raise ConfigError(f"{where}: environment variable {name} is not set (use ${{{name}:-default}})")
-
-        return _ENV_RE.sub(repl, value)
-    if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, where) for v in value]
-    return value
+from .overrides import apply_overrides, expand_env, yaml_problem
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
@@ -251,28 +229,52 @@ def _check_training(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = None) -> TrainConfig:
-    """Validate a loaded YAML document and build the typed config."""
+    """Validate a loaded YAML document and build the typed config. One parser per section, called in the order
+    of ``SECTIONS``: the first error reported is that of the first section with one."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a YAML mapping with sections {', '.join(SECTIONS)}")
     check_known_keys("", raw, SECTIONS)
-    raw = _expand_env(raw, "config")
+    raw = expand_env(raw, "config")
     base = Path(base_dir) if base_dir is not None else Path(".")
+    return TrainConfig(
+        model=_parse_model(_section(raw, "model"), base),
+        tokenizer=_parse_tokenizer(_section(raw, "tokenizer"), base),
+        data=_parse_data(_section(raw, "data"), base),
+        training=_parse_training(_section(raw, "training"), base),
+        checkpoint=_parse_checkpoint(_section(raw, "checkpoint")),
+        emergency=EmergencyOptions.from_mapping(_section(raw, "emergency"), where="emergency"),
+        async_save=AsyncOptions.from_mapping(_section(raw, "async_save"), where="async_save"),
+        remote=_parse_remote(_section(raw, "remote")),
+        resume=_parse_resume(_section(raw, "resume")),
+        preflight=_build_dataclass(PreflightConfig, "preflight", _section(raw, "preflight")),
+        notify=_parse_notify(_section(raw, "notify")),
+        source=source,
+        base_dir=base,
+    )
 
-    model_raw = dict(_section(raw, "model"))
-    lora = model_raw.pop("lora", None)
+
+def _parse_model(values: dict[str, Any], base: Path) -> ModelConfig:
+    values = dict(values)
+    lora = values.pop("lora", None)
     if lora is not None and not isinstance(lora, dict):
         raise ConfigError("model.lora must be a mapping (r, alpha, dropout, target_modules) or null")
-    model = _build_dataclass(ModelConfig, "model", model_raw)
+    model = _build_dataclass(ModelConfig, "model", values)
     if lora is not None:
         model = dataclasses.replace(model, lora=_build_dataclass(LoraConfig, "model.lora", lora))
     if model.name_or_path and _looks_local(model.name_or_path):
         model = dataclasses.replace(model, name_or_path=_resolve(base, model.name_or_path))
+    return model
 
-    tokenizer = _build_dataclass(TokenizerConfig, "tokenizer", _section(raw, "tokenizer"))
+
+def _parse_tokenizer(values: dict[str, Any], base: Path) -> TokenizerConfig:
+    tokenizer = _build_dataclass(TokenizerConfig, "tokenizer", values)
     if tokenizer.name_or_path and _looks_local(tokenizer.name_or_path):
         tokenizer = dataclasses.replace(tokenizer, name_or_path=_resolve(base, tokenizer.name_or_path))
+    return tokenizer
 
-    data = _build_dataclass(DataConfig, "data", _section(raw, "data"))
+
+def _parse_data(values: dict[str, Any], base: Path) -> DataConfig:
+    data = _build_dataclass(DataConfig, "data", values)
     if (data.train_file is None) == (data.hf_dataset is None):
         raise ConfigError(
             "data: set exactly one of train_file (a local file) or hf_dataset (a datasets source)"
@@ -281,83 +283,45 @@ def parse_config(raw: Any, *, source: str = "<memory>", base_dir: Path | None = 
         data = dataclasses.replace(data, train_file=_resolve(base, data.train_file))
     if not isinstance(data.block_size, int) or data.block_size < 2:
         raise ConfigError(f"data.block_size must be an integer >= 2 (got {data.block_size!r})")
+    return data
 
-    training = _check_training(_section(raw, "training"))
+
+def _parse_training(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    training = _check_training(values)
     if not training.get("output_dir"):
         raise ConfigError("training.output_dir is required: it is where checkpoints are written")
     training["output_dir"] = _resolve(base, str(training["output_dir"]))
     training.setdefault("report_to", "none")
+    return training
 
-    checkpoint_raw = _section(raw, "checkpoint")
+
+def _parse_checkpoint(values: dict[str, Any]) -> CheckpointOptions:
     for key in ("verify", "allow_unverified"):
-        if key in checkpoint_raw:
+        if key in values:
             # CheckpointOptions carries these for the custom-loop managers; a config run resumes by resume:.
             raise ConfigError(f"checkpoint.{key} belongs in the resume: section of a config (resume.{key})")
-    checkpoint = CheckpointOptions.from_mapping(checkpoint_raw, where="checkpoint")
-    emergency = EmergencyOptions.from_mapping(_section(raw, "emergency"), where="emergency")
-    async_save = AsyncOptions.from_mapping(_section(raw, "async_save"), where="async_save")
-    remote_raw = dict(_section(raw, "remote"))
-    if remote_raw.get("url") == "":  # ${AEGIS_REMOTE_URL:-} with the variable unset: no remote copies
-        remote_raw["url"] = None
-    remote = RemoteOptions.from_mapping(remote_raw, where="remote")
-    resume = _build_dataclass(ResumeConfig, "resume", _section(raw, "resume"))
+    return CheckpointOptions.from_mapping(values, where="checkpoint")
+
+
+def _parse_remote(values: dict[str, Any]) -> RemoteOptions:
+    values = dict(values)
+    if values.get("url") == "":  # ${AEGIS_REMOTE_URL:-} with the variable unset: no remote copies
+        values["url"] = None
+    return RemoteOptions.from_mapping(values, where="remote")
+
+
+def _parse_resume(values: dict[str, Any]) -> ResumeConfig:
+    resume = _build_dataclass(ResumeConfig, "resume", values)
     if resume.verify not in VERIFY_MODES:
         raise ConfigError(f"resume.verify must be one of {VERIFY_MODES} (got {resume.verify!r})")
-    preflight = _build_dataclass(PreflightConfig, "preflight", _section(raw, "preflight"))
-    notify_raw = dict(_section(raw, "notify"))
-    if notify_raw.get("webhook_url") == "":  # ${AEGIS_WEBHOOK_URL:-} with the variable unset
-        notify_raw["webhook_url"] = None
-    notify = _build_dataclass(NotifyConfig, "notify", notify_raw)
-    return TrainConfig(
-        model=model,
-        tokenizer=tokenizer,
-        data=data,
-        training=training,
-        checkpoint=checkpoint,
-        emergency=emergency,
-        async_save=async_save,
-        remote=remote,
-        resume=resume,
-        preflight=preflight,
-        notify=notify,
-        source=source,
-        base_dir=base,
-    )
+    return resume
 
 
-def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` assignments (values parsed as YAML) to a raw config mapping."""
-    out = copy.deepcopy(raw)
-    for item in assignments:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        key, _, text = item.partition("=")
-        parts = [p for p in key.strip().split(".") if p]
-        if len(parts) < 2:
-            raise ConfigError(f"--set key must be section.key (e.g. training.max_steps=100), got {key!r}")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            # Never echo the value: it may be a webhook URL or a token (PyYAML's message quotes the text).
-            raise ConfigError(f"--set {key}: value is not valid YAML{_yaml_problem(e)}") from None
-        node = out
-        for p in parts[:-1]:
-            child = node.get(p)
-            if child is None:
-                child = node[p] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {p} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """Where and what, without the text around it (which may hold a secret): " at line 3, column 7: ..."."""
-    mark = getattr(error, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    problem = getattr(error, "problem", None) or type(error).__name__
-    return f"{where}: {problem}"
+def _parse_notify(values: dict[str, Any]) -> NotifyConfig:
+    values = dict(values)
+    if values.get("webhook_url") == "":  # ${AEGIS_WEBHOOK_URL:-} with the variable unset
+        values["webhook_url"] = None
+    return _build_dataclass(NotifyConfig, "notify", values)
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
@@ -374,7 +338,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML{_yaml_problem(e)}") from None
+        raise ConfigError(f"{path} is not valid YAML{yaml_problem(e)}") from None
     if raw is None:
         raise ConfigError(f"{path} is empty")
     if overrides:
@@ -391,7 +355,7 @@ def read_output_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        value = _expand_env(raw["training"]["output_dir"], "training.output_dir")
+        value = expand_env(raw["training"]["output_dir"], "training.output_dir")
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as e:
         raise ConfigError(f"cannot read training.output_dir from {path}: {type(e).__name__}") from None
     if not isinstance(value, str) or not value:

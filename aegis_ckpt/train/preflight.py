@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import PreflightError
 from ..storage.layout import check_output_dir
+from ..storage.space import format_bytes
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -103,11 +104,9 @@ class PreflightReport:
         return f"[preflight] passed with {len(self.warnings)} warning(s): training can start"
 
 
-def format_bytes(n: float) -> str:
-    for unit, size in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
+def _bytes(n: float) -> str:
+    """Sizes in preflight lines carry two decimals: a margin of 0.05 GiB is worth seeing."""
+    return format_bytes(n, decimals=2)
 
 
 # ---- size estimate ---------------------------------------------------------------------------------------------
@@ -229,7 +228,7 @@ def check_disk(cfg: TrainConfig) -> CheckResult:
         return CheckResult(
             "disk",
             WARNING,
-            f"{format_bytes(free)} free on {where}; checkpoint size unknown ({type(e).__name__}: {e}), "
+            f"{_bytes(free)} free on {where}; checkpoint size unknown ({type(e).__name__}: {e}), "
             "so the need could not be checked",
         )
     keep = cfg.checkpoint.max_keep + 1
@@ -238,21 +237,19 @@ def check_disk(cfg: TrainConfig) -> CheckResult:
     credit = _existing_checkpoint_bytes(output_dir)
     need = max(0, projected - credit)
     detail = (
-        f"checkpoint ~{format_bytes(size.checkpoint_bytes)} x {keep} (max_keep + 1) + final model "
-        f"~{format_bytes(size.final_model_bytes)} + margin {format_bytes(margin)}"
-        + (f" - {format_bytes(credit)} already used by committed checkpoints" if credit else "")
+        f"checkpoint ~{_bytes(size.checkpoint_bytes)} x {keep} (max_keep + 1) + final model "
+        f"~{_bytes(size.final_model_bytes)} + margin {_bytes(margin)}"
+        + (f" - {_bytes(credit)} already used by committed checkpoints" if credit else "")
         + f"; size {size.source}"
     )
     if free < need:
         return CheckResult(
             "disk",
             REFUSED,
-            f"only {format_bytes(free)} free on {where}, need ~{format_bytes(need)} ({detail}): free some space, "
+            f"only {_bytes(free)} free on {where}, need ~{_bytes(need)} ({detail}): free some space, "
             "lower checkpoint.max_keep, or point training.output_dir at a larger drive",
         )
-    return CheckResult(
-        "disk", OK, f"{format_bytes(free)} free on {where}, need ~{format_bytes(need)} ({detail})"
-    )
+    return CheckResult("disk", OK, f"{_bytes(free)} free on {where}, need ~{_bytes(need)} ({detail})")
 
 
 def check_gpu(cfg: TrainConfig) -> CheckResult:
@@ -288,8 +285,7 @@ def check_gpu(cfg: TrainConfig) -> CheckResult:
         )
     best = max(gpus, key=lambda g: g.free_bytes)
     listing = "; ".join(
-        f"GPU {g.index} {g.name}: {format_bytes(g.free_bytes)} free of {format_bytes(g.total_bytes)}"
-        for g in gpus
+        f"GPU {g.index} {g.name}: {_bytes(g.free_bytes)} free of {_bytes(g.total_bytes)}" for g in gpus
     )
     if pre.min_gpu_free_gb is not None and best.free_bytes < pre.min_gpu_free_gb * GIB:
         return CheckResult(

@@ -7,6 +7,7 @@ afterwards (``store``). It commits every save the Trainer makes, whatever ``save
 takes over ``save_total_limit`` because the Trainer's own rotation deletes by mtime before anything could be
 committed. After a stop signal the save is the emergency checkpoint, and the process then exits with
 ``128 + signum``; after an exception (``emergency``) a best-effort checkpoint is saved before it propagates.
+The class routes events to its parts: save cycle (``stepsaves``), uploads (``remoteranks``), emergency stop.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from transformers import TrainerCallback
 from .. import distributed
 from ..arguments import AegisArguments
 from ..cluster.nodes import CommonCheckpointGuard
-from ..distributed import PeerLostError, StepAgreement, StepFlags
 from ..exitcodes import exit_code_for_signal
 from ..options import AsyncOptions, CheckpointOptions, EmergencyOptions, RemoteOptions
 from ..policy import SavePolicy, make_policy
@@ -31,20 +31,17 @@ from ..runstate.completion import mark_completed
 from ..runstate.heartbeat import SupervisorHeartbeat
 from ..runstate.saves import SaveTail
 from ..storage.commit import is_committed
-from ..storage.layout import checkpoint_dir_name
 from ..storage.store import CheckpointStore
 from ..system.platform import signal_name
 from ..system.signals import SignalWatcher
 from .asyncsave.saver import AsyncSaver
-from .commits import manifest_meta, publish_background_save
 from .compat import check_training_setup
 from .emergency import EmergencyStop, find_trainer
 from .metric import EvaluationTracker
 from .remoteranks import RankUploads
 from .runrecord import TrainerRunRecord
-from .savegate import SaveGate
 from .settings import build_options, follow_trainer_logging, resolve_options, take_over_rotation
-from .stepdecision import DUE, FINAL, SIGNAL, TRAINER, decide_step
+from .stepsaves import StepSaves
 from .syncsave import SyncSaves, final_save_failed
 from .trainbegin import open_output_dir, tidy_output_dir
 from .trainentry import TrainEntry
@@ -143,6 +140,11 @@ class AegisCheckpointCallback(TrainerCallback):
         write_completion_marker: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ):
+        """Resolve the options (see the class docstring) and build the callback's parts.
+
+        Long because: the public contract's flat keyword arguments take 40 lines, once in the signature and once
+        handed on to ``resolve_options``; the rest builds the parts, one assignment each, without branches.
+        """
         self.options, self.emergency, self.async_options, self._max_keep_explicit = resolve_options(
             args,
             options=options,
@@ -163,36 +165,37 @@ class AegisCheckpointCallback(TrainerCallback):
         self.remote = build_options(
             RemoteOptions, remote, url=remote_url, max_keep=remote_max_keep, options=remote_options
         )
-        self.mirror: RemoteMirror | None = None
         self._uploads = RankUploads(self.remote, lambda: self.options.max_keep)  # who uploads what
         self.policy: SavePolicy = policy if policy is not None else make_policy(self.options)
         self.clock = clock
         self.write_completion_marker = write_completion_marker
         self.store: CheckpointStore | None = None
-        self.last_saved_step: int | None = None
-        self.last_commit_path: Path | None = None
-        # One clock for the save interval and the agreement stride.
-        self._agreement = StepAgreement(clock=self.clock)
         self.stops = EmergencyStop(self.emergency, self)
         self._tail: SaveTail | None = None
         self._common = CommonCheckpointGuard(".", active=False)
         self._trainer = None
-        self._save_requested_at: float | None = None
-        self._save_reason = ""
         self._rotation_checked = False
         self._setup_checked = False
         self._heartbeat = SupervisorHeartbeat(clock, every_sec=HEARTBEAT_EVERY_SEC)
         self._run = TrainerRunRecord(self.policy, clock)  # run lease, audit log, save statistics
-        self._async = AsyncSaver(self.async_options)
         self._evaluations = EvaluationTracker()  # the metric of a checkpoint (keep_best_k)
-        # A save that cannot fit is never started.
-        self._gate = SaveGate(run=self._run, stops=self.stops, policy=lambda: self.policy, clock=clock)
-        # A full disk inside the Trainer's own save does not end training; a completed one is committed.
-        self._sync = SyncSaves(
-            tail=self._require_tail,
+        direct = self.async_options.direct_sync_saves  # Trainer's own saves written by the direct writer
+        self._sync = SyncSaves(tail=self._require_tail, run=self._run, metric=self._metric, direct=direct)
+        # The save cycle: decide at each step end, start the save, commit or publish it.
+        self._steps = StepSaves(
+            policy=lambda: self.policy,
+            options=lambda: self.options,
+            async_options=self.async_options,
+            clock=clock,
+            stops=self.stops,
             run=self._run,
+            store=lambda: self.store,
+            require_store=self._require_store,
+            tail=self._require_tail,
+            trainer=lambda: self._trainer,
             metric=self._metric,
-            direct=self.async_options.direct_sync_saves,
+            sync=self._sync,
+            uploads=self._uploads,
         )
         self._entry = TrainEntry(self._already_finished)  # what train() resumes from; no step past the end
 
@@ -206,36 +209,52 @@ class AegisCheckpointCallback(TrainerCallback):
         """The signal all ranks agreed to stop for, once one came."""
         return self.stops.stop_signal
 
+    @property
+    def last_saved_step(self) -> int | None:
+        """The step of the latest save started (two-phase) or committed (synchronous) in this process."""
+        return self._steps.last_saved_step
+
+    @property
+    def last_commit_path(self) -> Path | None:
+        """The folder of the latest committed save."""
+        return self._steps.last_commit_path
+
+    @property
+    def mirror(self) -> RemoteMirror | None:
+        """This process's remote mirror while training runs (None where it uploads nothing: ``remoteranks``)."""
+        return self._uploads.mirror
+
+    @property
+    def _async(self) -> AsyncSaver:
+        """The two-phase saver (its writer is the seam tests replace)."""
+        return self._steps.saver
+
     # ---- setup ---------------------------------------------------------------------------------------------
-    def _take_over_rotation(self, args) -> None:
-        """Switch off the Trainer's mtime rotation once; our retention runs after each commit instead."""
+    def _adopt_trainer_args(self, args) -> None:
+        """Once, at Trainer construction or at train begin when the callback was added later: refuse setups that
+        cannot work (``compat``), then switch off the Trainer's mtime rotation (retention runs after each commit
+        instead)."""
+        if not self._setup_checked:
+            self._setup_checked = True
+            check_training_setup(args, self.options)
         if not self._rotation_checked:
             self._rotation_checked = True
             self.options = take_over_rotation(args, self.options, max_keep_explicit=self._max_keep_explicit)
 
-    def _check_setup(self, args) -> None:
-        """Refuse setups that cannot work (``compat``): at Trainer construction, or at train begin when the
-        callback was added later."""
-        if not self._setup_checked:
-            self._setup_checked = True
-            check_training_setup(args, self.options)
-
     def on_init_end(self, args, state, control, **kwargs):
-        self._check_setup(args)
-        self._take_over_rotation(args)
+        self._adopt_trainer_args(args)
         self._trainer = find_trainer()
         self.stops.attach(self._trainer)
         self._sync.install(self._trainer)
         self._entry.install(self._trainer)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._check_setup(args)
-        self._take_over_rotation(args)
+        self._adopt_trainer_args(args)
         follow_trainer_logging(args)
         check_resume_world_size(
             args.output_dir, state.global_step, args.world_size, allow=self.emergency.allow_world_size_change
         )
-        self._open_mirror(args, collective=True)
+        self._uploads.open(args, collective=True)
         self.store, self._common, self._tail = open_output_dir(
             args, state, self.options, self._run, best=self._best_checkpoint, mirror=self.mirror
         )
@@ -245,9 +264,9 @@ class AegisCheckpointCallback(TrainerCallback):
             tidy_output_dir(self.store, self._tail, state.global_step, self.options)
             if self.mirror is not None:
                 self.mirror.catch_up()  # an upload the previous process could not finish
-        self._agreement.setup()
+        self._steps.agreement.setup()
         distributed.barrier()
-        self.last_saved_step = None
+        self._steps.last_saved_step = None
         self.stops.arm(args, step=state.global_step, needs_trainer=self.async_options.enabled)
         self._async.choose_mode(self._trainer)
         self.policy.start(self.clock())
@@ -270,97 +289,12 @@ class AegisCheckpointCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.stops.step_end()
-        self._collect_async(wait=False)
-        now = self.clock()
-        save_due = int(self.policy.is_due(now))
-        signal = self.stops.pending_signal
-        final = state.global_step >= state.max_steps
-        fits = self._async.fits_in_ram(self._trainer, args, now=now, urgent=bool(save_due or signal or final))
-        local = StepFlags(
-            save_due=save_due,
-            signal=signal,
-            writer_busy=int(self._async.busy),
-            sync_only=int(not fits),
-            uploads_from=self._uploads.contribution(),
-        )
-        try:
-            agreed = self._agreement.exchange(local, step=state.global_step, sync=final)
-        except PeerLostError as e:
-            self.stops.exit_after_peer_loss(e, local.signal)
-        self._uploads.agreed(agreed, contributed_at=self._agreement.result_step)
-        decision = decide_step(
-            agreed,
-            final=final,
-            save_on_train_end=self.options.save_on_train_end,
-            trainer_saves=control.should_save,
-            contributed_at=self._agreement.result_step,
-            last_saved_step=self.last_saved_step,
-        )
-        if decision.action == SIGNAL:
-            self._save_reason = self.stops.take_signal(agreed.signal)
-            self._collect_async(wait=True)  # the grace watchdog bounds this wait
-            control.should_save = True
-        elif decision.action == FINAL:
-            self._collect_async(wait=True)
-            control.should_save = True
-            self._save_reason = decision.reason
-        elif decision.action == DUE:
-            self._save_when_due(args, state, control, agreed)
-        elif decision.action == TRAINER:
-            self._save_reason = decision.reason
-        if control.should_save and not self._save_fits(args, state, self._save_reason):
-            control.should_save = False
-        if control.should_save:
-            self._save_requested_at = self.clock()
+        if self._steps.decide(args, state, control):
             self._heartbeat.beat(state.global_step, "saving", force=True)
         else:
             self._heartbeat.beat(state.global_step, "train")
         self._run.heartbeat(state.global_step)
         return control
-
-    # ---- asynchronous saves --------------------------------------------------------------------------------
-    def _save_when_due(self, args, state, control, agreed: StepFlags) -> None:
-        """The interval is due and the Trainer does not save this step on its own: save, async if possible."""
-        if not self._async.enabled or agreed.sync_only:
-            control.should_save = True
-            self._save_reason = "interval"
-            return
-        if self._async.defer(
-            state.global_step,
-            busy_on_some_rank=bool(agreed.writer_busy),
-            wait_for_writer=lambda: self._collect_async(wait=True),
-        ):
-            return
-        if not self._save_fits(args, state, "interval"):
-            return
-        store = self._require_store()
-        started = self.clock()
-        staging = (
-            store.fresh_staging(state.global_step)
-            if args.should_save
-            else store.staging_path(state.global_step)
-        )
-        nbytes = self._async.start(
-            self._trainer,
-            staging,
-            step=state.global_step,
-            reason="interval",
-            meta=manifest_meta(state, args.world_size, asynchronous=True, metric=self._metric(state)),
-            sha256=self._run.sha256,
-        )
-        self.last_saved_step = state.global_step
-        self.policy.record_save(started=started, finished=self.clock(), size_bytes=nbytes)
-
-    def _save_fits(self, args, state, reason: str) -> bool:
-        """Whether the save decided at this step fits on disk on every rank (``savegate``)."""
-        return self._gate.fits(args, state, reason, store=self.store, trainer=self._trainer)
-
-    def _collect_async(self, *, wait: bool) -> None:
-        """Publish a background save that finished (optionally waiting for it). Runs on the training thread."""
-        job = self._async.writer.collect(wait=wait)
-        if job is not None:
-            folder = publish_background_save(self._require_tail(), job)
-            self.last_commit_path = folder or self.last_commit_path
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self._evaluations.record(state.global_step, metrics)  # the metric of a checkpoint saved at this step
@@ -376,38 +310,19 @@ class AegisCheckpointCallback(TrainerCallback):
             logger.debug("step %d already committed; skipping the epoch-end save", state.global_step)
             control.should_save = False
         elif control.should_save:
-            self._save_reason = "trainer"
-            self._save_requested_at = self.clock()
+            self._steps.reason = "trainer"
+            self._steps.requested_at = self.clock()
         return control
 
     # ---- commit --------------------------------------------------------------------------------------------
     def on_save(self, args, state, control, **kwargs):
-        # A background save still in flight is published first (or dropped if it is of this very step).
-        self._collect_async(wait=True)
-        # Every rank writes its own files (rng_state_<rank>.pth); commit only once all of them are done.
-        distributed.barrier()
-        started = self._save_requested_at if self._save_requested_at is not None else self.clock()
-        write_sec = self.clock() - started
-        folder = Path(args.output_dir) / checkpoint_dir_name(state.global_step)
-        self._common.complete_node_copy(kwargs.get("model"), folder, writes_files=args.should_save)
-        size_bytes, failure = self._sync.commit_written(
-            state,
-            folder,
-            reason=self._save_reason or "trainer",
-            write_sec=write_sec,
-            world_size=args.world_size,
-            writes_files=args.should_save,
+        folder, committed, failure = self._steps.commit(
+            args, state, model=kwargs.get("model"), common=self._common
         )
-        distributed.barrier()
-        self._common.confirm(state.global_step, committed_here=size_bytes > 0 or not args.should_save)
-        self.policy.record_save(started=started, finished=self.clock(), size_bytes=size_bytes)
-        self.last_saved_step = state.global_step
-        self.last_commit_path = folder
-        self._save_requested_at = None
         self._heartbeat.beat(state.global_step, "train", force=True)
         if self.stops.stop_signal is not None:
-            self.stops.exit_after_save(state, folder, committed=size_bytes > 0 or not args.should_save)
-        if failure is not None and self._save_reason == "final":
+            self.stops.exit_after_save(state, folder, committed=committed)
+        if failure is not None and self._steps.reason == "final":
             raise final_save_failed(state.global_step, failure) from failure
         return control
 
@@ -416,20 +331,15 @@ class AegisCheckpointCallback(TrainerCallback):
 
     # ---- end -----------------------------------------------------------------------------------------------
     def on_train_end(self, args, state, control, **kwargs):
-        self._collect_async(wait=True)
+        self._steps.collect(wait=True)
         self._async.close()
-        self._flush_remote(self.remote.flush_timeout_sec, collective=True)
+        self._uploads.finish(self.remote.flush_timeout_sec, collective=True)
         self._heartbeat.beat(state.global_step, "train_end", force=True)
-        try:
-            late = self._agreement.drain()
-        except PeerLostError as e:
-            late = StepFlags()
-            logger.warning("%s (at train end)", e)
-        self._agreement.close()
+        late_signal = self._steps.end()
         watcher_signal = self.stops.disarm()
         final_saved = self.last_saved_step == state.global_step and self.last_commit_path is not None
         self._run.finish(args, state, write_completion_marker=self.write_completion_marker)
-        signum = late.signal or watcher_signal
+        signum = late_signal or watcher_signal
         if signum and final_saved:
             # A stop request that arrived after the last step end: the final checkpoint is committed; honour the
             # request instead of returning to code that would go on after training.
@@ -445,34 +355,24 @@ class AegisCheckpointCallback(TrainerCallback):
     # ---- what the emergency stop asks of the save flow (EmergencyHost) ----------------------------------------
     @property
     def multi_process(self) -> bool:
-        return self._agreement.active
+        return self._steps.agreement.active
 
     def finish_background_save(self) -> None:
-        self._collect_async(wait=True)
+        self._steps.collect(wait=True)
 
     def save_now(self, trainer, folder: Path, reason: str) -> bool:
-        self._save_reason = reason
-        if self._sync.save_now(trainer, folder, reason):
-            self.last_saved_step = trainer.state.global_step
-            return True
-        return False
+        return self._steps.save_now(trainer, folder, reason)
 
     def _already_finished(self, trainer, checkpoint: str, step: int) -> None:
         """``train()`` found the run finished at ``checkpoint``: record completion if a stop came before it."""
         args = trainer.args
         if self.write_completion_marker and args.should_save and is_committed(checkpoint):
             mark_completed(args.output_dir, step=step, checkpoint=checkpoint)
-        if self._open_mirror(args, collective=False) is not None:
+        if self._uploads.open(args, collective=False) is not None:
             # No step runs, so no train begin either: an upload the previous process could not finish is
             # completed here, within the same bound as at the end of training.
             self.mirror.catch_up()
-            self._flush_remote(self.remote.flush_timeout_sec)
-
-    def _open_mirror(self, args, *, collective: bool) -> RemoteMirror | None:
-        """The remote mirror of this process, started once (None where it uploads nothing): ``remoteranks``
-        says which processes upload what."""
-        self.mirror = self._uploads.open(args, collective=collective)
-        return self.mirror
+            self._uploads.finish(self.remote.flush_timeout_sec, collective=False)
 
     def record(self, event: str, *, step: int, signum: int = 0, error=None, saved: bool = False) -> None:
         self._run.record(event, step=step, signum=signum, error=error, saved=saved)
@@ -482,18 +382,12 @@ class AegisCheckpointCallback(TrainerCallback):
 
     def shut_down(self, *, agreement: bool) -> None:
         if agreement:
-            self._agreement.close()
+            self._steps.agreement.close()
         self._async.close()
         # The process is about to exit (a signal, a lost peer): give the last upload the grace period at most.
-        self._flush_remote(self.emergency.grace_period_sec, collective=agreement)
+        self._uploads.finish(self.emergency.grace_period_sec, collective=agreement)
 
     # ---- helpers -------------------------------------------------------------------------------------------
-    def _flush_remote(self, timeout_sec: float, *, collective: bool = False) -> None:
-        """Training is over: wait (bounded) for the last upload, then stop the mirror (``collective``: every
-        rank is here, so node-local uploads can settle their last step)."""
-        self._uploads.finish(timeout_sec, collective=collective)
-        self.mirror = None
-
     def _require_tail(self) -> SaveTail:
         self._require_store()
         return self._tail

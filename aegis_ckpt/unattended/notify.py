@@ -34,7 +34,8 @@ from urllib.parse import urlsplit
 
 logger = logging.getLogger(__name__)
 
-EVENTS = ("finished", "failed")
+RUN_END_EVENTS = ("finished", "failed")
+"""How a run ended, as a notification announces it (each has its own sound)."""
 SOUND_WAIT_SEC = 4.0
 """The longest the sound may hold up the end of a run (long enough to hear a system sound)."""
 WINDOWS_SOUNDS = {"finished": ("SystemAsterisk", 0x40), "failed": ("SystemHand", 0x10)}
@@ -122,8 +123,8 @@ def _sound_worker(event: str, platform: str, done: list[str]) -> None:
 def play_sound(event: str, *, platform: str = sys.platform, wait_sec: float = SOUND_WAIT_SEC) -> str:
     """Play the event's sound; returns what happened. Waits at most ``wait_sec`` (the sound thread is a daemon,
     so a stuck audio stack cannot keep the process alive)."""
-    if event not in EVENTS:
-        raise ValueError(f"event must be one of {EVENTS} (got {event!r})")
+    if event not in RUN_END_EVENTS:
+        raise ValueError(f"event must be one of {RUN_END_EVENTS} (got {event!r})")
     done: list[str] = []
     thread = threading.Thread(
         target=_sound_worker, args=(event, platform, done), daemon=True, name="aegis-sound"
@@ -198,8 +199,8 @@ def notify(
     details: dict[str, Any] | None = None,
 ) -> NotifyResult:
     """Tell the user that a run ``finished`` or ``failed``: sound, then webhook. Never raises for either."""
-    if event not in EVENTS:
-        raise ValueError(f"event must be one of {EVENTS} (got {event!r})")
+    if event not in RUN_END_EVENTS:
+        raise ValueError(f"event must be one of {RUN_END_EVENTS} (got {event!r})")
     result = NotifyResult(payload=build_payload(event, details or {}))
     if sound:
         result.sound = play_sound(event)

@@ -12,8 +12,8 @@ What the supervisor decides from the child's exit (``exitcodes.py`` is the contr
   crash loop the budget is for, while one that dies at the same step again and again is. Out of budget: exit 1.
 
 A stop signal sent to the supervisor (Ctrl+C, ``kill``, ``systemctl stop``, the terminal closing) is forwarded to
-the child once, and the supervisor then waits for the child's emergency checkpoint and does not restart it, even
-during a backoff wait.
+the child once (``stoprequests``), and the supervisor then waits for the child's emergency checkpoint and does
+not restart it, even during a backoff wait.
 
 Hangs: the child's ``AegisCheckpointCallback`` rewrites the file named by ``AEGIS_HEARTBEAT_FILE`` (set here)
 at least every 5 s of training and around saves. Once a first heartbeat arrived, no new one for
@@ -33,8 +33,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -56,12 +54,9 @@ from ..storage import fsio
 from ..system.platform import signal_name
 from ..system.process import ProcessControl, default_process_control
 from ..system.redact import redact_argv
+from .stoprequests import StopRequests
 
 logger = logging.getLogger(__name__)
-
-DUPLICATE_SIGNAL_WINDOW_SEC = 1.0
-"""The same signal arriving twice within this window is one event delivered twice (the kernel's terminal hangup
-and the shell's job hangup, systemd's SIGTERM to the whole group), not a user's deliberate second Ctrl+C."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,52 +140,8 @@ class Supervisor:
         self.control = control or default_process_control()
         self.clock = clock
         self.attempts: list[Attempt] = []
-        self._pending: list[int] = []
-        self._stop_signal: int | None = None
-        self._last_forwarded: dict[int, float] = {}
+        self._stops = StopRequests(self.control, clock)
         self._workdir: Path | None = None
-
-    # -- signals --
-    def _on_signal(self, signum, frame) -> None:  # flag only; the poll loop acts on it
-        self._pending.append(signum)
-
-    def _install_handlers(self) -> dict[int, object]:
-        previous = {}
-        for signum in self.control.stop_signals:
-            try:
-                previous[signum] = signal.signal(signum, self._on_signal)
-            except (ValueError, OSError):  # not the main thread, or not on this platform
-                pass
-        return previous
-
-    def _handle_pending(self, proc: subprocess.Popen | None) -> None:
-        while self._pending:
-            signum = self._pending.pop(0)
-            name = signal_name(signum)
-            now = self.clock()
-            last = self._last_forwarded.get(signum)
-            if last is not None and now - last < DUPLICATE_SIGNAL_WINDOW_SEC:
-                logger.debug(
-                    "%s again within %.1f s: the same event delivered twice, not forwarded", name, now - last
-                )
-                continue
-            self._last_forwarded[signum] = now
-            first = self._stop_signal is None
-            if first:
-                self._stop_signal = signum
-            if proc is not None and proc.poll() is None:
-                logger.warning(
-                    "received %s: forwarding it to the run (pid %d)%s; it will not be restarted",
-                    name,
-                    proc.pid,
-                    "" if first else " again (a second stop request means: stop now)",
-                )
-                try:
-                    self.control.forward(proc, signum)
-                except OSError as e:
-                    logger.error("could not forward %s to pid %d: %s", name, proc.pid, e)
-            else:
-                logger.warning("received %s: stopping; no further restart", name)
 
     # -- environment --
     def _child_env(self, heartbeat: Path) -> dict[str, str]:
@@ -228,7 +179,7 @@ class Supervisor:
         stopping_since: float | None = None
         killed = False
         while True:
-            self._handle_pending(proc)
+            self._stops.handle(proc)
             code = proc.poll()
             if code is not None:
                 self._take_beat(attempt, heartbeat.poll())  # the last words of a quick crash count too
@@ -298,25 +249,21 @@ class Supervisor:
         """Sleep for a backoff; False when a stop signal arrived meanwhile."""
         deadline = self.clock() + seconds
         while self.clock() < deadline:
-            self._handle_pending(None)
-            if self._stop_signal is not None:
+            self._stops.handle(None)
+            if self._stops.signal is not None:
                 return False
             time.sleep(min(self.options.poll_sec, max(0.0, deadline - self.clock())))
-        self._handle_pending(None)
-        return self._stop_signal is None
+        self._stops.handle(None)
+        return self._stops.signal is None
 
     # -- the loop --
     def run(self) -> int:
-        previous = self._install_handlers()
+        previous = self._stops.install()
         self._workdir = Path(tempfile.mkdtemp(prefix="aegis-run-"))
         try:
             return self._loop()
         finally:
-            for signum, handler in previous.items():
-                try:
-                    signal.signal(signum, handler)  # type: ignore[arg-type]
-                except (ValueError, OSError, TypeError):
-                    pass
+            self._stops.restore(previous)
             fsio.rmtree(self._workdir, ignore_errors=True)
 
     def _loop(self) -> int:
@@ -374,21 +321,21 @@ class Supervisor:
                 opts.max_restarts,
             )
             if not self._wait(delay):
-                name = signal_name(self._stop_signal or 0)
+                name = signal_name(self._stops.signal or 0)
                 logger.warning("received %s while waiting to restart: not restarting", name)
-                return exit_code_for_signal(self._stop_signal or 0)
+                return exit_code_for_signal(self._stops.signal or 0)
 
     def _final_code(self, attempt: Attempt) -> int | None:
         """Log how ``attempt`` ended; the code to exit with when no restart can or may follow, else None."""
         code = attempt.code if attempt.code is not None else EXIT_FAILURE
         summary = f"attempt {attempt.number}: {describe_exit(code)} after {attempt.seconds:.1f} s"
-        if self._stop_signal is not None:
-            name = signal_name(self._stop_signal)
+        if self._stops.signal is not None:
+            name = signal_name(self._stops.signal)
             if code == EXIT_OK:
                 logger.info("%s: finished while stopping", summary)
                 return EXIT_OK
             logger.warning("%s: stopped on request (%s); not restarting", summary, name)
-            return exit_code_for_signal(self._stop_signal)
+            return exit_code_for_signal(self._stops.signal)
         if attempt.hung:
             logger.error("%s: killed as hung", summary)
         elif code == EXIT_OK:

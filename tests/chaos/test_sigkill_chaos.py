@@ -42,7 +42,8 @@ import tinylib
 from aegis_ckpt.runstate.completion import read_completion
 from aegis_ckpt.storage.commit import verify_checkpoint
 from aegis_ckpt.storage.layout import MANIFEST_NAME
-from aegis_ckpt.storage.store import QUARANTINE_KEEP, CheckpointStore
+from aegis_ckpt.storage.quarantine import QUARANTINE_KEEP
+from aegis_ckpt.storage.store import CheckpointStore
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

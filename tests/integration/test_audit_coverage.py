@@ -19,7 +19,7 @@ from aegis_ckpt import EnhancedAutoCheckpointManager
 from aegis_ckpt.options import CheckpointOptions
 from aegis_ckpt.runstate.lease import run_record_path
 from aegis_ckpt.runstate.start import RESUME_CRASH, RESUME_POWER_LOSS
-from aegis_ckpt.storage.audit import EVENTS, read_audit
+from aegis_ckpt.storage.audit import AUDIT_EVENTS, read_audit
 from aegis_ckpt.system.boot import current_boot_id
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -108,7 +108,7 @@ def test_every_event_kind_is_recorded_and_nothing_else(tmp_path):
     log_path = out / ".aegis" / "audit.jsonl"
     result = read_audit(log_path)
     assert result.problems == []
-    assert {e["event"] for e in result.events} == set(EVENTS)
+    assert {e["event"] for e in result.events} == set(AUDIT_EVENTS)
     for event in result.events:
         assert set(event) <= ALLOWED_FIELDS, event
     text = log_path.read_text(encoding="utf-8")

@@ -86,13 +86,13 @@ def _is_checkpoint_folder(path: Path) -> bool:
 
 
 MUTATIONS = {
-    # the commit (storage.commit.commit_checkpoint)
+    # the commit (storage.commit.commit_checkpoint; the folder flushes in its step _fsync_folders)
     "commit: no flush of model.safetensors": Skip(
         "fsync_file", "run", lambda p: p.name == "model.safetensors"
     ),
     "commit: no flush of optimizer.pt": Skip("fsync_file", "run", lambda p: p.name == "optimizer.pt"),
     "commit: no flush of the folder before the manifest": Skip(
-        "fsync_dir", "commit_checkpoint", _is_checkpoint_folder
+        "fsync_dir", "_fsync_folders", _is_checkpoint_folder
     ),
     "commit: no flush of the parent after the manifest": Skip(
         "fsync_dir", "commit_checkpoint", lambda p: not _is_checkpoint_folder(p)

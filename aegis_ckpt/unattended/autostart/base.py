@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
@@ -234,6 +235,18 @@ def read_record(host: Host, ops: SystemOps, name: str) -> dict | None:
 def launcher_path(opts: AutostartOptions, host: Host) -> PurePath:
     """The launcher script the autostart runs: ``auto_train.bat`` on Windows, ``auto_train.sh`` elsewhere."""
     return opts.project_dir / "launch" / ("auto_train.bat" if host.is_windows else "auto_train.sh")
+
+
+def launch_paths(
+    opts: AutostartOptions, host: Host, check: Callable[[PurePath, str], str]
+) -> tuple[str, str, str]:
+    """The launcher, the config it trains and the folder it runs in, as text checked by ``check`` (what the
+    reader of the file at hand can carry, ``quoting``): every file an autostart method writes names these three."""
+    return (
+        check(launcher_path(opts, host), "launcher"),
+        check(opts.config, "config"),
+        check(opts.project_dir, "project"),
+    )
 
 
 class AutostartMethod:

@@ -24,6 +24,7 @@ from .base import (
     Plan,
     SystemOps,
     check_command,
+    launch_paths,
     launcher_path,
     read_record,
 )
@@ -121,11 +122,8 @@ class SystemdMethod(AutostartMethod):
 # ---- cron --------------------------------------------------------------------------------------------------------
 def cron_line(opts: AutostartOptions, host: Host) -> str:
     """The ``@reboot`` line, tagged with the autostart's name so uninstall finds exactly it."""
-    command = (
-        f"cd {shlex.quote(check_path(opts.project_dir, 'project'))} && "
-        f"/bin/bash {shlex.quote(check_path(launcher_path(opts, host), 'launcher'))} "
-        f"{shlex.quote(check_path(opts.config, 'config'))} >/dev/null 2>&1"
-    )
+    launcher, config, project = (shlex.quote(text) for text in launch_paths(opts, host, check_path))
+    command = f"cd {project} && /bin/bash {launcher} {config} >/dev/null 2>&1"
     # cron turns an unescaped % into a newline.
     return f"@reboot {command.replace('%', chr(92) + '%')} {CRON_MARKER_PREFIX}{opts.name}"
 

@@ -23,7 +23,7 @@ from .base import (
     Host,
     Plan,
     SystemOps,
-    launcher_path,
+    launch_paths,
 )
 from .quoting import check_path, check_task_path, cmd_file_text
 
@@ -37,6 +37,7 @@ def task_xml(opts: AutostartOptions, host: Host) -> str:
     """The Task Scheduler definition. ``ExecutionTimeLimit PT0S`` matters most: the default (72 h) would kill a
     long training run."""
     user = xml_escape(host.user)
+    launcher, config, project = launch_paths(opts, host, check_task_path)
     return f"""<?xml version="1.0" encoding="UTF-16"?>
 <Task version="1.2" xmlns="http://schemas.microsoft.com/windows/2004/02/mit/task">
   <RegistrationInfo>
@@ -81,9 +82,9 @@ def task_xml(opts: AutostartOptions, host: Host) -> str:
   </Settings>
   <Actions Context="Author">
     <Exec>
-      <Command>{xml_escape(check_task_path(launcher_path(opts, host), "launcher"))}</Command>
-      <Arguments>{xml_escape(f'"{check_task_path(opts.config, "config")}"')}</Arguments>
-      <WorkingDirectory>{xml_escape(check_task_path(opts.project_dir, "project"))}</WorkingDirectory>
+      <Command>{xml_escape(launcher)}</Command>
+      <Arguments>{xml_escape(f'"{config}"')}</Arguments>
+      <WorkingDirectory>{xml_escape(project)}</WorkingDirectory>
     </Exec>
   </Actions>
 </Task>
@@ -97,13 +98,13 @@ def startup_folder(host: Host) -> PurePath:
 
 def startup_cmd(opts: AutostartOptions, host: Host) -> str:
     """The ``.cmd`` file that starts the launcher in a minimized console window."""
+    launcher, config, project = (cmd_file_text(text) for text in launch_paths(opts, host, check_path))
     return (
         "@echo off\n"
         f"rem Created by aegis-ckpt install-autostart ({opts.name}); remove with: aegis-ckpt uninstall-autostart --name {opts.name}\n"
         "chcp 65001 >nul\n"  # the file is UTF-8: paths with non-ASCII letters
-        f'cd /d "{cmd_file_text(check_path(opts.project_dir, "project"))}"\n'
-        f'start "aegis-ckpt training" /min "{cmd_file_text(check_path(launcher_path(opts, host), "launcher"))}" '
-        f'"{cmd_file_text(check_path(opts.config, "config"))}"\n'
+        f'cd /d "{project}"\n'
+        f'start "aegis-ckpt training" /min "{launcher}" "{config}"\n'
     )
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from aegis_ckpt.storage.audit import EVENTS, MAX_STRING_CHARS, AuditLog, read_audit
+from aegis_ckpt.storage.audit import AUDIT_EVENTS, MAX_STRING_CHARS, AuditLog, read_audit
 
 
 def test_lines_are_json_with_time_pid_step_reason(tmp_path):
@@ -43,7 +43,7 @@ def test_values_that_could_carry_content_are_dropped(tmp_path):
 def test_unknown_event_is_a_programming_error(tmp_path):
     with pytest.raises(ValueError, match="unknown audit event"):
         AuditLog.in_dir(tmp_path).append("saved")
-    assert "power_loss" in EVENTS and "quarantine" in EVENTS
+    assert "power_loss" in AUDIT_EVENTS and "quarantine" in AUDIT_EVENTS
 
 
 def test_torn_last_line_is_skipped_and_reported(tmp_path):

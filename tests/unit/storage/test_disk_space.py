@@ -18,7 +18,8 @@ from aegis_ckpt.errors import DiskFullError
 from aegis_ckpt.storage import space
 from aegis_ckpt.storage.audit import AuditLog, read_audit
 from aegis_ckpt.storage.directwrite import AlignedBuffer, torch_save_file, write_torch
-from aegis_ckpt.storage.store import QUARANTINE_KEEP, CheckpointStore
+from aegis_ckpt.storage.quarantine import QUARANTINE_KEEP
+from aegis_ckpt.storage.store import CheckpointStore
 
 
 @pytest.fixture(scope="module")
