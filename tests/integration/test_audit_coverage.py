@@ -117,5 +117,7 @@ def test_every_event_kind_is_recorded_and_nothing_else(tmp_path):
     assert "tiny corpus" not in text and "loss scale" not in text  # no data text, no exception messages
     assert "dropped" not in text  # nothing unsuitable was even offered to the log
     commits = [e for e in result.events if e["event"] == "commit"]
-    assert all(c["digest"] == "xxh3_128" and c["xxh3_128"] for c in commits)  # the default: the manifest's hash
+    assert all(
+        c["digest"] == "xxh3_128" and c["xxh3_128"] for c in commits
+    )  # the default: the manifest's hash
     assert all(len(h) == 32 for c in commits for h in c["xxh3_128"].values())
