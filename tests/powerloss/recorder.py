@@ -85,9 +85,11 @@ class Recorder:
 
     # ---- public ---------------------------------------------------------------------------------------------------
     def __enter__(self) -> Recorder:
+        # Signatures first, contents second: a file that a writer on another thread changes in between then
+        # differs from its signature at the next look, and that change is recorded instead of taken as seen.
+        self._seen = self._stat_tree()
         self.initial = snapshot_tree(Path(self.root))
         self.model = SimFS(self.initial)
-        self._seen = self._stat_tree()
         self._install()
         return self
 
@@ -159,6 +161,20 @@ class Recorder:
             for d in dirnames:
                 out[d if rel_dir == "." else Path(rel_dir, d).as_posix()] = (-1, 0, 0)
         return out
+
+    # A rename or a deletion changes only the signatures under its own paths. Taking a fresh look at the whole
+    # tree instead would mark as seen what a native writer on another thread changed meanwhile, and that change
+    # would never be recorded (a file written after the last reconcile would stay empty in the model).
+    def _forget_seen(self, rel: str) -> None:
+        for key in [k for k in self._seen if k == rel or k.startswith(rel + "/")]:
+            del self._seen[key]
+
+    def _move_seen(self, src: str, dst: str) -> None:
+        moved = {k: v for k, v in self._seen.items() if k == src or k.startswith(src + "/")}
+        self._forget_seen(src)
+        self._forget_seen(dst)
+        for key, sig in moved.items():
+            self._seen[dst + key[len(src) :]] = sig
 
     def _reconcile(self) -> None:
         """Record what native writers changed since the last look (see the module docstring)."""
@@ -274,7 +290,7 @@ class Recorder:
                 _REAL[name](src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
                 if s is not None and d is not None:
                     rec._add(Op("rename", s, dst=d))
-                    rec._seen = rec._stat_tree()
+                    rec._move_seen(s, d)
                 elif s is not None or d is not None:
                     rec._reconcile()  # a move across the watched folder's edge: seen as create/delete
 
@@ -311,7 +327,7 @@ class Recorder:
             finally:
                 if rel is not None and rec.model.exists(rel) and not os.path.lexists(path):
                     rec._add(Op("rmtree", rel))
-                    rec._seen = rec._stat_tree()
+                    rec._forget_seen(rel)
 
         @wrap(_REAL_OPEN)
         def builtin_open(file, mode="r", *args, **kwargs):

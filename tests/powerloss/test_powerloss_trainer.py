@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 
 class RecordFrom(TrainerCallback):
     """Starts recording at the end of ``step`` (before the save that step triggers); the save's own ``on_save``
-    marks "done" when ``mark_on_save``. Must come after the aegis callback so that its ``on_save`` runs last."""
+    marks "done" when ``mark_on_save``. Must come after the aegis callback so that its ``on_save`` runs last,
+    and before it when the save is written in the background (a writer thread starts writing at once, within the
+    aegis callback's ``on_step_end``)."""
 
     def __init__(self, recorder: Recorder, step: int, *, mark_on_save: bool):
         self.recorder = recorder
@@ -48,13 +50,25 @@ class RecordFrom(TrainerCallback):
             self.active = False
 
 
-def _record_run(tmp_path, make_trainer, fake_clock, cb, *, step, max_steps, mark_on_save, extra_callbacks=()):
+def _record_run(
+    tmp_path,
+    make_trainer,
+    fake_clock,
+    cb,
+    *,
+    step,
+    max_steps,
+    mark_on_save,
+    extra_callbacks=(),
+    record_first=False,
+):
     out = tmp_path / "out"
     out.mkdir()
     rec = Recorder(out)
     window = RecordFrom(rec, step, mark_on_save=mark_on_save)
+    ordered = [window, cb] if record_first else [cb, window]
     trainer = make_trainer(
-        out, callbacks=[ClockTicker(fake_clock, 1.0), *extra_callbacks, cb, window], max_steps=max_steps
+        out, callbacks=[ClockTicker(fake_clock, 1.0), *extra_callbacks, *ordered], max_steps=max_steps
     )
     try:
         trainer.train()
@@ -98,7 +112,9 @@ def test_power_cut_during_an_asynchronous_save(tmp_path, make_trainer, fake_cloc
         async_options=AsyncOptions(enabled=True, writer="thread", when_busy="wait"),
         clock=fake_clock,
     )
-    rec = _record_run(tmp_path, make_trainer, fake_clock, cb, step=10, max_steps=11, mark_on_save=False)
+    rec = _record_run(
+        tmp_path, make_trainer, fake_clock, cb, step=10, max_steps=11, mark_on_save=False, record_first=True
+    )
     assert any(op.kind == "rename" and op.dst == "checkpoint-10" for op in rec.ops), "published by a rename"
     report = check_recording(rec, Expect(new_step=10, done_mark="done"), scratch)
     _assert_clean(report, 25)
