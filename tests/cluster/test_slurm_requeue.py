@@ -41,7 +41,9 @@ def notice_step(log: str) -> int:
     return int(found[-1])
 
 
-def assert_requeued_and_resumed(workdir: Path, job_id: str, fields: dict[str, str]) -> int:
+def assert_requeued_and_resumed(
+    workdir: Path, job_id: str, fields: dict[str, str], steps: int = STEPS
+) -> int:
     """Restart 0 committed at the notice and requeued; restart 1 resumed exactly there and finished."""
     first, second = log_of(workdir, job_id, 0), log_of(workdir, job_id, 1)
     step = notice_step(first)
@@ -49,7 +51,7 @@ def assert_requeued_and_resumed(workdir: Path, job_id: str, fields: dict[str, st
     assert f"emergency checkpoint {workdir}/run/checkpoint-{step} committed at step {step}" in first
     assert "exiting with code 0" in first
     assert f"Continuing from {workdir}/run/checkpoint-{step}" in second, second[-3000:]
-    assert f"training finished at step {STEPS}" in second
+    assert f"training finished at step {steps}" in second
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", fields
     assert not log_of(workdir, job_id, 2)
     return step
@@ -63,13 +65,16 @@ def test_notices_to_the_batch_shell_and_to_the_whole_job_requeue_and_resume_to_i
     slurm, reference_runs, tmp_path
 ):
     """Two jobs at once (two cores, two trainings): ``scancel --signal=USR1 --batch`` reaches the batch shell only,
-    which forwards it; ``--full`` reaches every process, so training gets the notice twice."""
-    reference_runs.start(STEPS)
+    which forwards it; ``--full`` reaches every process, so training gets the notice twice. Longer runs than the
+    other tests: on an idle machine 100 steps end within two seconds, before a notice sent after the first commit
+    arrives."""
+    steps = 4 * STEPS
+    reference_runs.start(steps)
     jobs = {}
     for reach in ("--batch", "--full"):
         workdir = tmp_path / reach.strip("-")
         workdir.mkdir()
-        jobs[reach] = (workdir, slurm.submit(workdir, *train_args(workdir / "run", STEPS)))
+        jobs[reach] = (workdir, slurm.submit(workdir, *train_args(workdir / "run", steps)))
     pending = dict(jobs)
 
     def notice_after_first_commit() -> bool:
@@ -82,8 +87,8 @@ def test_notices_to_the_batch_shell_and_to_the_whole_job_requeue_and_resume_to_i
     wait_until(notice_after_first_commit, 180, "a committed checkpoint in each job")
     for workdir, job in jobs.values():
         fields = slurm.wait_done(job)
-        assert_requeued_and_resumed(workdir, job, fields)
-        assert_same_weights(final_weights(workdir / "run"), reference_runs.weights(STEPS))
+        assert_requeued_and_resumed(workdir, job, fields, steps)
+        assert_same_weights(final_weights(workdir / "run"), reference_runs.weights(steps))
         status = run_cli("status", str(workdir / "run"))
         assert f"Slurm:        job {job} (restarts 0, 1)" in status.stdout, status.stdout
 
