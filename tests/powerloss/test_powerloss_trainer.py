@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 from crashcheck import Expect, check_recording
@@ -29,13 +30,16 @@ class RecordFrom(TrainerCallback):
     and before it when the save is written in the background (a writer thread starts writing at once, within the
     aegis callback's ``on_step_end``)."""
 
-    def __init__(self, recorder: Recorder, step: int, *, mark_on_save: bool):
+    def __init__(self, recorder: Recorder, step: int, *, mark_on_save: bool, before_step=None):
         self.recorder = recorder
+        self.before_step = before_step  # at the end of the step before ``step``, ahead of the aegis callback
         self.step = step
         self.mark_on_save = mark_on_save
         self.active = False
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step and self.before_step is not None:
+            self.before_step()
         if state.global_step == self.step and not self.active:
             self.recorder.__enter__()
             self.active = True
@@ -65,7 +69,10 @@ def _record_run(
     out = tmp_path / "out"
     out.mkdir()
     rec = Recorder(out)
-    window = RecordFrom(rec, step, mark_on_save=mark_on_save)
+    # Recording first: an earlier background save still being written (a loaded machine) is waited for at the
+    # end of the step before, so that the aegis callback publishes it there, outside the recorded window.
+    drain = _wait_for_writer(cb) if record_first else None
+    window = RecordFrom(rec, step, mark_on_save=mark_on_save, before_step=drain)
     ordered = [window, cb] if record_first else [cb, window]
     trainer = make_trainer(
         out, callbacks=[ClockTicker(fake_clock, 1.0), *extra_callbacks, *ordered], max_steps=max_steps
@@ -79,6 +86,15 @@ def _record_run(
     if not mark_on_save:
         rec.ops.append(type(rec.ops[0])("mark", "done"))
     return rec
+
+
+def _wait_for_writer(cb: AegisCheckpointCallback):
+    def wait() -> None:
+        deadline = time.monotonic() + 300
+        while cb._async.busy and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    return wait
 
 
 def _assert_clean(report, minimum_states: int) -> None:
