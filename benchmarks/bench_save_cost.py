@@ -37,21 +37,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, SIZES, ModelSize, machine_description, median  # noqa: E402
+from common import REPO, SIZES, ModelSize, fsync_tree, machine_description, median  # noqa: E402
 
 ALL_SIZES = {**SIZES, "350M": ModelSize("350M", 24, 1024, 50257)}
 MODES = ("native", "native_fsync", "trainer_commit", "ours_sync", "ours_sync_sha256", "async", "async_sha256")
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    for d in (folder, folder.parent):
-        fd = os.open(d, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
 
 
 def _one_save(trainer, mode: str, out: Path, state: dict) -> dict:
@@ -71,7 +60,7 @@ def _one_save(trainer, mode: str, out: Path, state: dict) -> dict:
     if mode in ("native", "native_fsync", "trainer_commit"):
         Trainer._save_checkpoint(trainer, trainer.model, None)
         if mode == "native_fsync":
-            _fsync_tree(folder)
+            fsync_tree(folder)
         elif mode == "trainer_commit":
             commit_checkpoint(folder, step=1)
         result["blocking"] = time.perf_counter() - t0

@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, SIZES, machine_description, median  # noqa: E402
+from common import REPO, SIZES, fsync_tree, machine_description, median  # noqa: E402
 from stall_report import MODES, SAVES, format_table, print_read_back  # noqa: E402,F401 - format_table: run_all
 
 STEPS_BETWEEN_SAVES = {"10M": 12, "50M": 8, "125M": 8}
@@ -89,15 +89,7 @@ def child(size_name: str, mode: str, out_dir: str) -> dict:
 
     class FsyncAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            for p in folder.rglob("*"):
-                if p.is_file():
-                    with open(p, "rb") as f:
-                        os.fsync(f.fileno())
-            for d in (folder, folder.parent):
-                fd = os.open(d, os.O_RDONLY)
-                os.fsync(fd)
-                os.close(fd)
+            fsync_tree(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
     commits: list[dict] = []
     read_backs: list[

@@ -247,3 +247,16 @@ def machine_description() -> str:
         f"{os.cpu_count()} vCPU ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, {fs} filesystem, "
         f"no GPU; Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"
     )
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file of a checkpoint folder, then the folder and its parent: the Trainer's save made durable
+    the plain way, the baseline the durable saves are compared with."""
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in (folder, folder.parent):
+        fd = os.open(d, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
