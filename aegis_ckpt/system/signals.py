@@ -260,7 +260,24 @@ class _ExitOnInterrupt:
         _write_stderr(
             f"[aegis-ckpt] {signal_name(signum)} again while exiting: exiting with code {self.code}\n"
         )
+        if _joining_threads_at_exit(frame):
+            # The interpreter is already joining the remaining threads before its atexit callbacks: an exception
+            # raised there is only printed ("Exception ignored in threading") and the join goes on.
+            _exit_now(self.code)
         raise SystemExit(self.code)
+
+
+def _joining_threads_at_exit(frame) -> bool:
+    """Whether the main thread is inside ``threading._shutdown``, the join of non-daemon threads that runs after
+    the main module finished and before ``atexit`` callbacks (so ``exit_on_next_interrupt``'s atexit hook has not
+    switched to exiting at once yet)."""
+    shutdown = getattr(threading, "_shutdown", None)
+    code = getattr(shutdown, "__code__", None)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def exit_at_once_on_interrupt(code: int) -> None:

@@ -35,3 +35,51 @@ def test_a_later_run_in_the_same_process_is_not_cut_short(restore_sigint):
     assert exited.value.code == 130
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)  # once only: the interpreter's own Ctrl+C is back
+
+
+CHILD = r"""
+import sys, threading, time
+from aegis_ckpt.system.signals import exit_on_next_interrupt
+
+def linger():
+    # A writer still running when the main module ends: the interpreter joins it before any atexit callback.
+    while threading.main_thread().is_alive():
+        time.sleep(0.01)
+    print("joining", flush=True)
+    time.sleep(60)
+
+threading.Thread(target=linger).start()
+exit_on_next_interrupt(130)
+"""
+
+
+def test_ctrl_c_while_the_interpreter_joins_threads_exits_130_without_a_traceback(tmp_path):
+    """The moment between the end of the main module and the atexit callbacks: the interpreter is joining
+    non-daemon threads (a background save, an upload). A Ctrl+C there must leave at once with 130 and print
+    nothing but the one line, not "Exception ignored in threading" with a traceback."""
+    import subprocess
+    import sys
+    import time
+
+    from testenv import subprocess_env
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "joining"
+        time.sleep(0.2)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+        stderr = proc.stderr.read()
+    finally:
+        proc.kill()
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert "SIGINT again while exiting: exiting with code 130" in stderr, stderr
+    assert time.monotonic() - started < 20, "the process waited for the lingering thread"
