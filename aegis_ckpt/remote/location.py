@@ -68,6 +68,18 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, Exception) and not isinstance(error, _PERMANENT_ERRORS)
 
 
+def backoff_delay(
+    attempt: int,
+    *,
+    base_sec: float = 0.5,
+    max_sec: float = 20.0,
+    jitter: Callable[[], float] = random.random,
+) -> float:
+    """The pause after failed try number ``attempt`` (1-based): a random share (full jitter) of
+    ``base_sec * 2**(attempt - 1)``, capped at ``max_sec``, so many clients do not retry in lockstep."""
+    return jitter() * min(max_sec, base_sec * 2 ** (attempt - 1))
+
+
 def with_retries(
     action: Callable[[], T],
     *,
@@ -91,7 +103,7 @@ def with_retries(
                 raise
             if on_retry is not None:
                 on_retry(e)
-            delay = jitter() * min(max_sec, base_sec * 2 ** (attempt - 1))
+            delay = backoff_delay(attempt, base_sec=base_sec, max_sec=max_sec, jitter=jitter)
             logger.debug(
                 "%s failed (%s); try %d of %d in %.2f s",
                 what,

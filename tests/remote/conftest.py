@@ -4,7 +4,8 @@ endpoint from the standard AWS environment variables).
 
 The server can be stopped and started again on the same port (its buckets survive: moto keeps them in this
 process), and it can hold uploads whose path matches a pattern (a slow or hanging remote), which is how a test
-catches a training process in the middle of an upload.
+catches a training process in the middle of an upload, or answer them with HTTP 500 a given number of times (a
+flaky remote).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class S3Server:
         self.held = threading.Event()  # set once a request was held
         self.held_paths: list[str] = []
         self.hold_expired = False
+        self._fail_pattern: re.Pattern | None = None
+        self._fail_left = 0
+        self.uploads: list[str] = []  # the path of every PUT/POST, in arrival order
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     @property
@@ -42,6 +46,14 @@ class S3Server:
         return f"http://127.0.0.1:{self.port}"
 
     def _wsgi(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") in ("PUT", "POST"):
+            self.uploads.append(environ.get("PATH_INFO", ""))
+        failing = self._fail_pattern
+        if failing is not None and self._fail_left > 0 and environ.get("REQUEST_METHOD") in ("PUT", "POST"):
+            if failing.search(environ.get("PATH_INFO", "")):
+                self._fail_left -= 1
+                start_response("500 Internal Server Error", [("Content-Type", "application/xml")])
+                return [b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"]
         pattern = self._hold_pattern
         if (
             pattern is not None
@@ -79,6 +91,11 @@ class S3Server:
         self.hold_expired = False
         self._hold_pattern = re.compile(pattern)
 
+    def fail_uploads(self, pattern: str, count: int) -> None:
+        """The next ``count`` uploads whose path matches ``pattern`` are answered with HTTP 500."""
+        self._fail_pattern = re.compile(pattern)
+        self._fail_left = count
+
     def release(self) -> None:
         self._hold_pattern = None
         self._released.set()
@@ -89,6 +106,7 @@ def s3_server():
     server = S3Server().start()
     yield server
     server.release()
+    server.fail_uploads("", 0)
     server.stop()
 
 
