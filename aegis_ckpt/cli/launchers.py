@@ -47,13 +47,14 @@ LAUNCHERS = (
 )
 
 
-def default_log_dir(config: str) -> Path:
-    """``logs/`` in the output dir of ``config`` (absolute; raises ``ConfigError`` when it cannot be read).
-    Only that one value is read: a full validation would import transformers on every start of a launcher."""
+def default_log_dir(config: str, overrides: list[str] | None = None) -> Path:
+    """``logs/`` in the output dir of ``config`` after the ``--set`` ``overrides`` (absolute; raises
+    ``ConfigError`` when it cannot be read). Only that one value is read: a full validation would import
+    transformers on every start of a launcher."""
     from ..storage.layout import LAUNCHER_LOGS_DIR
     from ..train.config import read_output_dir
 
-    return read_output_dir(config).resolve() / LAUNCHER_LOGS_DIR
+    return read_output_dir(config, overrides).resolve() / LAUNCHER_LOGS_DIR
 
 
 def write_launchers(folder: Path, *, force: bool) -> list[Path] | str:
@@ -75,7 +76,7 @@ def write_launchers(folder: Path, *, force: bool) -> list[Path] | str:
 
 def cmd_launcher(ns: argparse.Namespace) -> int:
     if ns.log_dir is not None:
-        print(default_log_dir(ns.log_dir))
+        print(default_log_dir(ns.log_dir, ns.set))
         return EXIT_OK
     if ns.write is None:
         print("aegis-ckpt launchers (write them into a folder of your project with --write DIR):")
@@ -113,5 +114,12 @@ def add_launcher_command(sub) -> None:
         "--log-dir",
         metavar="CONFIG",
         help="print the folder the launchers write their log files to by default: logs/ in CONFIG's output dir",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --log-dir: an override as aegis-ckpt train takes it (training.output_dir=... counts)",
     )
     p.set_defaults(func=cmd_launcher)

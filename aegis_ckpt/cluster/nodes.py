@@ -25,6 +25,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .. import distributed
+from ..options import RemoteOptions
 from ..runstate.lease import ensure_not_locked
 from ..storage.commit import verify_checkpoint
 from ..storage.layout import AEGIS_DIR, MODEL_WEIGHTS, SCAN_LOCK_NAME, checkpoint_dir_name
@@ -72,37 +73,51 @@ def _first_scan(output_dir: Path, verify: str) -> int:
     return int(Path(report.chosen).name.rpartition("-")[2]) if report.chosen else NO_STEP
 
 
-def find_common_resume_checkpoint(output_dir: str | os.PathLike, verify: str = "full") -> str | None:
+def find_common_resume_checkpoint(
+    output_dir: str | os.PathLike, verify: str = "full", *, remote: RemoteOptions | None = None
+) -> str | None:
     """The checkpoint every rank resumes from when each node has its own copy: the newest step intact on every
-    node (see the module docstring). A collective: every rank must call it. None means a fresh start."""
+    node (see the module docstring), or with ``remote`` a newer remote copy whose share every node fetched
+    (``noderemote``). A collective: every rank must call it. None means a fresh start."""
     output_dir = Path(output_dir)
-    leader = is_node_leader()
-    mine = _first_scan(output_dir, verify) if leader else _UNBOUNDED
-    newest_here = mine
-    while True:
-        step = distributed.agree_min(mine)
-        if step == NO_STEP:
-            logger.info("No checkpoint is intact on every node: starting from scratch")
-            return None
-        here = (
-            not leader or mine == step or newest_intact_step(output_dir, at_most=step, verify=verify) == step
-        )
-        if not distributed.agree_any(not here):
-            break
-        # Some node has an intact checkpoint older than ``step`` but not ``step`` itself: look further back.
-        mine = newest_intact_step(output_dir, at_most=step - 1, verify=verify) if leader else _UNBOUNDED
+    step, newest_here = _agree_common_step(output_dir, verify)
+    if remote is not None and remote.enabled:
+        from .noderemote import pull_newer_common  # it builds on this module
+
+        step = pull_newer_common(output_dir, step, remote, verify=verify)
+    if step == NO_STEP:
+        logger.info("No checkpoint is intact on every node: starting from scratch")
+        return None
     folder = output_dir / checkpoint_dir_name(step)
-    if leader:
-        if newest_here != step:
+    if is_node_leader():
+        if newest_here > step:
             logger.warning(
                 "Resuming every node from %s, the newest checkpoint intact on all nodes (this node's newest is "
                 "step %d)",
                 folder,
                 newest_here,
             )
-        else:
+        elif newest_here == step:
             logger.info("Resuming from %s (intact on every node, %s verification)", folder, verify)
     return str(folder)
+
+
+def _agree_common_step(output_dir: Path, verify: str) -> tuple[int, int]:
+    """(the newest step intact on every node's disk or ``NO_STEP``, this node's own newest intact step)."""
+    leader = is_node_leader()
+    mine = _first_scan(output_dir, verify) if leader else _UNBOUNDED
+    newest_here = mine
+    while True:
+        step = distributed.agree_min(mine)
+        if step == NO_STEP:
+            return NO_STEP, newest_here
+        here = (
+            not leader or mine == step or newest_intact_step(output_dir, at_most=step, verify=verify) == step
+        )
+        if not distributed.agree_any(not here):
+            return step, newest_here
+        # Some node has an intact checkpoint older than ``step`` but not ``step`` itself: look further back.
+        mine = newest_intact_step(output_dir, at_most=step - 1, verify=verify) if leader else _UNBOUNDED
 
 
 def write_node_model_copy(model, folder: str | os.PathLike) -> None:

@@ -9,15 +9,17 @@ caller goes on with the next older remote copy.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from ..storage import commit, fsio
-from ..storage.commit import atomic_write_bytes, read_manifest, verify_checkpoint
+from ..storage.commit import Manifest, atomic_write_bytes, read_manifest, verify_checkpoint
 from ..storage.layout import FINAL_MODEL_DIR, MANIFEST_NAME
 from ..storage.store import CheckpointStore
 from .catalog import RemoteEntry, list_remote, read_remote_manifest
@@ -52,9 +54,11 @@ def download_checkpoint(
     workers: int = 4,
     attempts: int = 5,
     final_model: bool = False,
+    only: Callable[[str], bool] | None = None,
 ) -> Path:
     """Download, verify and publish one remote copy; returns the local ``checkpoint-<step>`` folder
-    (``final_model``: the remote final model, published as ``final_model/``).
+    (``final_model``: the remote final model, published as ``final_model/``). ``only``: fetch just the files it
+    accepts (a node's share of a node-local run's checkpoint); the local manifest then lists exactly those.
 
     Raises:
         RemoteError: the copy is refused (no or damaged manifest, unsafe names, a file that does not verify) or
@@ -64,6 +68,16 @@ def download_checkpoint(
     try:
         manifest, raw = read_remote_manifest(location, entry)
         names = [_safe_relative(name) for name in manifest.files]
+        if only is not None:
+            manifest = Manifest(
+                manifest.step,
+                {name: d for name, d in manifest.files.items() if only(name)},
+                manifest.committed_unix,
+                manifest.reason,
+                dict(manifest.meta),
+            )
+            names = sorted(manifest.files)
+            raw = json.dumps(manifest.to_json_dict(), indent=2, sort_keys=True).encode("utf-8")
     except RemoteError:
         raise
     except Exception as e:

@@ -71,6 +71,7 @@ class RemoteMirror:
         self._pending: Path | None = None
         self._current: Path | None = None
         self._catch_up = False
+        self._checking = False  # the worker is looking whether the remote lacks the newest checkpoint
         self._closed = False
         self._wake = False
         self._failing = False
@@ -155,7 +156,7 @@ class RemoteMirror:
         return done
 
     def _busy(self) -> bool:
-        return bool(self._pending or self._current or self._catch_up or self._extra_due())
+        return bool(self._pending or self._current or self._catch_up or self._checking or self._extra_due())
 
     # Hooks for mirrors that have more to do than upload checkpoints (``nodemirror``); called holding _cond.
     def _extra_due(self) -> bool:
@@ -188,10 +189,16 @@ class RemoteMirror:
                     return
                 extra = self._extra_due()
                 catch_up, self._catch_up = self._catch_up, False
+                self._checking = catch_up  # a flush waits for the look, not only for what it queues
             if extra:
                 self._do_extra()
-            if catch_up and not self._queue_missing_newest():
-                continue
+            if catch_up:
+                queued = self._queue_missing_newest()
+                with self._cond:
+                    self._checking = False
+                    self._cond.notify_all()
+                if not queued:
+                    continue
             with self._cond:
                 self._current, self._pending = self._pending, None
                 self._wake = False

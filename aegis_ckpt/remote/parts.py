@@ -31,17 +31,24 @@ from .location import RemoteError, RemoteLocation, with_retries
 from .upload import UploadResult, check_sizes, put_manifest, upload_files
 
 PART_PREFIX = "aegis_part_rank"
-_RANK_FILE = re.compile(r"rng_state_\d+\.pth")
+_RANK_FILE = re.compile(r"rng_state_(\d+)\.pth")
 
 
 def part_name(rank: int) -> str:
     return f"{PART_PREFIX}{rank}.json"
 
 
+def file_rank(name: str) -> int | None:
+    """The global rank that writes file ``name`` of a checkpoint for itself (``rng_state_<rank>.pth``), or None
+    for a file that every node's copy holds alike."""
+    match = _RANK_FILE.fullmatch(name.rsplit("/", 1)[-1])
+    return int(match.group(1)) if match else None
+
+
 def rank_files(manifest: Manifest) -> dict:
     """The files of a node's copy that only this node has: the ones each rank writes for itself. Everything else
     in a node's copy is written by its first process alike on every node (global rank 0 uploads those)."""
-    return {name: d for name, d in manifest.files.items() if _RANK_FILE.fullmatch(name.rsplit("/", 1)[-1])}
+    return {name: d for name, d in manifest.files.items() if file_rank(name) is not None}
 
 
 def upload_part(

@@ -348,13 +348,15 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     return parse_config(raw, source=str(path), base_dir=path.resolve().parent)
 
 
-def read_output_dir(path: str | os.PathLike) -> Path:
-    """``training.output_dir`` of a config file by the same rules (``${VAR}``, relative to the file), without
-    validating the rest, which imports transformers: the launchers ask for it on every start, right before the
-    preflight validates the whole config. ``ConfigError`` when it cannot be read."""
+def read_output_dir(path: str | os.PathLike, overrides: list[str] | None = None) -> Path:
+    """``training.output_dir`` of a config file by the same rules (``${VAR}``, ``--set`` ``overrides``, relative
+    to the file), without validating the rest, which imports transformers: the launchers ask for it on every
+    start, right before the preflight validates the whole config. ``ConfigError`` when it cannot be read."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if overrides:
+            raw = apply_overrides(raw, overrides)
         value = expand_env(raw["training"]["output_dir"], "training.output_dir")
     except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as e:
         raise ConfigError(f"cannot read training.output_dir from {path}: {type(e).__name__}") from None

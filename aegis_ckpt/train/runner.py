@@ -30,6 +30,7 @@ from ..storage.commit import commit_checkpoint
 from ..storage.layout import FINAL_MODEL_DIR, check_output_dir
 from ..storage.store import CheckpointStore
 from ..trainer.callback import AegisCheckpointCallback
+from ..trainer.remoteranks import RankUploads
 from .builders import (
     build_dataset,
     build_model,
@@ -142,6 +143,12 @@ def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> Tr
         and weigh_completion(done, max_steps=args.max_steps, num_train_epochs=args.num_train_epochs).finished
     ):
         final = output_dir / FINAL_MODEL_DIR
+        if node_local_checkpoints(
+            args
+        ):  # every node's share of the last step, if its remote commit was cut short
+            RankUploads(cfg.remote, lambda: cfg.checkpoint.max_keep).catch_up_finished(
+                args, cfg.remote.flush_timeout_sec
+            )
         if _is_main_launcher_rank():  # an upload of the final model that the finished run could not complete
             mirror_final_model(cfg.remote, final, only_if_missing=True)
         return TrainResult(
@@ -187,7 +194,7 @@ def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> Tr
 def _find_resume(cfg: TrainConfig, args, output_dir: Path, *, exclude: list[str]) -> str | None:
     """The checkpoint to continue from: one every node holds when nodes keep their own copies."""
     if node_local_checkpoints(args):  # every node has its own copy: resume from a step all of them have
-        return find_common_resume_checkpoint(output_dir, verify=cfg.resume.verify)
+        return find_common_resume_checkpoint(output_dir, verify=cfg.resume.verify, remote=cfg.remote)
     return find_resume_checkpoint(
         output_dir,
         verify=cfg.resume.verify,

@@ -368,11 +368,10 @@ class AegisCheckpointCallback(TrainerCallback):
         args = trainer.args
         if self.write_completion_marker and args.should_save and is_committed(checkpoint):
             mark_completed(args.output_dir, step=step, checkpoint=checkpoint)
-        if self._uploads.open(args, collective=False) is not None:
-            # No step runs, so no train begin either: an upload the previous process could not finish is
-            # completed here, within the same bound as at the end of training.
-            self.mirror.catch_up()
-            self._uploads.finish(self.remote.flush_timeout_sec, collective=False)
+        # No step runs, so no train begin either: an upload (or a node-local run's remote commit) the previous
+        # process could not finish is completed here, within the same bound as at the end of training. Every
+        # rank's train() comes here (they resume from the same checkpoint), so it may be collective.
+        self._uploads.catch_up_finished(args, self.remote.flush_timeout_sec)
 
     def record(self, event: str, *, step: int, signum: int = 0, error=None, saved: bool = False) -> None:
         self._run.record(event, step=step, signum=signum, error=error, saved=saved)

@@ -101,3 +101,14 @@ class RankUploads:
                 mirror.peers_reached(reached)
         if mirror is not None:
             mirror.close(max(0.0, deadline - time.monotonic()))
+
+    def catch_up_finished(self, args, timeout_sec: float) -> None:
+        """A rerun of a finished run (no step is trained): upload the newest committed checkpoint if the remote
+        lacks it, e.g. because the last upload or the remote commit of the last step was cut short. A
+        collective, like train begin: in a node-local run every node uploads its share of that step (its part
+        record tagged with a session agreed now) and rank 0 commits the union once all ranks agree every share
+        is there; elsewhere the main process uploads it whole. Bounded by ``timeout_sec``."""
+        mirror = self.open(args, collective=True)
+        if mirror is not None:
+            mirror.catch_up()
+        self.finish(timeout_sec, collective=True)

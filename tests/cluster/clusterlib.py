@@ -77,7 +77,8 @@ class SlurmCluster:
         return proc.stdout
 
     def submit(self, workdir: Path, *args: str, sbatch_options=(), env: dict[str, str] | None = None) -> str:
-        """``sbatch`` the shipped template in ``workdir`` (its logs go to workdir/logs); returns the job id."""
+        """``sbatch`` the shipped template in ``workdir`` (Slurm's output file goes there, the training logs to
+        logs/ of the run's output dir); returns the job id."""
         proc = subprocess.run(
             ["sbatch", "--parsable", f"--chdir={workdir}", *sbatch_options, str(SBATCH), *args],
             capture_output=True, text=True, env=self.env(env), timeout=60,

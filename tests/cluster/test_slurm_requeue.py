@@ -31,7 +31,8 @@ COMMITTED_AT = re.compile(r"Committed \S+/checkpoint-(\d+) \(step \d+, [^)]*sign
 
 
 def log_of(workdir: Path, job_id: str, restart: int) -> str:
-    path = workdir / "logs" / f"aegis-train-{job_id}-restart{restart}.log"
+    """The training log of one restart: in logs/ of the run's output dir (``--set training.output_dir``)."""
+    path = workdir / "run" / "logs" / f"aegis-train-{job_id}-restart{restart}.log"
     return path.read_text(errors="replace") if path.exists() else ""
 
 
@@ -54,6 +55,13 @@ def assert_requeued_and_resumed(
     assert f"training finished at step {steps}" in second
     assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", fields
     assert not log_of(workdir, job_id, 2)
+    # The batch script's own lines are in the training log too, and Slurm's output file (which sbatch opens in
+    # the submit dir, before any config is read) is linked beside it.
+    assert f"aegis-ckpt: job {job_id} restart 1 on " in second
+    assert "aegis-ckpt: training exited with code 0" in first
+    slurm_out = workdir / f"slurm-aegis-train-{job_id}.out"
+    link = workdir / "run" / "logs" / slurm_out.name
+    assert link.is_symlink() and link.resolve() == slurm_out.resolve(), sorted(link.parent.iterdir())
     return step
 
 

@@ -4,8 +4,9 @@ files of every checkpoint that the other lacks (its rank's ``rng_state_<rank>.pt
 
 Invariants: a remote copy gets its manifest only once every node uploaded its share (the manifest lists every
 rank's files), so a fresh output dir resumes from it to weights bit-identical to an uninterrupted run; a step that
-lacks one node's files never gets a manifest and is never resumed from. Fresh nodes with node-local dirs resume
-from a pulled copy as well.
+lacks one node's files never gets a manifest and is never resumed from. A rerun of the finished run completes a
+remote commit of the last step that was cut short (every node uploads its share again). Fresh nodes with
+node-local dirs resume from the remote copy with no manual step: each fetches its own share.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def run_nodes(outs: list[Path], url: str, env1: dict[str, str] | None = None, *e
     return logs
 
 
+def withdraw_newer(s3, url: str, step: int) -> None:
+    """Withdraw every remote copy newer than ``step`` (its manifest), so that ``step`` is the newest one."""
+    root = url.removeprefix("s3://")
+    for newer, committed in remote_steps(s3, url).items():
+        if newer > step and committed:
+            s3.rm_file(f"{root}/checkpoint-{newer}/{MANIFEST_NAME}")
+
+
 def test_every_node_uploads_its_share_and_a_fresh_dir_resumes_to_identical_weights(tmp_path, bucket_url, s3):
     outs = [tmp_path / "node0", tmp_path / "node1"]
     logs = run_nodes(outs, bucket_url)
@@ -73,11 +82,22 @@ def test_every_node_uploads_its_share_and_a_fresh_dir_resumes_to_identical_weigh
     assert "Committed the remote copy of checkpoint-" in logs[0]
     assert not (outs[0] / f"checkpoint-{committed[0]}" / "rng_state_1.pth").exists()  # node-local indeed
 
+    # The remote commit of the last step cut short (no manifest, and node 1's share never arrived): a rerun of
+    # the finished run trains nothing but completes it, node 1 uploading its share again.
+    last = f"{root}/checkpoint-{STEPS}"
+    for name in (MANIFEST_NAME, "aegis_part_rank1.json", "rng_state_1.pth"):
+        s3.rm_file(f"{last}/{name}")
+    logs = run_nodes(outs, bucket_url)
+    assert f"Committed the remote copy of checkpoint-{STEPS}" in logs[0], logs[0][-3000:]
+    assert remote_steps(s3, bucket_url)[STEPS]
+    manifest = json.loads(s3.cat_file(f"{last}/{MANIFEST_NAME}"))
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= manifest["files"].keys()
+    node1_rng = (outs[1] / f"checkpoint-{STEPS}" / "rng_state_1.pth").read_bytes()
+    assert s3.cat_file(f"{last}/rng_state_1.pth") == node1_rng
+
     # A fresh machine resumes from a mid-run remote copy: the newer ones are withdrawn (manifest first).
     mid = max(step for step in committed if step < STEPS)
-    for step in committed:
-        if step > mid:
-            s3.rm_file(f"{root}/checkpoint-{step}/{MANIFEST_NAME}")
+    withdraw_newer(s3, bucket_url, mid)
     fresh = tmp_path / "fresh"
     # Two ranks sharing a fresh output dir can race to build the tokenizer cache there (a race of ``aegis-ckpt
     # train`` outside what this test checks): give the fresh dir the run's tokenizer, which the build reproduces.
@@ -93,16 +113,16 @@ def test_every_node_uploads_its_share_and_a_fresh_dir_resumes_to_identical_weigh
     assert_same_weights(final_weights(fresh), final_weights(outs[0]))
     assert_same_weights(final_weights(outs[1]), final_weights(outs[0]))
 
-    # Fresh nodes with node-local dirs again: each pulls the copy, then both resume from it.
-    pulled = [tmp_path / "pulled0", tmp_path / "pulled1"]
-    for out in pulled:
-        pull = [sys.executable, "-m", "aegis_ckpt", "pull", bucket_url, str(out), "--step", str(mid)]
-        done = subprocess.run(pull, env=subprocess_env(), capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout + done.stderr
-    logs = run_nodes(pulled, bucket_url)
+    # Fresh nodes with node-local dirs: each fetches its own share of the newest remote copy, then both resume.
+    withdraw_newer(s3, bucket_url, mid)  # what the shared-dir run above uploaded after resuming
+    fresh_nodes = [tmp_path / "fresh0", tmp_path / "fresh1"]
+    logs = run_nodes(fresh_nodes, bucket_url)
     for rank in (0, 1):
-        assert f"Continuing from {pulled[rank]}/checkpoint-{mid}" in logs[rank], logs[rank][-3000:]
-        assert_same_weights(final_weights(pulled[rank]), final_weights(outs[0]))
+        assert f"Downloaded checkpoint-{mid} from s3://" in logs[rank], logs[rank][-3000:]
+        assert f"Continuing from {fresh_nodes[rank]}/checkpoint-{mid}" in logs[rank], logs[rank][-3000:]
+        assert_same_weights(final_weights(fresh_nodes[rank]), final_weights(outs[0]))
+        # Each node fetched its own share only: its rank's RNG state, not the other node's.
+        assert f"share of remote checkpoint-{mid} holds the RNG states of rank(s) [{rank}]" in logs[rank]
 
 
 def test_a_step_missing_one_nodes_files_gets_no_manifest(tmp_path, bucket_url, s3):

@@ -77,3 +77,31 @@ def test_remote_retention_keeps_the_newest_and_clears_cut_off_uploads(tmp_path, 
     assert [(e.step, e.committed) for e in list_remote(location)] == [(3, True), (4, True), (9, False)]
     assert prune_remote(location, keep=1) == [3]
     assert [e.step for e in list_remote(location)] == [4, 9]
+
+
+def test_a_flush_after_catch_up_waits_for_the_look_at_the_remote(tmp_path, committed_checkpoint, monkeypatch):
+    """A rerun of a finished run calls ``catch_up`` then ``flush``: the flush must not return while the worker is
+    still listing the remote (nothing queued yet), or the missing copy is never uploaded."""
+    import threading
+    import time
+
+    from aegis_ckpt.remote import mirror as mirror_module
+    from aegis_ckpt.remote.mirror import RemoteMirror
+
+    out = tmp_path / "run"
+    committed_checkpoint(out, 5)
+    url = (tmp_path / "nas").as_uri()
+    slow_listing = mirror_module.list_remote
+    listing = threading.Event()
+
+    def list_remote(location):
+        listing.set()
+        time.sleep(1.0)  # a remote that takes its time to answer
+        return slow_listing(location)
+
+    monkeypatch.setattr(mirror_module, "list_remote", list_remote)
+    mirror = RemoteMirror(RemoteOptions(url=url), out)
+    mirror.catch_up()
+    assert listing.wait(10)  # the worker is looking; nothing is queued yet
+    assert mirror.close(30)
+    assert [(e.step, e.committed) for e in slow_listing(RemoteLocation(url))] == [(5, True)]

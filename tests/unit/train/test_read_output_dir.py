@@ -1,5 +1,5 @@
 """``read_output_dir``: the launchers' quick read of ``training.output_dir`` gives what the full config load gives
-(relative to the file, ``${VAR}`` and ``${VAR:-default}``, ``~``), and a one-line ``ConfigError`` otherwise."""
+(relative to the file, ``${VAR}`` and ``${VAR:-default}``, ``~``, ``--set`` overrides), and a one-line ``ConfigError`` otherwise."""
 
 from __future__ import annotations
 
@@ -31,3 +31,15 @@ def test_unreadable_is_a_config_error(tmp_path, text):
         read_output_dir(config)
     with pytest.raises(ConfigError, match="not found|FileNotFoundError"):
         read_output_dir(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override", ["training.output_dir=elsewhere", "training.output_dir=/abs/run"])
+def test_set_overrides_count_as_in_the_full_config(tmp_path, override):
+    """``aegis-ckpt launcher --log-dir CONFIG --set ...`` (train.sbatch passes the job's overrides)."""
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {arch: gpt2}\ndata: {train_file: a.txt}\ntraining: {output_dir: runs/x}\n")
+    assert (
+        read_output_dir(config, [override, "training.max_steps=5"])
+        == load_config(config, [override]).output_dir
+    )
+    assert read_output_dir(config, ["training.max_steps=5"]) == tmp_path / "runs" / "x"
