@@ -143,9 +143,8 @@ def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> Tr
         and weigh_completion(done, max_steps=args.max_steps, num_train_epochs=args.num_train_epochs).finished
     ):
         final = output_dir / FINAL_MODEL_DIR
-        if node_local_checkpoints(
-            args
-        ):  # every node's share of the last step, if its remote commit was cut short
+        # Every node's share of the last step, if its remote commit was cut short (node-local runs).
+        if node_local_checkpoints(args):
             RankUploads(cfg.remote, lambda: cfg.checkpoint.max_keep).catch_up_finished(
                 args, cfg.remote.flush_timeout_sec
             )
