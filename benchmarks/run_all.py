@@ -193,7 +193,7 @@ def targets(
     rows.append(
         (
             "remote mirror upload >= 90% of a plain s3fs put of the same folder (local moto server)",
-            f"median {t['ratio_median']:.0%} of {len(t['ratios'])} alternating rounds",
+            f"median {t['ratio_median']:.0%} of {len(t['ratios'])} A-B-B-A rounds",
             t["ratio_median"] >= 0.9,
         )
     )
@@ -270,7 +270,7 @@ step slowed down while a background writer runs. Median of interleaved repeats, 
 
 ## Remote copies (S3 upload)
 
-The background mirror against a plain `s3fs` `fs.put` of the same committed folder, alternating rounds, to moto's
+The background mirror against a plain `s3fs` `fs.put` of the same committed folder, A-B-B-A rounds, to moto's
 S3 server on 127.0.0.1; then the step time of a CPU training loop with and without an upload running in the
 background (see docs/remote.md).
 
@@ -322,7 +322,7 @@ background (see docs/remote.md).
 - Full verification reads every byte once and hashes it with xxh3 (tens of GB/s); it is bound by the disk.
 - Remote copies: the S3 server is moto (pure Python) on the same two cores; it takes about three times the
   client's CPU per GB received, so it, the upload client, the training loop and every other job compete for the
-  cores. Single rounds of the upload comparison scatter widely on a shared machine (docs/remote.md shows two runs
+  cores. Single rounds of the upload comparison scatter widely on a shared machine (docs/remote.md shows six runs
   and what limits them). About three quarters of the CPU an upload takes here is the server's, which a remote
   S3 endpoint does not take from the training machine.
 """
