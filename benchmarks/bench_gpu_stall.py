@@ -14,7 +14,8 @@ round, each way to save the same state:
 Before each timed save, ``torch.cuda.synchronize()`` lets the step's queued kernels finish, so the time is the
 save's own. Reported: the median blocking time per save, the same per GB of state, and the Trainer's save times;
 also how many snapshot buffers are pinned and the pinned host memory in use (torch's caching host allocator
-rounds each pinned block up to a power of two, so it can exceed the state).
+rounds each pinned block up to a power of two, so it can exceed the state); and whether a snapshot taken while
+kernels that change every parameter are still queued equals the live state afterwards.
 
 Usage: python benchmarks/bench_gpu_stall.py [--sizes 125M 350M] [--repeats 5] [--json out.json]
 Without a CUDA device it prints one line ("no CUDA device: ...") and exits 0. ``--device cpu`` runs the same
@@ -112,6 +113,26 @@ def _one_save(trainer, mode: str, out: Path, state: dict, device: str) -> dict:
     return result
 
 
+def snapshot_matches_live(trainer, buffers) -> str:
+    """Change every parameter with kernels left queued on the compute stream, take a snapshot at once, and compare
+    it with the live state: the side stream must wait for those kernels and its copies must have landed."""
+    import torch
+
+    from aegis_ckpt.trainer.asyncsave.snapshot import take_snapshot
+
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.mul_(1.001).add_(1e-3)
+    snap = take_snapshot(trainer, buffers)  # no synchronisation before it
+    live = trainer.model.state_dict()
+    differ = [k for k, v in live.items() if not torch.equal(snap.model_state[k], v.detach().cpu())]
+    for pid, per_param in trainer.optimizer.state_dict()["state"].items():
+        for key, v in per_param.items():
+            if not torch.equal(snap.optimizer_state["state"][pid][key], v.cpu()):
+                differ.append(f"optimizer {pid}/{key}")
+    return "yes" if not differ else f"NO: {len(differ)} tensors differ, e.g. {differ[0]}"
+
+
 def child(size_name: str, repeats: int, out_dir: str, device: str) -> dict:
     import torch
     from common import RandomTokens, quiet, state_bytes, training_args
@@ -140,6 +161,7 @@ def child(size_name: str, repeats: int, out_dir: str, device: str) -> dict:
     for _ in range(repeats):
         for m in MODES:
             runs[m].append(_one_save(trainer, m, out, state, device))
+    matches = snapshot_matches_live(trainer, state["buffers"])
     # The caching host allocator rounds each pinned block up to a power of two (torch.cuda.host_memory_stats).
     host = torch.cuda.host_memory_stats() if device == "cuda" else {}
     return {
@@ -148,6 +170,7 @@ def child(size_name: str, repeats: int, out_dir: str, device: str) -> dict:
         "params": sum(p.numel() for p in params),
         "state_bytes": state_bytes(trainer.model, trainer.optimizer),
         "pinned_buffers": runs["snapshot"][-1].get("pinned", "-"),
+        "snapshot_matches_live": matches,
         "runs": runs,
         "gpu": torch.cuda.get_device_name(params[0].device) if device == "cuda" else "none",
     }
@@ -166,8 +189,9 @@ def run_child(size: str, repeats: int, device: str) -> dict:
 def format_table(results: list[dict]) -> str:
     lines = [
         "| model | state | snapshot: blocking per save | per GB of state | copy rate | background write+commit "
-        "| Trainer save | Trainer save + fsync | Trainer save / snapshot | pinned buffers | pinned host memory |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| Trainer save | Trainer save + fsync | Trainer save / snapshot | pinned buffers | pinned host memory "
+        "| snapshot = live state |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         runs = r["runs"]
@@ -180,7 +204,7 @@ def format_table(results: list[dict]) -> str:
             f"| {r['size']} ({r['params'] / 1e6:.0f}M) | {gb:.2f} GB | {snap * 1e3:.1f} ms "
             f"| {snap * 1e3 / gb:.1f} ms/GB | {gb / snap:.1f} GB/s | {med('snapshot', 'persist'):.2f} s "
             f"| {med('native'):.2f} s | {med('native_fsync'):.2f} s | {med('native') / snap:.0f} "
-            f"| {r['pinned_buffers']} | {r['pinned_host_bytes'] / 1e9:.2f} GB |"
+            f"| {r['pinned_buffers']} | {r['pinned_host_bytes'] / 1e9:.2f} GB | {r['snapshot_matches_live']} |"
         )
     return "\n".join(lines)
 

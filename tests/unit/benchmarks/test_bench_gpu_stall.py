@@ -39,3 +39,4 @@ def test_the_measurement_runs_with_the_model_on_the_cpu():
     assert len(rows) == 1, res.stdout
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[2].endswith(" ms") and cells[3].endswith(" ms/GB"), cells
+    assert cells[-1] == "yes", "the snapshot taken with updates still queued equals the live state"
