@@ -8,10 +8,10 @@ stream first waits for the compute stream (so it copies the values the step prod
 copy is enqueued ``non_blocking`` into a pinned (page-locked) buffer, which makes it a DMA that returns at once,
 and the training thread waits exactly once: on an event recorded after the last copy.
 
-Why no ``Tensor.record_stream``: the sources are the live parameters and optimizer state, referenced by the model
-and the optimizer for the whole snapshot, and the training thread waits for the event before it goes on, so no
-later allocation on the compute stream can reuse their memory while a copy still reads it. The destinations are
-CPU tensors, which the CUDA caching allocator does not manage.
+Why no ``Tensor.record_stream``: the sources are the live parameters and optimizer state, referenced by the model,
+the optimizer and the state dicts ``take_snapshot`` holds until it has waited for the event, and the training
+thread goes on only after that wait, so no later allocation on the compute stream can reuse their memory while a
+copy still reads it. The destinations are CPU tensors, which the CUDA caching allocator does not manage.
 
 ``DeviceCopier`` is the seam: every CUDA call goes through it. ``CudaCopier`` is the real one; the unit tests use
 a recording fake that tags some CPU tensors as device tensors, so the real snapshot code runs without a GPU.
