@@ -11,8 +11,8 @@ import sys
 from .. import __version__
 from ..errors import AegisError, ConfigError, PreflightError, RunLockedError
 from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE, exit_code_for_signal
-from ..system.redact import RedactingFormatter, redact
 from ..system.interrupts import interrupts_raise_interrupted
+from ..system.redact import RedactingFormatter, redact
 from ..system.signals import exit_at_once_on_interrupt
 from .launchers import add_launcher_command
 from .maintenance import add_maintenance_commands

@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..exitcodes import exit_code_for_signal
-from .interrupts import raise_interrupted
 from .console import CONSOLE_EVENT_NAMES, CONSOLE_EVENT_SIGNAL, TERMINATING_EVENTS, ConsoleCtrlHandler
+from .interrupts import raise_interrupted
 from .platform import IS_WINDOWS, signal_name
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import sys
 
 from testenv import subprocess_env
 
-PROBE = r'''
+PROBE = r"""
 import sys
 from aegis_ckpt.cli import app
 
@@ -24,7 +24,7 @@ def _run(argv):
 
 app._run = _run
 sys.exit(app.main())
-'''
+"""
 
 
 def test_ctrl_c_inside_exec_of_a_string_exits_130_under_python_m(tmp_path):
