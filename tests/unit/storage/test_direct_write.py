@@ -206,14 +206,14 @@ def test_capture_of_weight_files_only_affects_the_capturing_thread(tmp_path):
     thread at the same moment (the Trainer's own save) must still write its weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from aegis_ckpt.trainer.asyncsave.hflayout import _capture_safetensors_writes
+    from aegis_ckpt.trainer.asyncsave.hflayout import _route_safetensors_writes
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
     captured: list = []
     inside, release = threading.Event(), threading.Event()
 
     def background():
-        with _capture_safetensors_writes(captured):
+        with _route_safetensors_writes(captured.append):
             inside.set()
             release.wait(30)
             model.save_pretrained(tmp_path / "captured")
