@@ -34,7 +34,9 @@ def _run(out: Path, writer: str, fake_clock, stop_at: int) -> AegisCheckpointCal
         async_options = AsyncOptions(writer=writer)
     cb = AegisCheckpointCallback(
         clock=fake_clock,
-        options=CheckpointOptions(save_interval_sec=4.5, max_shard_bytes=SHARD_BYTES, save_on_train_end=False),
+        options=CheckpointOptions(
+            save_interval_sec=4.5, max_shard_bytes=SHARD_BYTES, save_on_train_end=False
+        ),
         async_options=async_options,
     )
     trainer = tinylib.make_trainer(
