@@ -128,10 +128,12 @@ class CheckpointOptions:
     newest one is always kept); null for no cap."""
 
     max_shard_bytes: int | str | None = None
-    """Largest weight shard (``model-0000k-of-0000n.safetensors`` plus ``model.safetensors.index.json``, the
-    layout a plain Trainer resumes from) that asynchronous and direct synchronous saves write, in bytes or as
-    ``"5GB"``/``"500MiB"``; each shard is written and hashed before the next is built. null: the Trainer's own
-    default (``save_pretrained``'s ``max_shard_size``, 50 GB in transformers 5)."""
+    """Largest weight shard, in bytes or as ``"5GB"``/``"500MiB"``: the weights go into
+    ``model-0000k-of-0000n.safetensors`` plus ``model.safetensors.index.json`` (the layout a plain Trainer resumes
+    from), each shard written and hashed before the next is built, so a save holds about one shard beyond its
+    snapshot. For asynchronous and direct synchronous saves and custom-loop managers; where the Trainer's own
+    save runs it keeps its default. null: that default (``save_pretrained``'s ``max_shard_size``, 50 GB in
+    transformers 5, 5 GB in 4.x)."""
 
     @property
     def interval_bounds(self) -> tuple[float, float]:
