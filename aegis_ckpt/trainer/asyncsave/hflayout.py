@@ -6,9 +6,10 @@
 two large kinds of file to ``storage.directwrite`` (one copy, no page cache, hashed from memory).
 
 The weights are split into shards of at most ``TrainerSnapshot.max_shard_bytes`` (``CheckpointOptions``) by
-``save_pretrained`` itself, which also writes ``model.safetensors.index.json`` (the Trainer's index format), and
-each shard is written as soon as ``save_pretrained`` hands it over: a save never holds more than one shard that
-is not yet on disk.
+``save_pretrained`` itself, which also writes ``model.safetensors.index.json`` (the Trainer's index format). A
+writer in this process writes each shard as soon as ``save_pretrained`` hands it over, so whatever a shard needs
+beyond the snapshot (tensors ``save_pretrained`` materialises, the CPU copy of a GPU shard) exists for one shard
+at a time; for a writer process the shards are references into the shared snapshot.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class LargeFile:
     metadata: dict | None = None
 
 
-_capture_lock = threading.Lock()
+_routes_lock = threading.Lock()
+_routes: dict[int, Callable[[LargeFile], None]] = {}  # thread id -> where its shards go
+_unpatched: list = []  # safetensors' save_file while the patch is installed
 
 
 @contextlib.contextmanager
@@ -122,23 +125,32 @@ def _no_shard_progress_bar():
 def _route_safetensors_writes(take: Callable[[LargeFile], None]):
     """Let ``save_pretrained`` do all its own work (tied weights, weight-format conversion, sharding, config,
     index) but hand each shard to ``take`` instead of writing it. ``take`` runs inside ``save_pretrained``'s
-    loop, which drops the shard and builds the next one only after it returns."""
+    loop, which drops the shard and builds the next one only after it returns.
+
+    The patch of ``modeling_utils.safe_save_file`` is module-wide, so it dispatches by thread: a
+    ``save_pretrained`` on a thread without a route (the Trainer's own save while a background save runs) still
+    writes its weights. The lock covers installing and removing the patch only, never a write: a synchronous
+    direct save does not wait for a background save's shards to reach the disk."""
     from transformers import modeling_utils
 
-    routing_thread = threading.get_ident()
+    me = threading.get_ident()
+    with _routes_lock:
+        if not _routes:
+            original = modeling_utils.safe_save_file
 
-    with _capture_lock:
-        original = modeling_utils.safe_save_file
+            def route(tensors, filename, metadata=None):
+                target = _routes.get(threading.get_ident())
+                if target is None:
+                    return original(tensors, filename, metadata=metadata)
+                target(LargeFile("safetensors", os.fspath(filename), dict(tensors), metadata))
 
-        def route(tensors, filename, metadata=None):
-            # The patch is module-wide: a save_pretrained on another thread (the Trainer's own save while a
-            # background save runs) must still write its weights.
-            if threading.get_ident() != routing_thread:
-                return original(tensors, filename, metadata=metadata)
-            take(LargeFile("safetensors", os.fspath(filename), dict(tensors), metadata))
-
-        modeling_utils.safe_save_file = route
-        try:
-            yield
-        finally:
-            modeling_utils.safe_save_file = original
+            _unpatched.append(original)
+            modeling_utils.safe_save_file = route
+        _routes[me] = take
+    try:
+        yield
+    finally:
+        with _routes_lock:
+            del _routes[me]
+            if not _routes:
+                modeling_utils.safe_save_file = _unpatched.pop()
