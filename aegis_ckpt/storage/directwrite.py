@@ -218,8 +218,8 @@ class LargeFileWriter:
     keeps their digests by name relative to ``folder``, as ``commit_checkpoint(known=...)`` takes them.
 
     Why one at a time: ``save_pretrained`` hands over a weight shard, drops it and only then builds the next; a
-    writer that writes each shard when it is handed over keeps a save's extra memory to one shard (tensors it
-    materialised, the CPU copy of a shard on an accelerator) instead of the whole model. A file handed to
+    writer that writes each shard when it is handed over keeps a save's extra memory to one shard (the copies
+    it made while building the shard, the CPU copy of a shard on an accelerator) instead of the whole model. A file handed to
     ``safetensors.save_file`` (a dtype this module does not write) is not in ``digests``: the commit hashes it."""
 
     def __init__(

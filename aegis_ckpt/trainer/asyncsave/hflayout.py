@@ -8,8 +8,8 @@ two large kinds of file to ``storage.directwrite`` (one copy, no page cache, has
 The weights are split into shards of at most ``TrainerSnapshot.max_shard_bytes`` (``CheckpointOptions``) by
 ``save_pretrained`` itself, which also writes ``model.safetensors.index.json`` (the Trainer's index format). A
 writer in this process writes each shard as soon as ``save_pretrained`` hands it over, so whatever a shard needs
-beyond the snapshot (tensors ``save_pretrained`` materialises, the CPU copy of a GPU shard) exists for one shard
-at a time; for a writer process the shards are references into the shared snapshot.
+beyond the snapshot (copies ``save_pretrained`` makes as it builds a shard, the CPU copy of a GPU shard) exists
+for one shard at a time; for a writer process the shards are references into the shared snapshot.
 """
 
 from __future__ import annotations

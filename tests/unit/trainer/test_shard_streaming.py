@@ -1,9 +1,9 @@
 """A save's extra memory is one weight shard, not the whole model: each shard ``save_pretrained`` hands over is
 written (and hashed) before it builds the next one.
 
-The measurement: ``save_pretrained`` builds each shard from ``tensor.contiguous()``, which for offloaded,
-non-contiguous or converted weights is a fresh copy. Here every such call made by transformers returns a real
-copy held in numpy memory, which ``tracemalloc`` counts (torch's own allocations it does not see). A writer that
+The measurement: ``save_pretrained`` builds each shard from ``tensor.contiguous()``, which for a non-contiguous
+(or offloaded) weight is a fresh copy. Here every such call made by transformers returns a real copy held in
+numpy memory, which ``tracemalloc`` counts (torch's own allocations it does not see). A writer that
 kept the shards until ``save_pretrained`` returned would hold every copy at once.
 """
 
