@@ -39,6 +39,7 @@ class TrainerSnapshot:
     args: Any = None
     processing_class: Any = None
     nbytes: int = 0
+    max_shard_bytes: int | None = None  # the weights' shard size for save_pretrained (None: its default)
 
 
 def _copy_state_dict_preserving_ties(state_dict: dict, buffers: SnapshotBuffers, prefix: str) -> dict:
