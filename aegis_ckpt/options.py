@@ -89,7 +89,7 @@ class CheckpointOptions:
     allow_unverified: bool = False
     """Accept checkpoints without a manifest (saved by a plain Trainer) after structural checks."""
 
-    # ---- adaptive interval and run record (issue 5) ----------------------------------------------------------
+    # ---- adaptive interval and run record ----------------------------------------------------------
     adaptive: bool = False
     """Move the save interval with the measured save cost and this run's failure history (``AdaptivePolicy``):
     time spent saving stays under ``max_save_overhead``, and with failures on record the interval moves toward

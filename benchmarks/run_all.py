@@ -278,7 +278,7 @@ background (see docs/remote.md).
 {bench_remote.format_table(remote)}
 
 {bench_gpu_stall.DOCS_SECTION}
-## Targets (issue 7), checked against this run
+## Targets, checked against this run
 
 {chr(10).join(target_lines)}
 
