@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .shardsize import shard_size_bytes
 
 VERIFY_MODES = ("full", "quick")
 AUDIT_DIGESTS = ("xxh3", "sha256")
@@ -88,7 +89,7 @@ class CheckpointOptions:
     allow_unverified: bool = False
     """Accept checkpoints without a manifest (saved by a plain Trainer) after structural checks."""
 
-    # ---- adaptive interval and run record (issue 5) ----------------------------------------------------------
+    # ---- adaptive interval and run record ----------------------------------------------------------
     adaptive: bool = False
     """Move the save interval with the measured save cost and this run's failure history (``AdaptivePolicy``):
     time spent saving stays under ``max_save_overhead``, and with failures on record the interval moves toward
@@ -125,6 +126,14 @@ class CheckpointOptions:
     quarantine_max_gb: float | None = None
     """Cap on the size of ``.aegis/quarantine/`` in GB: the oldest folders are deleted first at train begin (the
     newest one is always kept); null for no cap."""
+
+    max_shard_bytes: int | str | None = None
+    """Largest weight shard, in bytes or as ``"5GB"``/``"500MiB"``: the weights go into
+    ``model-0000k-of-0000n.safetensors`` plus ``model.safetensors.index.json`` (the layout a plain Trainer resumes
+    from), each shard written and hashed before the next is built, so a save holds about one shard beyond its
+    snapshot. For asynchronous and direct synchronous saves and custom-loop managers; where the Trainer's own
+    save runs it keeps its default. null: that default (``save_pretrained``'s ``max_shard_size``, 50 GB in
+    transformers 5, 5 GB in 4.x)."""
 
     @property
     def interval_bounds(self) -> tuple[float, float]:
@@ -165,6 +174,7 @@ class CheckpointOptions:
         if self.audit_digest not in AUDIT_DIGESTS:
             raise ConfigError(f"audit_digest must be one of {AUDIT_DIGESTS} (got {self.audit_digest!r}).")
         self._check_adaptive()
+        object.__setattr__(self, "max_shard_bytes", shard_size_bytes(self.max_shard_bytes))
 
     @property
     def audit_uses_sha256(self) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_gpu_stall  # noqa: E402
 import bench_lost_work  # noqa: E402
 import bench_overhead  # noqa: E402
 import bench_remote  # noqa: E402
@@ -276,7 +277,8 @@ background (see docs/remote.md).
 
 {bench_remote.format_table(remote)}
 
-## Targets (issue 7), checked against this run
+{bench_gpu_stall.DOCS_SECTION}
+## Targets, checked against this run
 
 {chr(10).join(target_lines)}
 

@@ -11,6 +11,7 @@ import sys
 from .. import __version__
 from ..errors import AegisError, ConfigError, PreflightError, RunLockedError
 from ..exitcodes import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, EXIT_SIGNAL_BASE, exit_code_for_signal
+from ..system.interrupts import interrupts_raise_interrupted
 from ..system.redact import RedactingFormatter, redact
 from ..system.signals import exit_at_once_on_interrupt
 from .launchers import add_launcher_command
@@ -180,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """The ``aegis-ckpt`` entry point: one line on stderr for every error, never a traceback (``-v`` shows it).
     Ctrl+C at any moment exits 130 with one line: during training the emergency checkpoint path handles it;
-    before or after, this does."""
+    before or after, this does (as ``Interrupted``, see ``system.interrupts``)."""
     try:
-        code = _run(argv)
+        with interrupts_raise_interrupted():
+            code = _run(argv)
         sys.stdout.flush()  # inside the try: a closed pipe shows up here at the latest
         return code
     except BrokenPipeError:

@@ -68,6 +68,7 @@ def save_training_state(
     scheduler=None,
     extra: dict[str, Any] | None = None,
     loop_state: dict[str, Any],
+    max_shard_bytes: int | None = None,
 ) -> None:
     """Write everything into ``folder`` (which the caller then commits): one process's whole checkpoint."""
     save_shared_state(
@@ -78,6 +79,7 @@ def save_training_state(
         scheduler=scheduler,
         extra=extra,
         loop_state=loop_state,
+        max_shard_bytes=max_shard_bytes,
     )
     save_rank_state(folder, rank=0, world_size=1)
 
@@ -97,12 +99,17 @@ def save_shared_state(
     scheduler=None,
     extra: dict[str, Any] | None = None,
     loop_state: dict[str, Any],
+    max_shard_bytes: int | None = None,
 ) -> None:
-    """Write what all ranks share (replicated weights, optimizer, loop state): rank 0 writes it."""
+    """Write what all ranks share (replicated weights, optimizer, loop state): rank 0 writes it. A Hugging Face
+    model's weights are split into shards of ``max_shard_bytes`` (``CheckpointOptions``; None: its
+    ``save_pretrained`` default) with ``model.safetensors.index.json``, which ``save_pretrained`` writes one
+    shard at a time."""
     folder = Path(folder)
     inner = _unwrap(model)
     if hasattr(inner, "save_pretrained"):
-        inner.save_pretrained(str(folder))
+        sharding = {} if max_shard_bytes is None or _is_peft(inner) else {"max_shard_size": max_shard_bytes}
+        inner.save_pretrained(str(folder), **sharding)
     else:
         from safetensors.torch import save_model
 

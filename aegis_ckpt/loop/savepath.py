@@ -119,6 +119,7 @@ def _write(engine: LoopCheckpointer, staged: Path, tag: str | None, reason: str)
                 "reason": reason,
                 "world_size": ranks.world_size,
             },
+            max_shard_bytes=engine.options.max_shard_bytes,
         )
     save_rank_state(staged, rank=ranks.rank, world_size=ranks.world_size)
 

@@ -212,7 +212,52 @@ def torch_save_file(obj, path: str | os.PathLike) -> None:
         raise
 
 
-# ---- a batch of large files ------------------------------------------------------------------------------------
+# ---- large files, one at a time or in a batch ------------------------------------------------------------------
+class LargeFileWriter:
+    """Writes ``trainer.asyncsave.hflayout.LargeFile`` entries (paths inside ``folder``) one call at a time and
+    keeps their digests by name relative to ``folder``, as ``commit_checkpoint(known=...)`` takes them.
+
+    Why one at a time: ``save_pretrained`` hands over a weight shard, drops it and only then builds the next; a
+    writer that writes each shard when it is handed over keeps a save's extra memory to one shard (the copies
+    it made while building the shard, the CPU copy of a shard on an accelerator) instead of the whole model. A file handed to
+    ``safetensors.save_file`` (a dtype this module does not write) is not in ``digests``: the commit hashes it."""
+
+    def __init__(
+        self, buffer: AlignedBuffer, *, folder: str | os.PathLike, sha256: bool = False, direct: bool = True
+    ) -> None:
+        self._buffer = buffer
+        self._root = os.path.abspath(folder)
+        self._sha256 = sha256
+        self._direct = direct
+        self.digests: dict[str, FileDigest] = {}
+
+    def __call__(self, item) -> None:
+        options = dict(sha256=self._sha256, direct=self._direct)
+        if item.kind == "safetensors":
+            tensors = _on_cpu(item.obj)
+            digest = write_safetensors(item.path, tensors, item.metadata, self._buffer, **options)
+            if digest is None:
+                from safetensors.torch import save_file
+
+                save_file(tensors, item.path, metadata=item.metadata)
+                return
+        elif item.kind == "torch":
+            digest = write_torch(item.path, item.obj, self._buffer, **options)
+        else:
+            raise ValueError(f"unknown file kind {item.kind!r}")
+        self.digests[Path(os.path.relpath(os.path.abspath(item.path), self._root)).as_posix()] = digest
+
+
+def _on_cpu(tensors: dict) -> dict:
+    """The shard itself, or, when some of its tensors are on an accelerator (a synchronous save writes the live
+    model), a CPU copy of this one shard, so it streams through ``DirectFile`` like any other."""
+    import torch
+
+    if all(not isinstance(t, torch.Tensor) or t.device.type == "cpu" for t in tensors.values()):
+        return tensors
+    return {k: v.detach().to("cpu") if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+
+
 def write_large_files(
     files: list,
     buffer: AlignedBuffer,
@@ -221,24 +266,9 @@ def write_large_files(
     sha256: bool = False,
     direct: bool = True,
 ) -> dict[str, FileDigest]:
-    """Write ``trainer.asyncsave.hflayout.LargeFile`` entries (paths inside ``folder``). Returns the digests of the files written
-    here by name relative to ``folder``, as ``commit_checkpoint(known=...)`` takes them; a file handed to
-    ``safetensors.save_file`` (unknown dtype) is not in it and gets hashed by the commit."""
-    root = os.path.abspath(folder)
-    digests: dict[str, FileDigest] = {}
+    """Write a list of ``LargeFile`` entries (a writer process's job) with one ``LargeFileWriter``; returns
+    its digests."""
+    writer = LargeFileWriter(buffer, folder=folder, sha256=sha256, direct=direct)
     for item in files:
-        if item.kind == "safetensors":
-            digest = write_safetensors(
-                item.path, item.obj, item.metadata, buffer, sha256=sha256, direct=direct
-            )
-            if digest is None:
-                from safetensors.torch import save_file
-
-                save_file(item.obj, item.path, metadata=item.metadata)
-                continue
-        elif item.kind == "torch":
-            digest = write_torch(item.path, item.obj, buffer, sha256=sha256, direct=direct)
-        else:
-            raise ValueError(f"unknown file kind {item.kind!r}")
-        digests[Path(os.path.relpath(os.path.abspath(item.path), root)).as_posix()] = digest
-    return digests
+        writer(item)
+    return writer.digests

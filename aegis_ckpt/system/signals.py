@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 
 from ..exitcodes import exit_code_for_signal
 from .console import CONSOLE_EVENT_NAMES, CONSOLE_EVENT_SIGNAL, TERMINATING_EVENTS, ConsoleCtrlHandler
+from .interrupts import raise_interrupted
 from .platform import IS_WINDOWS, signal_name
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _is_chainable(handler) -> bool:
     """Previous handlers worth calling after ours: user callables, not the defaults we stand in for, and not the
     exit handler a previous stop left behind (``exit_on_next_interrupt``: a new run in the same interpreter must
     save before it exits)."""
-    if handler in (signal.SIG_DFL, signal.SIG_IGN, None, signal.default_int_handler):
+    if handler in (signal.SIG_DFL, signal.SIG_IGN, None, signal.default_int_handler, raise_interrupted):
         return False
     if isinstance(handler, _ExitOnInterrupt):
         return False

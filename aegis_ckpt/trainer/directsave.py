@@ -62,8 +62,11 @@ def direct_save_refusal(trainer, trial) -> str | None:
 class DirectSyncSave:
     """Installs the direct ``_save_checkpoint`` and hands the digests of its last save to the commit."""
 
-    def __init__(self, sha256: Callable[[], bool]) -> None:
+    def __init__(
+        self, sha256: Callable[[], bool], max_shard_bytes: Callable[[], int | None] = lambda: None
+    ) -> None:
         self._sha256 = sha256
+        self._max_shard_bytes = max_shard_bytes  # read at each save: CheckpointOptions.max_shard_bytes
         self._buffer = None  # storage.aligned.AlignedBuffer, made on the first direct save and kept
         self._trainer = None
         self._digests: tuple[Path, dict[str, FileDigest]] | None = None
@@ -95,6 +98,7 @@ class DirectSyncSave:
         folder = Path(trainer.args.output_dir) / checkpoint_dir_name(trainer.state.global_step)
         self._digests = None
         snap = take_snapshot(trainer, None)
+        snap.max_shard_bytes = self._max_shard_bytes()
         if not snap.is_main:
             fsio.mkdir(folder, parents=True, exist_ok=True)
             write_rng_file(snap, folder)

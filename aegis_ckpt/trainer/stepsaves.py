@@ -70,6 +70,8 @@ class StepSaves:
         self._trainer = trainer
         self._metric = metric
         self._sync = sync
+        # Direct synchronous saves split the weights into shards like asynchronous ones.
+        sync.max_shard_bytes = lambda: options().max_shard_bytes
         self._uploads = uploads
         self.agreement = StepAgreement(
             clock=clock
@@ -155,6 +157,7 @@ class StepSaves:
             if args.should_save
             else store.staging_path(state.global_step)
         )
+        self.saver.max_shard_bytes = self._options().max_shard_bytes
         nbytes = self.saver.start(
             self._trainer(),
             staging,

@@ -32,7 +32,10 @@ class SyncSaves:
         direct: bool = True,
     ) -> None:
         self._guard = SyncSaveGuard()
-        self.direct = DirectSyncSave(lambda: self._run.sha256) if direct else None
+        self.max_shard_bytes: Callable[[], int | None] = lambda: None  # set by the save cycle (its options)
+        self.direct = (
+            DirectSyncSave(lambda: self._run.sha256, lambda: self.max_shard_bytes()) if direct else None
+        )
         self._tail = tail
         self._run = run
         self._metric = metric

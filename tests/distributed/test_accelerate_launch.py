@@ -1,4 +1,4 @@
-"""``accelerate launch`` with a 2-process CPU config (issue 8).
+"""``accelerate launch`` with a 2-process CPU config.
 
 accelerate's ``MULTI_CPU`` type starts several processes only through MPI (``mpirun_hostfile``); without it,
 ``accelerate launch --cpu --num_processes 2`` starts ONE process (see docs/integrations.md). The config that runs

@@ -1,4 +1,4 @@
-"""The documentation site builds in strict mode, and its generated pages match the code (issue 8).
+"""The documentation site builds in strict mode, and its generated pages match the code.
 
 ``mkdocs build --strict`` turns every warning into a failure: a link to a missing page, an anchor that does not
 exist, a page left out of the nav. The configuration and CLI reference pages are generated from the option

@@ -1,4 +1,4 @@
-"""The scripts in ``examples/`` run as documented (issue 8), with small ``--max-steps``, and continue on a rerun.
+"""The scripts in ``examples/`` run as documented, with small ``--max-steps``, and continue on a rerun.
 
 Each one is run as a user would run it, in a child process from the repository root.
 """

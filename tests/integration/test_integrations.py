@@ -1,4 +1,4 @@
-"""The integrations users train with, each killed and stopped for real (issue 8).
+"""The integrations users train with, each killed and stopped for real.
 
 Scenarios (``tests/scripts/integlib.py``): TRL ``SFTTrainer`` with a LoRA ``peft_config``, TRL ``DPOTrainer``, a
 PEFT LoRA model under the plain ``Trainer``, ``Seq2SeqTrainer`` with generation during evaluation, gradient

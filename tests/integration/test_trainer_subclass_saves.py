@@ -1,4 +1,4 @@
-"""A Trainer subclass that adds files to its checkpoints keeps them (issue 8).
+"""A Trainer subclass that adds files to its checkpoints keeps them.
 
 Trainers built on ``transformers.Trainer`` add state to a checkpoint by overriding its save methods: TRL's
 GRPOTrainer writes ``entropy_ctrl_state.json`` after ``super()._save_checkpoint`` when adaptive entropy is on,

@@ -65,3 +65,39 @@ def test_callback_validates_through_the_same_dataclass():
         AegisCheckpointCallback(max_keep=2, options=CheckpointOptions())
     cb = AegisCheckpointCallback(save_interval_sec=7, max_keep=2)
     assert cb.options.save_interval_sec == 7 and cb.options.max_keep == 2 and cb.policy.interval_sec == 7
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (None, None),
+        (40_000, 40_000),
+        ("5GB", 5 * 10**9),
+        ("500MiB", 500 * 2**20),
+        ("1.5 kb", 1500),
+        ("123", 123),
+    ],
+)
+def test_max_shard_bytes_takes_bytes_or_a_size_text(value, expected):
+    assert CheckpointOptions(max_shard_bytes=value).max_shard_bytes == expected
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5, "5 GBs", "lots", "0.1B", [5]])
+def test_max_shard_bytes_refuses_anything_else_in_one_line(value):
+    with pytest.raises(ConfigError, match=r"max_shard_bytes must be the largest weight shard") as info:
+        CheckpointOptions(max_shard_bytes=value)
+    assert "\n" not in str(info.value) and repr(value) in str(info.value)
+
+
+def test_max_shard_bytes_from_a_config_section_and_a_flag():
+    from transformers import HfArgumentParser
+
+    from aegis_ckpt import AegisArguments
+
+    assert CheckpointOptions.from_mapping({"max_shard_bytes": "2GB"}).max_shard_bytes == 2 * 10**9
+    with pytest.raises(ConfigError, match="max_shard_bytes must be"):
+        CheckpointOptions.from_mapping({"max_shard_bytes": "2 apples"})
+    (aegis,) = HfArgumentParser(AegisArguments).parse_args_into_dataclasses(["--max_shard_bytes", "300MB"])
+    assert aegis.to_options()[0].max_shard_bytes == 300 * 10**6
+    (aegis,) = HfArgumentParser(AegisArguments).parse_args_into_dataclasses([])
+    assert aegis.to_options()[0].max_shard_bytes is None  # save_pretrained's default, as the Trainer's save

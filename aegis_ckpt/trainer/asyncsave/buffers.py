@@ -2,7 +2,8 @@
 
 ``SnapshotBuffers`` holds one CPU tensor per state tensor (pinned when the source is on a GPU; files in shared
 memory when a writer process maps them). ``PageArena`` gives large tensors page-aligned storage, which the direct
-writer (``storage.directwrite``) hands to the disk without a copy.
+writer (``storage.directwrite``) hands to the disk without a copy. Copies from a GPU go through ``devicecopy``
+(a side stream, one wait per snapshot); CPU tensors are copied here directly.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ...storage import fsio
+from .devicecopy import CudaCopier, DeviceCopier, DeviceCopies
 
 PAGE_ALIGNED_MIN_BYTES = 64 * 1024
 
@@ -50,9 +52,14 @@ class SnapshotBuffers:
     """CPU tensors kept from one save to the next, keyed by name: the steady state allocates nothing.
 
     With ``shm_dir`` the buffers are files in shared memory (``torch.from_file``), so a writer process maps the
-    same pages instead of receiving a copy (``shm_ref`` names the file behind a tensor)."""
+    same pages instead of receiving a copy (``shm_ref`` names the file behind a tensor).
 
-    def __init__(self, shm_dir: str | os.PathLike | None = None) -> None:
+    A snapshot calls ``begin`` before its first ``copy`` and ``finish`` after its last: copies from a GPU
+    (``copier``, torch.cuda by default) are asynchronous until then."""
+
+    def __init__(self, shm_dir: str | os.PathLike | None = None, copier: DeviceCopier | None = None) -> None:
+        self.copier: DeviceCopier = copier if copier is not None else CudaCopier()
+        self._device = DeviceCopies(self.copier)
         self._buffers: dict[Any, Any] = {}
         self._arena = PageArena()
         self._files: dict[Any, Path] = {}
@@ -65,10 +72,11 @@ class SnapshotBuffers:
         import torch
 
         if self.shm_dir is None:
-            pin = tensor.is_cuda and torch.cuda.is_available()
+            if self.copier.is_device_tensor(tensor):
+                return self.copier.empty_host(tensor.shape, tensor.dtype, pin=True)
             nbytes = tensor.numel() * tensor.element_size()
-            if pin or nbytes < PAGE_ALIGNED_MIN_BYTES:
-                return torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+            if nbytes < PAGE_ALIGNED_MIN_BYTES:
+                return torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu")
             return self._arena.empty(tensor.shape, tensor.dtype, nbytes)
         old = self._files.pop(key, None)
         if old is not None:
@@ -92,9 +100,21 @@ class SnapshotBuffers:
         if buf is None or buf.shape != tensor.shape or buf.dtype != tensor.dtype:
             buf = self._allocate(key, tensor)
             self._buffers[key] = buf
-        buf.copy_(tensor.detach(), non_blocking=tensor.is_cuda)
+        if self.copier.is_device_tensor(tensor):
+            self._device.copy(buf, tensor.detach())  # lands by ``finish``
+        else:
+            buf.copy_(tensor.detach())
         self.copied_bytes += buf.numel() * buf.element_size()
         return buf
+
+    def begin(self) -> None:
+        """A snapshot starts: count its bytes from zero; its first copy from a GPU waits for the compute stream."""
+        self.copied_bytes = 0
+        self._device.begin()
+
+    def finish(self) -> None:
+        """Wait (once) until the snapshot's copies from a GPU are in their buffers; before anyone reads them."""
+        self._device.finish()
 
     def shm_ref(self, tensor) -> ShmRef | None:
         """The shared-memory file holding ``tensor``'s storage, if it is one of these buffers."""

@@ -222,6 +222,7 @@ class AsyncSaver:
         self.buffers = SnapshotBuffers()
         self.off_reason: str | None = None
         self.uses_process = False
+        self.max_shard_bytes: int | None = None  # the weights' shard size (None: save_pretrained's default)
         self._deferred_since_step: int | None = None
         self._ram_checked_at: float | None = None
 
@@ -360,6 +361,7 @@ class AsyncSaver:
         started = time.perf_counter()
         distributed.barrier()  # the main process has emptied and created the staging folder
         snapshot = take_snapshot(trainer, self.buffers)
+        snapshot.max_shard_bytes = self.max_shard_bytes
         if not snapshot.is_main:
             write_rng_file(snapshot, staging)
             fsio.fsync_file(staging / snapshot.rng_file)

@@ -2,8 +2,9 @@
 
 ``take_snapshot`` runs on the training thread at a step boundary and is the only part of an asynchronous save
 that blocks training: it copies the model and optimizer tensors into CPU buffers that are reused from one save
-to the next (``buffers``), and small state (scheduler, scaler, RNG, ``trainer_state.json``) into plain objects.
-``hflayout`` then writes the snapshot, on any thread, as the same files as ``Trainer._save_checkpoint``.
+to the next (``buffers``; from a GPU on a side stream, ``devicecopy``), and small state (scheduler, scaler, RNG,
+``trainer_state.json``) into plain objects. ``hflayout`` then writes the snapshot, on any thread, as the same
+files as ``Trainer._save_checkpoint``.
 
 The setups whose state this cannot express keep the Trainer's synchronous save (``trainer.compat``).
 """
@@ -38,6 +39,7 @@ class TrainerSnapshot:
     args: Any = None
     processing_class: Any = None
     nbytes: int = 0
+    max_shard_bytes: int | None = None  # the weights' shard size for save_pretrained (None: its default)
 
 
 def _copy_state_dict_preserving_ties(state_dict: dict, buffers: SnapshotBuffers, prefix: str) -> dict:
@@ -106,8 +108,6 @@ def take_snapshot(trainer, buffers: SnapshotBuffers | None) -> TrainerSnapshot:
 
     With ``buffers=None`` nothing is copied: the snapshot refers to the live tensors and state dicts, for a
     synchronous save that writes them while training waits (``trainer.directsave``)."""
-    import torch
-
     args = trainer.args
     trainer.store_flos()  # collective under DDP: every rank is here at the same step
     snap = TrainerSnapshot(
@@ -120,7 +120,7 @@ def take_snapshot(trainer, buffers: SnapshotBuffers | None) -> TrainerSnapshot:
         return snap
     live = buffers is None
     if not live:
-        buffers.copied_bytes = 0
+        buffers.begin()
     model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
     snap.model = model
     state = model.state_dict()
@@ -135,8 +135,8 @@ def take_snapshot(trainer, buffers: SnapshotBuffers | None) -> TrainerSnapshot:
         scaler = getattr(trainer.accelerator, "scaler", None)
         if scaler is not None:
             snap.scaler_state = keep(scaler.state_dict())
-    if not live and any(t.is_cuda for t in model.parameters()):
-        torch.cuda.synchronize()  # the non_blocking copies into pinned buffers must land before anyone reads them
+    if not live:
+        buffers.finish()  # the copies from a GPU must land before the step goes on and anyone reads them
     snap.trainer_state_json = _trainer_state_json(trainer)
     snap.args = args
     processing = trainer.processing_class

@@ -15,7 +15,7 @@ PACKAGE_DIR = Path(aegis_ckpt.__file__).resolve().parent
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "system.platform", "_moved", "__version__", "logsetup", "fielddocs"),
-    ("exitcodes", "configcheck"),
+    ("exitcodes", "configcheck", "shardsize"),
     ("system", "rngstate", "distributed", "options", "progress"),
     ("policy",),
     ("storage",),

@@ -206,14 +206,14 @@ def test_capture_of_weight_files_only_affects_the_capturing_thread(tmp_path):
     thread at the same moment (the Trainer's own save) must still write its weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from aegis_ckpt.trainer.asyncsave.hflayout import _capture_safetensors_writes
+    from aegis_ckpt.trainer.asyncsave.hflayout import _route_safetensors_writes
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
     captured: list = []
     inside, release = threading.Event(), threading.Event()
 
     def background():
-        with _capture_safetensors_writes(captured):
+        with _route_safetensors_writes(captured.append):
             inside.set()
             release.wait(30)
             model.save_pretrained(tmp_path / "captured")
@@ -228,6 +228,51 @@ def test_capture_of_weight_files_only_affects_the_capturing_thread(tmp_path):
     assert (tmp_path / "other_thread" / "model.safetensors").is_file()
     assert not (tmp_path / "captured" / "model.safetensors").exists()
     assert [os.path.basename(f.path) for f in captured] == ["model.safetensors"]
+
+
+def test_a_route_writing_its_shards_does_not_hold_up_another_threads_save(tmp_path):
+    """Shards are written inside ``save_pretrained`` (one at a time): a background save whose shard is still
+    being written must not keep a synchronous save on another thread from routing and writing its own."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from aegis_ckpt.trainer.asyncsave.hflayout import _route_safetensors_writes
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16))
+    writing, release = threading.Event(), threading.Event()
+    slow: list = []
+
+    def slow_write(item):
+        writing.set()
+        release.wait(30)
+        slow.append(item)
+
+    def background():
+        with _route_safetensors_writes(slow_write):
+            model.save_pretrained(tmp_path / "slow")
+
+    t = threading.Thread(target=background)
+    t.start()
+    try:
+        assert writing.wait(30)
+        fast: list = []
+        done = threading.Event()
+
+        def other():
+            with _route_safetensors_writes(fast.append):
+                model.save_pretrained(tmp_path / "fast")
+            done.set()
+
+        threading.Thread(target=other, daemon=True).start()
+        assert done.wait(30), "the second save waited for the first one's write"
+        assert [os.path.basename(f.path) for f in fast] == ["model.safetensors"]
+    finally:
+        release.set()
+        t.join(30)
+    assert [os.path.basename(f.path) for f in slow] == ["model.safetensors"]
+    from safetensors.torch import save_file
+    from transformers import modeling_utils
+
+    assert modeling_utils.safe_save_file is save_file  # the patch is gone with the last route
 
 
 # ---- writes straight from the snapshot's memory ------------------------------------------------------------------

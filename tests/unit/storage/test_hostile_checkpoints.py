@@ -338,6 +338,23 @@ def test_a_committed_weight_index_naming_files_outside_is_refused(world):
     assert_set_aside(out, outside, before, "model.safetensors.index.json unreadable")
 
 
+def test_a_committed_weight_index_naming_a_shard_the_manifest_does_not_list_is_set_aside(world):
+    """Every shard the index names must be a manifest file, so that verification covers it: here the last shard
+    was missing when the folder was committed (the manifest and the index agree with the bytes on disk)."""
+    out, hostile, outside = world
+    before = snapshot(outside)
+    shards = [f"model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)]
+    for name in shards[:2]:
+        (hostile / name).write_bytes(b"x" * 64)
+    (hostile / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 3}, "weight_map": {f"w{k}": s for k, s in enumerate(shards)}}),
+        encoding="utf-8",
+    )
+    commit_checkpoint(hostile, step=2, reason="test")
+    assert verify_checkpoint(hostile).ok
+    assert_set_aside(out, outside, before, "names shard(s) the manifest does not list: " + shards[2])
+
+
 def test_unverified_folders_with_links_are_refused_before_anything_is_read(tmp_path, plain_checkpoint):
     outside = tmp_path / "outside"
     outside.mkdir()

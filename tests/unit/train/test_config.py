@@ -83,6 +83,7 @@ def test_unknown_keys_are_named(raw, named):
         ({"save_interval_sec": 0}, "save_interval_sec must be a number > 0"),
         ({"save_interval_sec": -5}, "save_interval_sec must be a number > 0"),
         ({"save_interval_sec": "soon"}, "checkpoint.save_interval_sec: expected a number, got 'soon'"),
+        ({"max_shard_bytes": "big"}, "max_shard_bytes must be the largest weight shard"),
     ],
 )
 def test_bad_checkpoint_values(checkpoint, message):
