@@ -138,10 +138,13 @@ def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> Tr
         raise ConfigError(f"training: {e}") from e
     done = read_completion(output_dir)
     # A raised max_steps (or num_train_epochs) continues a finished run; the Trainer's entry says so in the log.
-    if (
+    finished = (
         done is not None
         and weigh_completion(done, max_steps=args.max_steps, num_train_epochs=args.num_train_epochs).finished
-    ):
+    )
+    if node_local_checkpoints(args):  # each node reads its own record, but every rank must take the same path
+        finished = not distributed.agree_any(not finished)
+    if finished:
         final = output_dir / FINAL_MODEL_DIR
         # Every node's share of the last step, if its remote commit was cut short (node-local runs).
         if node_local_checkpoints(args):

@@ -23,6 +23,7 @@ from remotelib import remote_steps
 from testenv import REPO_ROOT, subprocess_env
 
 from aegis_ckpt import find_resume_checkpoint
+from aegis_ckpt.runstate.completion import completion_path, read_completion
 from aegis_ckpt.storage.layout import MANIFEST_NAME
 from aegis_ckpt.train.builders import TOKENIZER_CACHE_DIR
 
@@ -94,6 +95,15 @@ def test_every_node_uploads_its_share_and_a_fresh_dir_resumes_to_identical_weigh
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= manifest["files"].keys()
     node1_rng = (outs[1] / f"checkpoint-{STEPS}" / "rng_state_1.pth").read_bytes()
     assert s3.cat_file(f"{last}/rng_state_1.pth") == node1_rng
+
+    # One node lacks the completion record (killed before it wrote it): both nodes take the same path, not one the
+    # finished one and the other the training one, whose collectives would not match.
+    before = final_weights(outs[0])
+    completion_path(outs[1]).unlink()
+    run_nodes(outs, bucket_url)
+    assert read_completion(outs[1])["step"] == STEPS
+    assert_same_weights(final_weights(outs[0]), before)
+    assert_same_weights(final_weights(outs[1]), before)
 
     # A fresh machine resumes from a mid-run remote copy: the newer ones are withdrawn (manifest first).
     mid = max(step for step in committed if step < STEPS)
