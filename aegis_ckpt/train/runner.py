@@ -129,6 +129,21 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         return _run_holding_lease(cfg, output_dir, started)
 
 
+def _finished_record(args, output_dir: Path) -> dict | None:
+    """The completion record when the run already finished, else None. A raised max_steps (or
+    num_train_epochs) continues a finished run; the Trainer's entry says so in the log. In a node-local run each
+    node reads its own record, yet every rank must take the same path (the finished path's collectives are not
+    training's): the run counts as finished only when it is on every node."""
+    done = read_completion(output_dir)
+    finished = (
+        done is not None
+        and weigh_completion(done, max_steps=args.max_steps, num_train_epochs=args.num_train_epochs).finished
+    )
+    if node_local_checkpoints(args):
+        finished = not distributed.agree_any(not finished)
+    return done if finished else None
+
+
 def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> TrainResult:
     from transformers import HfArgumentParser, TrainingArguments, set_seed
 
@@ -136,15 +151,8 @@ def _run_holding_lease(cfg: TrainConfig, output_dir: Path, started: float) -> Tr
         (args,) = HfArgumentParser(TrainingArguments).parse_dict(cfg.training)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"training: {e}") from e
-    done = read_completion(output_dir)
-    # A raised max_steps (or num_train_epochs) continues a finished run; the Trainer's entry says so in the log.
-    finished = (
-        done is not None
-        and weigh_completion(done, max_steps=args.max_steps, num_train_epochs=args.num_train_epochs).finished
-    )
-    if node_local_checkpoints(args):  # each node reads its own record, but every rank must take the same path
-        finished = not distributed.agree_any(not finished)
-    if finished:
+    done = _finished_record(args, output_dir)
+    if done is not None:
         final = output_dir / FINAL_MODEL_DIR
         # Every node's share of the last step, if its remote commit was cut short (node-local runs).
         if node_local_checkpoints(args):
