@@ -22,7 +22,7 @@ from aegis_ckpt.unattended.inject import choose_resume, injection_env
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "scripts" / "plain_hf_train.py"
-MAX_STEPS = 800
+MAX_STEPS = 300
 
 
 def env(**extra: str) -> dict[str, str]:

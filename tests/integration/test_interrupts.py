@@ -36,7 +36,9 @@ SMALL = [
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    # faulthandler: a process that does not stop is made to print where every thread is (SIGABRT) before failing.
+    env = subprocess_env({"PYTHONFAULTHANDLER": "1"})
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
 
 
 def cli_train(out: Path, log: Path) -> subprocess.Popen:
@@ -83,7 +85,15 @@ def interrupt_lines(text: str) -> list[str]:
 
 
 def assert_clean_stop(proc: subprocess.Popen, log: Path) -> str:
-    code = proc.wait(120)
+    try:
+        code = proc.wait(120)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+        try:
+            proc.wait(30)
+        finally:
+            proc.kill()
+        raise AssertionError(f"still running 120 s after the Ctrl+C:\n{log.read_text()[-6000:]}") from None
     text = log.read_text()
     assert code == 130, f"exit {code}:\n{text[-3000:]}"
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]

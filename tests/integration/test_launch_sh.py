@@ -266,7 +266,7 @@ def _real_project(tmp_path: Path) -> tuple[ShProject, Path, Path]:
                 },
                 "training": {
                     "output_dir": str(output_dir),
-                    "max_steps": 600,
+                    "max_steps": 300,
                     "per_device_train_batch_size": 4,
                     "save_strategy": "no",
                     "logging_steps": 50,
@@ -307,10 +307,10 @@ def test_power_cut_then_continue_then_already_finished_then_more_steps(tmp_path)
     assert code == 0, text[-4000:]
     assert "[preflight] OK       disk" in text and "[preflight] passed" in text
     assert re.search(r"Continuing from .*checkpoint-\d+", text), text[-4000:]
-    assert "training finished at step 600" in text
+    assert "training finished at step 300" in text
     assert "[auto_train] FINISHED: training finished (exit 0)" in text
     assert "[aegis-ckpt] INFO sound:" in text  # the notification ran (no terminal here: no bell to ring)
-    assert json.loads((out / ".aegis" / "completed.json").read_text())["step"] == 600
+    assert json.loads((out / ".aegis" / "completed.json").read_text())["step"] == 300
     time.sleep(1.1)
 
     # 3. The next boot: nothing but a log line.
@@ -324,11 +324,11 @@ def test_power_cut_then_continue_then_already_finished_then_more_steps(tmp_path)
 
     # 4. max_steps raised in the config: the same start continues the finished run to the new end.
     config = project.root / "configs" / "small.yaml"
-    config.write_text(config.read_text().replace('"max_steps": 600', '"max_steps": 640'))
+    config.write_text(config.read_text().replace('"max_steps": 300', '"max_steps": 340'))
     code, _ = project.run("configs/small.yaml", **env)
     text = project.logs(out / "logs")[-1].read_text()
     assert code == 0, text[-4000:]
-    assert "the last step is now 640: training continues" in text
-    assert text.count("Continuing finished run from step 600 to 640") == 1
+    assert "the last step is now 340: training continues" in text
+    assert text.count("Continuing finished run from step 300 to 340") == 1
     assert "[auto_train] FINISHED: training finished (exit 0)" in text
-    assert json.loads((out / ".aegis" / "completed.json").read_text())["step"] == 640
+    assert json.loads((out / ".aegis" / "completed.json").read_text())["step"] == 340
