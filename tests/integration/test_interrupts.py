@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from testenv import REPO_ROOT, SCRIPTS_DIR, subprocess_env
+from testenv import REPO_ROOT, SCRIPTS_DIR, subprocess_env, with_default_sigint
 
 from aegis_ckpt.storage.layout import AEGIS_DIR, MANIFEST_NAME, RUN_OWNER_NAME
 
@@ -38,7 +38,9 @@ SMALL = [
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     # faulthandler: a process that does not stop is made to print where every thread is (SIGABRT) before failing.
     env = subprocess_env({"PYTHONFAULTHANDLER": "1"})
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    return subprocess.Popen(
+        with_default_sigint(cmd), env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w")
+    )
 
 
 def cli_train(out: Path, log: Path) -> subprocess.Popen:

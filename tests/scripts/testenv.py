@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,3 +28,17 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     )
     env.update(extra or {})
     return env
+
+
+def with_default_sigint(cmd: list[str]) -> list[str]:
+    """``cmd`` (a command line) started with SIGINT at its default disposition and unblocked.
+
+    A child inherits an ignored or blocked SIGINT from its parent (a shell's background job, or a test worker
+    after some library changed its signal state), and Python then never installs its ``KeyboardInterrupt``
+    handler, so the child would not see Ctrl+C at all. The Ctrl+C tests are about aegis-ckpt, not their parent:
+    their children start as they would from an interactive shell."""
+    boot = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", boot, *map(str, cmd)]

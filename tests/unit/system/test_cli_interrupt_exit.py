@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 
-from testenv import subprocess_env
+from testenv import subprocess_env, with_default_sigint
 
 PROBE = r"""
 import sys
@@ -30,7 +30,7 @@ sys.exit(app.main())
 def test_ctrl_c_inside_exec_of_a_string_exits_130_under_python_m(tmp_path):
     (tmp_path / "aegis_probe_cli.py").write_text(PROBE)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aegis_probe_cli"],
+        with_default_sigint([sys.executable, "-m", "aegis_probe_cli"]),
         cwd=tmp_path,
         env=subprocess_env(),
         stdout=subprocess.PIPE,

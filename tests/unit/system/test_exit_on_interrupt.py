@@ -61,10 +61,10 @@ def test_ctrl_c_while_the_interpreter_joins_threads_exits_130_without_a_tracebac
     import sys
     import time
 
-    from testenv import subprocess_env
+    from testenv import subprocess_env, with_default_sigint
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
+        with_default_sigint([sys.executable, "-c", CHILD]),
         env=subprocess_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
