@@ -33,10 +33,11 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def with_default_sigint(cmd: list[str]) -> list[str]:
     """``cmd`` (a command line) started with SIGINT at its default disposition and unblocked.
 
-    A child inherits an ignored or blocked SIGINT from its parent (a shell's background job, or a test worker
-    after some library changed its signal state), and Python then never installs its ``KeyboardInterrupt``
-    handler, so the child would not see Ctrl+C at all. The Ctrl+C tests are about aegis-ckpt, not their parent:
-    their children start as they would from an interactive shell."""
+    A child inherits an ignored or blocked SIGINT from its parent, and Python then never installs its
+    ``KeyboardInterrupt`` handler, so the child would not see Ctrl+C at all. A suite started as a background job
+    of a non-interactive shell (``pytest ... &`` in a script) runs with SIGINT ignored in every worker, so
+    without this the Ctrl+C tests hung there. They are about aegis-ckpt, not their parent: their children start
+    as they would from an interactive shell."""
     boot = (
         "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
         "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); os.execv(sys.argv[1], sys.argv[1:])"
