@@ -130,6 +130,10 @@ class SignalWatcher:
         self.installed = True
         return True
 
+    def handler_before(self, signum: int):
+        """The handler ``install`` replaced for ``signum`` (None when it did not replace one)."""
+        return self._previous.get(signum)
+
     def uninstall(self) -> None:
         """Restore the handlers that were there before ``install``; stop the watchdog."""
         if not self.installed:
@@ -233,15 +237,17 @@ class SignalWatcher:
         return 1
 
 
-def exit_on_next_interrupt(code: int) -> None:
+def exit_on_next_interrupt(code: int, *, previous=None) -> None:
     """While the process is already on its way out with ``code`` (after an emergency checkpoint, or a stop
     before the first step), a further Ctrl+C raises ``SystemExit(code)`` instead of ``KeyboardInterrupt``: the
     exit stays 130 with no traceback. The handler gives way to the previous one after it fired once, so an
-    interactive session that catches the exit gets its usual Ctrl+C back."""
+    interactive session that catches the exit gets its usual Ctrl+C back. ``previous``: the handler to give way
+    to, when the current one is a signal watcher about to be removed."""
     if threading.current_thread() is not threading.main_thread():
         return
     try:
-        signal.signal(signal.SIGINT, _ExitOnInterrupt(code, signal.getsignal(signal.SIGINT)))
+        before = previous if previous is not None else signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, _ExitOnInterrupt(code, before))
     except (OSError, ValueError):
         return
     # Once the interpreter winds down (atexit callbacks, thread joins), raising is no longer a clean way out.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -285,9 +286,12 @@ class EmergencyStop:
         self.host.end_run("signal", state.global_step, detail=signal_name(signum))
         if self.watcher is not None:
             self.watcher.mark_done()
+        # A further Ctrl+C while this exit unwinds must not turn into a KeyboardInterrupt traceback: the exit
+        # handler takes SIGINT over before the watcher lets go of it, so no Ctrl+C finds Python's default.
+        exit_on_next_interrupt(
+            code, previous=self.watcher.handler_before(signal.SIGINT) if self.watcher else None
+        )
         self.disarm()
-        # A further Ctrl+C while this exit unwinds must not turn into a KeyboardInterrupt traceback.
-        exit_on_next_interrupt(code)
         self.host.shut_down(
             agreement=True
         )  # nothing is in flight any more: stop the writer process, free shared memory

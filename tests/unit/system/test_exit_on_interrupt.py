@@ -83,3 +83,18 @@ def test_ctrl_c_while_the_interpreter_joins_threads_exits_130_without_a_tracebac
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert "SIGINT again while exiting: exiting with code 130" in stderr, stderr
     assert time.monotonic() - started < 20, "the process waited for the lingering thread"
+
+
+def test_the_exit_handler_takes_over_before_the_watcher_lets_go(restore_sigint):
+    """The emergency exit installs the exit handler while the watcher still holds SIGINT, then removes the
+    watcher: a Ctrl+C at any moment of that hand-over is a clean exit, and after it Ctrl+C is the handler from
+    before the watcher (not the removed watcher's)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    watcher = SignalWatcher(grace_period_sec=None, console_events=False)
+    watcher.install()
+    exit_on_next_interrupt(130, previous=watcher.handler_before(signal.SIGINT))
+    watcher.uninstall()  # must leave the exit handler in place
+    with pytest.raises(SystemExit) as exited:
+        os.kill(os.getpid(), signal.SIGINT)
+    assert exited.value.code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
