@@ -89,27 +89,10 @@ def reference_weights(tmp_path_factory) -> Callable:
 # --------------------------------------------------------------------------------------------------------------
 # Clock
 # --------------------------------------------------------------------------------------------------------------
-class FakeClock:
-    """A settable monotonic clock to inject as ``AegisCheckpointCallback(clock=...)``."""
-
-    def __init__(self, start: float = 1000.0):
-        self.now = float(start)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("a monotonic clock does not go back")
-        self.now += seconds
-
-    def set(self, now: float) -> None:
-        self.now = float(now)
-
-
 @pytest.fixture
-def fake_clock() -> FakeClock:
-    return FakeClock()
+def fake_clock() -> tinylib.FakeClock:
+    """``tinylib.FakeClock``: a settable monotonic clock, shared with the subprocess scripts."""
+    return tinylib.FakeClock()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -93,19 +93,6 @@ def test_a_plain_trainer_resumes_from_shards_bit_identically(tmp_path, fake_cloc
     assert tinylib.weight_mismatches(tinylib.weights(plain.model), expected) == []
 
 
-class _Clock:
-    """A settable clock for the module-scoped run (the ``fake_clock`` fixture is per test)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def _remove_shard(folder: Path) -> None:
     (folder / _shards(folder)[1]).unlink()
 
@@ -121,7 +108,7 @@ def _flip_shard_byte(folder: Path) -> None:
 def two_sharded_checkpoints(tmp_path_factory) -> Path:
     """A run with sharded checkpoints at steps 5 and 10 (synchronous saves: none is deferred)."""
     out = tmp_path_factory.mktemp("sharded") / "out"
-    _run(out, "direct_sync", _Clock(), stop_at=10)
+    _run(out, "direct_sync", tinylib.FakeClock(), stop_at=10)
     assert len(_shards(out / "checkpoint-10")) >= 3 and (out / "checkpoint-5").is_dir()
     return out
 

@@ -21,6 +21,24 @@ MODEL_SEED = 1234
 DATA_SEED = 4321
 
 
+class FakeClock:
+    """A settable monotonic clock to inject as ``AegisCheckpointCallback(clock=...)``."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("a monotonic clock does not go back")
+        self.now += seconds
+
+    def set(self, now: float) -> None:
+        self.now = float(now)
+
+
 def quiet_and_single_threaded() -> None:
     """One intra-op thread: the same reduction order in every process, and no oversubscription on 2 cores.
     Also silence the per-save progress bars."""

@@ -20,17 +20,6 @@ from aegis_ckpt import AegisCheckpointCallback, find_resume_checkpoint
 from aegis_ckpt.options import AsyncOptions
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class FillDisk(TrainerCallback):
     """At the end of ``step`` (before a save decided at that step is written) leave only ``leave`` bytes free."""
 
@@ -98,7 +87,7 @@ def main() -> int:
 
     torch.manual_seed(tinylib.MODEL_SEED)
     model = GPT2LMHeadModel(GPT2Config(**{**tinylib.GPT2_KW, "n_embd": a.width}))
-    clock = FakeClock()
+    clock = tinylib.FakeClock()
     resume = find_resume_checkpoint(a.output_dir)
     log_event(a.log, event="start", resume=resume)
     callbacks = [
