@@ -43,3 +43,40 @@ def with_default_sigint(cmd: list[str]) -> list[str]:
         "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); os.execv(sys.argv[1], sys.argv[1:])"
     )
     return [sys.executable, "-c", boot, *map(str, cmd)]
+
+
+def ctrl_c_after_line(
+    cmd: list[str],
+    line: str,
+    *,
+    cwd: str | os.PathLike | None = None,
+    settle: float = 0.0,
+    timeout: float = 30,
+) -> tuple[int, str, float]:
+    """Start ``cmd`` (Ctrl+C at its default, see ``with_default_sigint``), wait until its first stdout line is
+    ``line``, wait ``settle`` seconds more, send a real SIGINT. Returns the exit code, the whole stderr and the
+    seconds from the signal to the exit."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(
+        with_default_sigint(cmd),
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = proc.stdout.readline().strip()
+        assert first == line, (first, proc.stderr.read() if proc.poll() is not None else "")
+        time.sleep(settle)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout)
+        took = time.monotonic() - sent
+        return code, proc.stderr.read(), took
+    finally:
+        proc.kill()
+        proc.wait()

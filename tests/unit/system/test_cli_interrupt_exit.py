@@ -8,10 +8,9 @@ line raises its own ``Interrupted`` subclass, which CPython does not record. Rea
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 
-from testenv import subprocess_env, with_default_sigint
+from testenv import ctrl_c_after_line
 
 PROBE = r"""
 import sys
@@ -29,21 +28,7 @@ sys.exit(app.main())
 
 def test_ctrl_c_inside_exec_of_a_string_exits_130_under_python_m(tmp_path):
     (tmp_path / "aegis_probe_cli.py").write_text(PROBE)
-    proc = subprocess.Popen(
-        with_default_sigint([sys.executable, "-m", "aegis_probe_cli"]),
-        cwd=tmp_path,
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(30)
-        stderr = proc.stderr.read()
-    finally:
-        proc.kill()
+    code, stderr, _ = ctrl_c_after_line([sys.executable, "-m", "aegis_probe_cli"], "ready", cwd=tmp_path)
     assert code == 130, (code, stderr)
     assert stderr.strip() == "aegis-ckpt: interrupted (SIGINT): exiting with code 130", stderr
 

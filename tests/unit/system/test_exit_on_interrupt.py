@@ -57,32 +57,15 @@ def test_ctrl_c_while_the_interpreter_joins_threads_exits_130_without_a_tracebac
     """The moment between the end of the main module and the atexit callbacks: the interpreter is joining
     non-daemon threads (a background save, an upload). A Ctrl+C there must leave at once with 130 and print
     nothing but the one line, not "Exception ignored in threading" with a traceback."""
-    import subprocess
     import sys
-    import time
 
-    from testenv import subprocess_env, with_default_sigint
+    from testenv import ctrl_c_after_line
 
-    proc = subprocess.Popen(
-        with_default_sigint([sys.executable, "-c", CHILD]),
-        env=subprocess_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout.readline().strip() == "joining"
-        time.sleep(0.2)
-        started = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(30)
-        stderr = proc.stderr.read()
-    finally:
-        proc.kill()
+    code, stderr, took = ctrl_c_after_line([sys.executable, "-c", CHILD], "joining", settle=0.2)
     assert code == 130, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert "SIGINT again while exiting: exiting with code 130" in stderr, stderr
-    assert time.monotonic() - started < 20, "the process waited for the lingering thread"
+    assert took < 20, "the process waited for the lingering thread"
 
 
 def test_the_exit_handler_takes_over_before_the_watcher_lets_go(restore_sigint):
