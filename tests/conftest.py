@@ -27,6 +27,7 @@ SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 if str(SCRIPTS_DIR) not in sys.path:
     sys.path.insert(0, str(SCRIPTS_DIR))
 
+import preloaded  # noqa: E402
 import tinylib  # noqa: E402
 from testenv import subprocess_env  # noqa: E402
 
@@ -34,6 +35,9 @@ from testenv import subprocess_env  # noqa: E402
 def pytest_configure(config):
     # Same thread count as the subprocess scripts: in-process reference runs must match theirs bit for bit.
     tinylib.quiet_and_single_threaded()
+    # Python children of the tests start from an interpreter that imported torch and transformers once
+    # (tests/scripts/preloaded.py; AEGIS_TEST_PRELOAD=0 starts every child fresh).
+    preloaded.install()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@ from testenv import subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
-STEPS = 100  # the same run as the Slurm torchrun test, so the reference is computed once
+# Long enough that two interval checkpoints (every second) commit well before the end: on an idle machine 100
+# steps of this model take under 3 s, and the first launch then finished before the kill (as in the Slurm tests).
+STEPS = 400
 
 
 def free_port() -> int:
@@ -76,6 +78,7 @@ def test_nodes_resume_from_the_newest_step_intact_on_every_node(reference_runs, 
         for n in nodes:
             kill_tree(n)
     del common
+    assert STEPS not in committed_steps(outs[0]), "training reached its end before the kill: make it longer"
     newest_on_1 = max(committed_steps(outs[1]))
     shutil.rmtree(outs[1] / f"checkpoint-{newest_on_1}")
     expected = max(set(committed_steps(outs[0])) & set(committed_steps(outs[1])))

@@ -137,11 +137,12 @@ def test_lease_lifecycle_and_throttled_heartbeat(tmp_path):
 
 
 def test_stale_lease_after_power_loss_is_taken_over_and_counted(tmp_path):
+    pid = dead_pid()  # before the clock is read: starting a process can take seconds on a loaded machine
     beat = time.time() - 3_600
     write_record(
         tmp_path,
         session(
-            pid=dead_pid(),
+            pid=pid,
             boot_id="boot-before-the-power-cut",
             started_unix=beat - 600,
             heartbeat_unix=beat,

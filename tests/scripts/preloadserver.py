@@ -1,0 +1,200 @@
+"""A Python that has already imported torch, transformers and the other heavy libraries, and forks one child per
+request: the suite's child processes start from it (see ``preloaded.py``) instead of importing those libraries
+again, which costs 7 to 9 seconds of CPU per process on a 2-core machine and was most of the suite's time.
+
+Usage: ``python preloadserver.py SOCKET_PATH``. It prints ``ready`` on stdout once everything is imported, then
+serves requests on a Unix socket until its stdin closes (the test worker that started it ended). A request is one
+JSON document (argv after the interpreter, cwd, env, whether to start a new session) sent with the child's
+stdin, stdout and stderr as file descriptors (SCM_RIGHTS). The server forks; the child takes those descriptors,
+cwd, environment, ``sys.argv`` and ``sys.path`` as a fresh ``python`` would, runs the module, script or code
+as ``__main__`` and ends the way the interpreter does (``sys.exit``, an uncaught exception, a signal). The
+server answers the child's pid at once and, when the child ends, its raw wait status.
+
+What such a child shares with the server, unlike a fresh interpreter: the already imported third-party modules
+(nothing of ``aegis_ckpt`` or of the test scripts is imported here, so the code under test is imported fresh in
+every child), their import-time configuration (``preloaded.py`` starts a fresh interpreter instead whenever a
+variable those imports read differs), the hash seed, and warnings already shown during those imports. It must
+never run a torch operation or start a thread: a fork copies only the forking thread.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import json
+import os
+import selectors
+import socket
+import struct
+import sys
+import types
+
+PRELOAD = (
+    "torch",
+    "transformers",
+    "transformers.trainer",
+    "transformers.training_args",
+    "transformers.models.gpt2.modeling_gpt2",
+    "datasets",
+    "accelerate",
+    "safetensors.torch",
+    "tokenizers",
+    "xxhash",
+    "psutil",
+    "yaml",
+    "filelock",
+    "fsspec",
+    "s3fs",
+    "peft",
+    "trl",
+)
+
+# sys.path as the interpreter built it for this script, before any import: the child's is rebuilt from it.
+_BASE_PATH = list(sys.path)
+_OWN_PYTHONPATH = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+
+
+def _preload() -> None:
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - an optional library may be missing or broken; children import it then
+            pass
+
+
+def _receive(conn: socket.socket) -> tuple[dict, list[int]] | None:
+    data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 3)
+    if len(data) < 4:
+        for fd in fds:
+            os.close(fd)
+        return None
+    (length,) = struct.unpack("!I", data[:4])
+    body = data[4:]
+    while len(body) < length:
+        chunk = conn.recv(length - len(body))
+        if not chunk:
+            for fd in fds:
+                os.close(fd)
+            return None
+        body += chunk
+    return json.loads(body), list(fds)
+
+
+def serve(path: str) -> tuple[dict, list[int]] | None:
+    """Serve until stdin closes (returns None), or return a request inside the child forked for it."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, "accept")
+    selector.register(sys.stdin, selectors.EVENT_READ, "stdin")
+    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
+    print("ready", flush=True)
+    while True:
+        for key, _events in selector.select():
+            if key.data == "stdin":
+                if not os.read(sys.stdin.fileno(), 4096):
+                    return None
+            elif key.data == "accept":
+                conn, _addr = listener.accept()
+                got = _receive(conn)
+                if got is None:
+                    conn.close()
+                    continue
+                request, fds = got
+                pid = os.fork()
+                if pid == 0:
+                    selector.close()
+                    listener.close()
+                    conn.close()
+                    for pidfd, (_pid, other) in children.items():
+                        os.close(pidfd)
+                        other.close()
+                    return request, fds
+                for fd in fds:
+                    os.close(fd)
+                pidfd = os.pidfd_open(pid)
+                children[pidfd] = (pid, conn)
+                selector.register(pidfd, selectors.EVENT_READ, "child")
+                try:
+                    conn.sendall(f"{pid}\n".encode())
+                except OSError:
+                    pass
+            else:
+                pid, conn = children.pop(key.fd)
+                selector.unregister(key.fd)
+                os.close(key.fd)
+                _pid, status = os.waitpid(pid, 0)
+                try:
+                    conn.sendall(f"{status}\n".encode())
+                except OSError:
+                    pass
+                conn.close()
+
+
+def _child_sys_path(argv: list[str], env: dict[str, str]) -> list[str]:
+    """sys.path as ``python ARGV`` would build it: the script's folder (``-m``: the working directory, ``-c``:
+    ''), then PYTHONPATH, then the standard library and site-packages."""
+    if argv[0] == "-m":
+        first = os.getcwd()
+    elif argv[0] == "-c":
+        first = ""
+    else:
+        first = os.path.dirname(os.path.realpath(argv[0]))
+    rest = _BASE_PATH[1 + len(_OWN_PYTHONPATH) :]
+    wanted = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return [first, *wanted, *rest]
+
+
+def run_child(request: dict, fds: list[int]) -> None:
+    """Become ``python ARGV`` with the request's streams, directory and environment; runs in the forked child."""
+    if request["new_session"]:
+        os.setsid()
+    for target, fd in enumerate(fds):
+        if fd != target:
+            os.dup2(fd, target)
+    for fd in set(fds):
+        if fd > 2:
+            os.close(fd)
+    os.chdir(request["cwd"])
+    env = request["env"]
+    server_env = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    unbuffered = bool(env.get("PYTHONUNBUFFERED"))
+    if unbuffered != bool(server_env.get("PYTHONUNBUFFERED")):
+        sys.stdout.reconfigure(write_through=unbuffered)
+    if env.get("PYTHONFAULTHANDLER"):
+        import faulthandler
+
+        faulthandler.enable()
+    argv = request["argv"]
+    sys.path[:] = _child_sys_path(argv, env)
+    main = types.ModuleType("__main__")
+    main.__dict__["__builtins__"] = builtins
+    sys.modules["__main__"] = main
+    if argv[0] == "-m":
+        import runpy
+
+        sys.argv = ["-m", *argv[2:]]
+        runpy._run_module_as_main(argv[1], alter_argv=True)
+        return
+    if argv[0] == "-c":
+        sys.argv = ["-c", *argv[2:]]
+        code = compile(argv[1], "<string>", "exec")
+    else:
+        script = os.path.abspath(argv[0])
+        sys.argv = list(argv)
+        main.__file__ = script
+        main.__cached__ = None
+        with open(script, "rb") as source:
+            code = compile(source.read(), script, "exec")
+    exec(code, main.__dict__)
+
+
+if __name__ == "__main__":
+    _preload()
+    _got = serve(sys.argv[1])
+    if _got is not None:
+        del _preload, serve
+        run_child(*_got)
