@@ -100,6 +100,8 @@ def check_round(workdir: Path, k: int, pids: set[int], workers) -> None:
     assert len(lines) == 1 and "in use by another training run" in lines[0], err[-2000:]
     assert f"pid {winner} " in lines[0], f"round {k}: the message does not name the holder: {lines[0]}"
     # The winner trains: it holds the lease and commits checkpoints; then a real Ctrl+C stops it.
+    # From here on only the winner must stay up: after the last round the loser's process ends on its own.
+    workers = [w for w in workers if w.pid == winner]
     wait_until(lambda: len(committed(out)) >= 1, 120, f"round {k}: a commit of the winner", workers)
     kept = committed(out)
     os.kill(winner, signal.SIGINT)

@@ -40,6 +40,7 @@ _SERVER_SCRIPT = str(Path(__file__).resolve().with_name("preloadserver.py"))
 # Variables that the preloaded libraries (or the interpreter itself) read while importing: a child whose value
 # differs from the server's would not see its value, so it starts a fresh interpreter instead.
 _IMPORT_TIME_PREFIXES = (
+    "AEGIS_TEST_PRELOAD_MODULES",
     "HF_",
     "HUGGINGFACE",
     "TRANSFORMERS",

@@ -12,21 +12,26 @@ server answers the child's pid at once and, when the child ends, its raw wait st
 
 What such a child shares with the server, unlike a fresh interpreter: the already imported third-party modules
 (nothing of ``aegis_ckpt`` or of the test scripts is imported here, so the code under test is imported fresh in
-every child), their import-time configuration (``preloaded.py`` starts a fresh interpreter instead whenever a
-variable those imports read differs), the hash seed, and warnings already shown during those imports. It must
-never run a torch operation or start a thread: a fork copies only the forking thread.
+every child), their import-time configuration (``preloaded.py`` serves a child only from a server whose
+import-time variables are the child's), the hash seed, and warnings already shown during those imports. At exit
+it skips the teardown of those modules (``run_child_and_exit``). The server must never run a torch operation or
+start a thread: a fork copies only the forking thread.
 """
 
 from __future__ import annotations
 
+import atexit
 import builtins
+import gc
 import importlib
 import json
 import os
 import selectors
+import signal
 import socket
 import struct
 import sys
+import threading
 import types
 
 PRELOAD = (
@@ -55,7 +60,8 @@ _OWN_PYTHONPATH = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
 
 
 def _preload() -> None:
-    for name in PRELOAD:
+    names = os.environ.get("AEGIS_TEST_PRELOAD_MODULES")
+    for name in names.split(",") if names else PRELOAD:
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - an optional library may be missing or broken; children import it then
@@ -192,9 +198,74 @@ def run_child(request: dict, fds: list[int]) -> None:
     exec(code, main.__dict__)
 
 
+def _exit_code(exc: SystemExit) -> int:
+    """The exit status the interpreter gives an uncaught ``SystemExit`` (printing a non-integer code)."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    try:
+        sys.stderr.write(f"{code}\n")
+    except Exception:  # noqa: BLE001 - as the interpreter, which ignores a failing stderr here
+        pass
+    return 1
+
+
+def run_child_and_exit(request: dict, fds: list[int]) -> None:
+    """Run the child's program, then end the way ``Py_FinalizeEx`` ends it, except for the teardown of the
+    modules imported before the fork.
+
+    A normal interpreter exit deallocates every module; in a forked child that touches, and so copies, the
+    server's whole heap (about 1.5 s of CPU per child for torch and transformers). What the tests can observe
+    of an exit happens as in the interpreter, in its order: the uncaught exception's traceback
+    (``sys.excepthook``), the join of non-daemon threads, the atexit callbacks, a flush of the standard
+    streams, the teardown of ``__main__`` and of every module imported after the fork (their objects'
+    finalizers run, buffered files are flushed), a garbage collection, then the exit status, or death by
+    SIGINT after an uncaught KeyboardInterrupt."""
+    before = set(sys.modules)
+    try:
+        run_child(request, fds)
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException as exc:  # noqa: BLE001 - what the interpreter does with any uncaught exception
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        code = -signal.SIGINT if type(exc) is KeyboardInterrupt else 1
+        del exc
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    _flush_standard_streams()
+    for name in reversed([name for name in sys.modules if name not in before or name == "__main__"]):
+        module = sys.modules.get(name)
+        if module is not None and module is not sys and module is not builtins:
+            namespace = vars(module)
+            for key in [k for k in namespace if k.startswith("_") and not k.startswith("__")]:
+                namespace[key] = None
+            for key in [k for k in namespace if not k.startswith("__")]:
+                namespace[key] = None
+    gc.collect()
+    _flush_standard_streams()
+    if code == -signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(code & 0xFF)
+
+
+def _flush_standard_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - as the interpreter, which ignores a closed or broken stream here
+            pass
+
+
 if __name__ == "__main__":
     _preload()
+    # Everything imported so far stays for good: the garbage collector never walks it again, in the server or
+    # in a child, so a child does not copy the server's heap by collecting it.
+    gc.freeze()
     _got = serve(sys.argv[1])
     if _got is not None:
         del _preload, serve
-        run_child(*_got)
+        run_child_and_exit(*_got)

@@ -100,6 +100,48 @@ def test_a_new_session_and_an_uncaught_exception_end_as_in_a_fresh_interpreter(
     assert pre_err.strip().endswith("ValueError: probe") and fresh_err.strip().endswith("ValueError: probe")
 
 
+EXIT_PROBE = textwrap.dedent(
+    """
+    import atexit, os, sys, threading, time
+    out = open(os.environ["PROBE_FILE"], "w")  # never closed: the exit must flush it
+    out.write("buffered at exit\\n")
+    class Noisy:
+        def __del__(self):
+            print("finalized", flush=True)
+    keep = Noisy()
+    atexit.register(lambda: print("atexit ran", flush=True))
+    def late():
+        time.sleep(0.5)
+        print("thread done", flush=True)
+    threading.Thread(target=late).start()
+    print("main done")
+    sys.exit(os.environ.get("PROBE_CODE", "7"))
+    """
+)
+
+
+@pytest.mark.parametrize("code", ["7", "a message"])
+def test_the_exit_runs_what_the_interpreters_exit_runs(code, tmp_path, monkeypatch):
+    """Threads joined, atexit callbacks, finalizers of the program's objects, unclosed files flushed, the
+    status of ``sys.exit``: the preloaded child skips only the teardown of the modules imported before the
+    fork."""
+    script = tmp_path / "exit_probe.py"
+    script.write_text(EXIT_PROBE, encoding="utf-8")
+    results = []
+    for preload in ("1", "0"):
+        env = subprocess_env({"PROBE_FILE": str(tmp_path / f"file-{preload}"), "PROBE_CODE": code})
+        monkeypatch.setenv("AEGIS_TEST_PRELOAD", preload)
+        proc = subprocess.Popen(
+            [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert isinstance(proc, preloaded.PreloadedPopen) == (preload == "1")
+        out, err = proc.communicate(timeout=120)
+        results.append((proc.returncode, out, err, (tmp_path / f"file-{preload}").read_text()))
+    assert results[0] == results[1]
+    assert results[0][1] == "main done\nthread done\natexit ran\nfinalized\n"
+    assert results[0][3] == "buffered at exit\n"
+
+
 def test_an_uncaught_keyboard_interrupt_ends_by_sigint_as_in_a_fresh_interpreter(
     probe_script, tmp_path, monkeypatch
 ):
