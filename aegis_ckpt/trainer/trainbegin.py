@@ -57,6 +57,12 @@ def tidy_output_dir(
         start_step,
         f"superseded: training (re)started at step {start_step}, before this checkpoint",
     )
+    # Retention once before training: a run stopped between a commit and its retention, or whose restart just
+    # published a save from staging, left more than max_keep; without this every such restart added one for good.
+    # The checkpoint resumed from was verified by the resume scan and is kept.
+    resumed_from = store.path_for_step(start_step)
+    if start_step > 0 and resumed_from.is_dir():
+        tail.prune(resumed_from)
     store.empty_trash()
     trim_quarantine(
         store.quarantine_dir,
