@@ -140,6 +140,10 @@ def resume(engine: LoopCheckpointer, *, restore_rng: bool) -> dict[str, Any] | N
     engine.resumed_from = engine.last_checkpoint = chosen
     engine.resumed_step = engine.global_step
     engine.ranks.last_saved_step = engine.global_step
+    if engine.ranks.is_main:
+        # Retention once, as after a commit: a run stopped between a commit and its retention left more than
+        # max_keep, and without this every such restart would add one for good. The one just loaded is kept.
+        engine.tail.prune(chosen)
     engine.recorder.resumed(step=engine.global_step, checkpoint=chosen, verify_sec=verify_sec)
     logger.info(
         "Resumed from %s (step %d, %s verification)", chosen, engine.global_step, engine.options.verify
