@@ -22,6 +22,7 @@ import json
 import locale
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -132,30 +134,36 @@ _asked: dict[frozenset, int] = {}
 _server_lock = threading.Lock()
 
 
-def _server_for(env: dict[str, str]) -> _Server | None:
+def _server_for(env: dict[str, str]) -> tuple[_Server | None, str | None]:
+    """The ready server for ``env``'s import-time variables, or None and why there is none."""
     key = frozenset(_import_time_env(env).items())
     with _server_lock:
         server = _servers.get(key)
         if server is None:
             _asked[key] = _asked.get(key, 0) + 1
             if _asked[key] < ASKS_BEFORE_SERVER:
-                return None
+                return None, "no server for these import-time variables (yet)"
             while len(_servers) >= _MAX_SERVERS:
                 _servers.popitem(last=False)[1].stop()
             server = _servers[key] = _Server(env)
+            if not server.wait_ready():
+                warnings.warn(
+                    f"the preload server did not start; children start fresh:\n{server.failed}", stacklevel=2
+                )
         _servers.move_to_end(key)
-        return server if server.wait_ready() else None
+        return (server, None) if server.ready else (None, "the preload server did not start")
 
 
-def _called_from_tests() -> bool:
-    """Whether the frame that asked for a process is test code (not the package under test, not a library)."""
-    frame = sys._getframe(2)
+def _caller() -> tuple[str, int]:
+    """File and line of the code that asked for a process: the first frame outside ``subprocess`` and this
+    module."""
+    frame = sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename
         if name != subprocess.__file__ and os.path.realpath(name) != _THIS_FILE:
-            return os.path.realpath(name).startswith(_TESTS_DIR)
+            return os.path.realpath(name), frame.f_lineno
         frame = frame.f_back
-    return False
+    return "?", 0
 
 
 def _customizes_startup(env: dict[str, str]) -> bool:
@@ -217,58 +225,45 @@ _HANDLED = {
 def _maybe_preloaded(args, popen_args: tuple, kwargs: dict):
     if os.environ.get("AEGIS_TEST_PRELOAD", "1") == "0":
         return None
-    why, env = _why_fresh(args, popen_args, kwargs)
-    server = None if why else _server_for(env)
-    if why is None and server is None:
-        why = "no server for these import-time variables (yet)"
-    _log(why, args)
-    return None if why else PreloadedPopen(server, list(args), _python_command(args), env, kwargs)
+    caller = _caller()
+    why, argv, env = _why_fresh(args, popen_args, kwargs, caller[0])
+    server = None
+    if why is None:
+        server, why = _server_for(env)
+    _log(why, args, caller)
+    return None if why else PreloadedPopen(server, list(args), argv, env, kwargs)
 
 
-def _why_fresh(args, popen_args: tuple, kwargs: dict) -> tuple[str | None, dict]:
-    """Why ``Popen(args, ...)`` starts a fresh process (None: it can come from a server), and the child's
-    environment."""
+def _why_fresh(args, popen_args: tuple, kwargs: dict, caller_file: str) -> tuple[str | None, list[str], dict]:
+    """Why ``Popen(args, ...)`` starts a fresh process (None: it can come from a server), the arguments after
+    the interpreter and the child's environment."""
     if popen_args:
-        return "positional Popen arguments", {}
+        return "positional Popen arguments", [], {}
     for key, value in kwargs.items():
         if (
             key != "start_new_session"
             and key not in _HANDLED
             and (key not in _DEFAULTS or value != _DEFAULTS[key])
         ):
-            return f"Popen argument {key}", {}
-    if _python_command(args) is None:
-        return "not this Python on a module, code or script", {}
-    if not _called_from_tests():
-        return "started by code outside the tests", {}
+            return f"Popen argument {key}", [], {}
+    argv = _python_command(args)
+    if argv is None:
+        return "not this Python on a module, code or script", [], {}
+    if not caller_file.startswith(_TESTS_DIR):
+        return "started by code outside the tests", argv, {}
     env = dict(os.environ if kwargs.get("env") is None else kwargs["env"])
     if _customizes_startup(env):
-        return "a sitecustomize on PYTHONPATH", env
-    return None, env
+        return "a sitecustomize on PYTHONPATH", argv, env
+    return None, argv, env
 
 
-def _log(why: str | None, args) -> None:
-    """With AEGIS_TEST_PRELOAD_LOG=FILE, one line per child: how it started and why."""
+def _log(why: str | None, args, caller: tuple[str, int]) -> None:
+    """With AEGIS_TEST_PRELOAD_LOG=FILE, one line per child: how it started, why, and who asked."""
     path = os.environ.get("AEGIS_TEST_PRELOAD_LOG")
     if path:
-        caller = next(
-            (
-                f
-                for f in _frames()
-                if f.f_code.co_filename.startswith(_TESTS_DIR) and f.f_code.co_filename != __file__
-            ),
-            None,
-        )
-        where = f"{caller.f_code.co_filename}:{caller.f_lineno}" if caller else "?"
         with open(path, "a", encoding="utf-8") as log:
+            where = f"{caller[0]}:{caller[1]}"
             log.write(f"{'fresh' if why else 'preloaded'}\t{why or ''}\t{where}\t{str(args)[:160]}\n")
-
-
-def _frames():
-    frame = sys._getframe(1)
-    while frame is not None:
-        yield frame
-        frame = frame.f_back
 
 
 class RoutedPopen(_REAL_POPEN):
@@ -379,21 +374,23 @@ class PreloadedPopen:
         return line
 
     # -- waiting ---------------------------------------------------------------------------------------------
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            line = self._read_line(0)
-            if line is not None:
-                self.returncode = os.waitstatus_to_exitcode(int(line))
-                self._conn.close()
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
+    def _ended(self, timeout: float | None) -> bool:
+        """Whether the child has ended, waiting up to ``timeout`` (None: for good) for the server to say so."""
         if self.returncode is None:
             line = self._read_line(timeout)
             if line is None:
-                raise subprocess.TimeoutExpired(self.args, timeout)
+                return False
             self.returncode = os.waitstatus_to_exitcode(int(line))
             self._conn.close()
+        return True
+
+    def poll(self) -> int | None:
+        self._ended(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
         return self.returncode
 
     def communicate(self, input=None, timeout: float | None = None):
@@ -438,13 +435,9 @@ class PreloadedPopen:
                 pass
 
     def terminate(self) -> None:
-        import signal
-
         self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        import signal
-
         self.send_signal(signal.SIGKILL)
 
     # -- context manager -------------------------------------------------------------------------------------

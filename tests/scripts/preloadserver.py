@@ -57,6 +57,7 @@ PRELOAD = (
 # sys.path as the interpreter built it for this script, before any import: the child's is rebuilt from it.
 _BASE_PATH = list(sys.path)
 _OWN_PYTHONPATH = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+_OWN_UNBUFFERED = bool(os.environ.get("PYTHONUNBUFFERED"))
 
 
 def _preload() -> None:
@@ -69,20 +70,19 @@ def _preload() -> None:
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]] | None:
+    """One request: a length-prefixed JSON document with three descriptors (None when the client went away)."""
     data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 3)
-    if len(data) < 4:
+    length = struct.unpack("!I", data[:4])[0] if len(data) >= 4 else None
+    body = data[4:]
+    while length is not None and len(body) < length:
+        chunk = conn.recv(length - len(body))
+        body += chunk
+        if not chunk:
+            length = None
+    if length is None:
         for fd in fds:
             os.close(fd)
         return None
-    (length,) = struct.unpack("!I", data[:4])
-    body = data[4:]
-    while len(body) < length:
-        chunk = conn.recv(length - len(body))
-        if not chunk:
-            for fd in fds:
-                os.close(fd)
-            return None
-        body += chunk
     return json.loads(body), list(fds)
 
 
@@ -164,11 +164,10 @@ def run_child(request: dict, fds: list[int]) -> None:
             os.close(fd)
     os.chdir(request["cwd"])
     env = request["env"]
-    server_env = dict(os.environ)
     os.environ.clear()
     os.environ.update(env)
     unbuffered = bool(env.get("PYTHONUNBUFFERED"))
-    if unbuffered != bool(server_env.get("PYTHONUNBUFFERED")):
+    if unbuffered != _OWN_UNBUFFERED:
         sys.stdout.reconfigure(write_through=unbuffered)
     if env.get("PYTHONFAULTHANDLER"):
         import faulthandler
@@ -236,20 +235,27 @@ def run_child_and_exit(request: dict, fds: list[int]) -> None:
     threading._shutdown()
     atexit._run_exitfuncs()
     _flush_standard_streams()
-    for name in reversed([name for name in sys.modules if name not in before or name == "__main__"]):
-        module = sys.modules.get(name)
-        if module is not None and module is not sys and module is not builtins:
-            namespace = vars(module)
-            for key in [k for k in namespace if k.startswith("_") and not k.startswith("__")]:
-                namespace[key] = None
-            for key in [k for k in namespace if not k.startswith("__")]:
-                namespace[key] = None
+    _tear_down([name for name in sys.modules if name not in before or name == "__main__"])
     gc.collect()
     _flush_standard_streams()
     if code == -signal.SIGINT:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     os._exit(code & 0xFF)
+
+
+def _tear_down(names: list[str]) -> None:
+    """Clear the modules ``names`` newest first, as the interpreter's finalization clears modules: names with
+    one leading underscore first, then the rest, so that their objects' finalizers run."""
+    for name in reversed(names):
+        module = sys.modules.get(name)
+        # Not this server's own module: a child that failed before it had a __main__ of its own still has it.
+        if isinstance(module, types.ModuleType) and vars(module) is not globals():
+            namespace = vars(module)
+            for key in [k for k in namespace if k.startswith("_") and not k.startswith("__")]:
+                namespace[key] = None
+            for key in [k for k in namespace if not k.startswith("__")]:
+                namespace[key] = None
 
 
 def _flush_standard_streams() -> None:
@@ -267,5 +273,4 @@ if __name__ == "__main__":
     gc.freeze()
     _got = serve(sys.argv[1])
     if _got is not None:
-        del _preload, serve
         run_child_and_exit(*_got)
